@@ -1,29 +1,71 @@
 """The Janus backend: transformers' JanusForConditionalGeneration behind gvu's unified-model adapter.
 
-Model specifics live here and nowhere else (JANUS-NOTES pitfalls 9 and 10): image-token logits come from the
-language model's hidden states through `generation_head` (forward() only gives text logits), image-token inputs
-are embedded by `prepare_embeddings_for_image_generation`, and log-probs are recomputed by teacher forcing.
+One backend for every size: nano-Janus (shipped in models/) and Janus-Pro 1B/7B checkpoints in transformers'
+format. Model specifics live here and nowhere else (JANUS-NOTES pitfalls 9 and 10): image-token logits come from
+the language model's hidden states through `generation_head` (forward() only gives text logits), image-token
+inputs are embedded by `prepare_embeddings_for_image_generation`, and log-probs are recomputed by teacher forcing.
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import JanusForConditionalGeneration
+import inspect
+import json
+import os
+from dataclasses import asdict, dataclass, field
 
-from gvu.models.janus_format import Batch
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, JanusForConditionalGeneration
+
+from gvu.config import SamplingConfig
+from gvu.models.adapter import TokenLogprobs
+from gvu.models.janus_format import Batch, JanusTemplate, left_pad, unconditional
+from gvu.sampling import guide, sample
+
+BACKEND_FILE = "gvu_backend.json"  # optional backend defaults stored beside a checkpoint (nano-Janus has one)
+
+
+@dataclass(frozen=True)
+class JanusBackendConfig:
+    """Model-specific numbers. Defaults are Janus-Pro's; a checkpoint directory may override them in gvu_backend.json."""
+
+    template: JanusTemplate = field(default_factory=JanusTemplate)
+    default_cfg_scale: float = 5.0  # Janus-Pro's published default
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # understanding-image normalisation (Janus-Pro: 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    text_batch_size: int = 64  # rows per teacher-forced understanding pass (memory bound)
+
+    @staticmethod
+    def load(model_dir: str | None, **overrides) -> "JanusBackendConfig":
+        values: dict = {}
+        path = os.path.join(model_dir, BACKEND_FILE) if model_dir else None
+        if path and os.path.exists(path):
+            with open(path) as f:
+                values = json.load(f)
+        values.update(overrides)
+        if isinstance(values.get("template"), dict):
+            values["template"] = JanusTemplate(**values["template"])
+        for k in ("image_mean", "image_std"):
+            if k in values:
+                values[k] = tuple(values[k])
+        return JanusBackendConfig(**values)
+
+    def save(self, model_dir: str) -> None:
+        with open(os.path.join(model_dir, BACKEND_FILE), "w") as f:
+            json.dump(asdict(self), f, indent=2)
 
 
 def image_token_logits(model: JanusForConditionalGeneration, prompt: Batch, tokens: torch.Tensor) -> torch.Tensor:
     """Teacher-forced generation logits.
 
-    prompt: left-padded prompt batch [B, T] ending in <begin_of_image>; tokens: image tokens [B, N].
-    Returns logits [B, N, V_img]: row j predicts tokens[:, j] from the prompt and tokens[:, :j].
+    prompt: left-padded prompt batch [M, T] ending in <begin_of_image>; tokens: image tokens [M, N].
+    Returns logits [M, N, V_img]: row j predicts tokens[:, j] from the prompt and tokens[:, :j].
     """
-    b, n = tokens.shape
+    m, n = tokens.shape
     text = model.get_input_embeddings()(prompt.ids)
     image = model.prepare_embeddings_for_image_generation(tokens[:, :-1])
     embeds = torch.cat([text, image.to(text.dtype)], dim=1)
-    mask = torch.cat([prompt.mask, torch.ones(b, n - 1, dtype=prompt.mask.dtype, device=prompt.mask.device)], 1)
+    mask = torch.cat([prompt.mask, torch.ones(m, n - 1, dtype=prompt.mask.dtype, device=prompt.mask.device)], 1)
     last = prompt.positions[:, -1:]
     positions = torch.cat([prompt.positions, last + torch.arange(1, n, device=last.device)], dim=1)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
@@ -31,7 +73,180 @@ def image_token_logits(model: JanusForConditionalGeneration, prompt: Batch, toke
 
 
 def text_logits(model: JanusForConditionalGeneration, batch: Batch, pixel_values: torch.Tensor | None) -> torch.Tensor:
-    """Understanding-branch logits [B, T, V_text] for ids holding N image placeholders per row, with the images
-    pixel_values [B, 3, H, W] (normalised as the image processor does: [-1, 1] for mean = std = 0.5)."""
+    """Understanding-branch logits [M, T, V_text] for ids holding N image placeholders per row, with the images
+    pixel_values [M, 3, H, W] (normalised as the image processor does)."""
     out = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions, pixel_values=pixel_values)
     return out.logits
+
+
+class JanusBackend:
+    """UnifiedModel for transformers' Janus classes. Device and dtype come from the model you pass in."""
+
+    def __init__(self, model: JanusForConditionalGeneration, tokenizer, config: JanusBackendConfig | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config or JanusBackendConfig()
+        t = self.config.template
+        self.ids = {}
+        for name, token in {"image": t.image_token, "boi": t.boi_token, "eoi": t.eoi_token}.items():
+            i = tokenizer.convert_tokens_to_ids(token)
+            if i is None or i == tokenizer.unk_token_id:
+                raise ValueError(f"the tokenizer has no {token!r} token: it is not a Janus tokenizer "
+                                 f"(Janus needs {t.image_token}, {t.boi_token} and {t.eoi_token})")
+            self.ids[name] = i
+        self.ids["bos"] = tokenizer.bos_token_id
+        self.ids["pad"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        vcfg, qcfg = model.config.vision_config, model.config.vq_config
+        self.num_image_tokens = vcfg.num_image_tokens
+        self.image_vocab_size = qcfg.num_embeddings
+        downsample = 2 ** (len(qcfg.channel_multiplier) - 1)
+        self.image_size = qcfg.num_patches * downsample  # decoded pixels per side
+        self.vision_size = vcfg.image_size  # what the understanding encoder reads
+        self.default_cfg_scale = self.config.default_cfg_scale
+        self.max_positions = model.config.text_config.max_position_embeddings
+        lm = model.model.language_model
+        self._cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        self._und_prefix: dict[str, list[int]] = {}
+
+    @staticmethod
+    def from_pretrained(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32, **overrides) -> "JanusBackend":
+        from transformers import AutoTokenizer
+
+        model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+        return JanusBackend(model, AutoTokenizer.from_pretrained(path), JanusBackendConfig.load(path, **overrides))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------------------------------ text layout
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(self.config.template.generation(prompt)).input_ids
+
+    def prompt_batch(self, prompts: list[str]) -> Batch:
+        b = left_pad([self.prompt_ids(p) for p in prompts], self.ids["pad"])
+        return Batch(b.ids.to(self.device), b.mask.to(self.device), b.positions.to(self.device))
+
+    def answer_ids(self, text: str) -> list[int]:
+        return self.tokenizer(" " + text, add_special_tokens=False).input_ids
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        if not prompts:
+            raise ValueError("no prompts given")
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"empty prompt {p!r}: every prompt needs text")
+            need = len(self.prompt_ids(p)) + self.num_image_tokens
+            if need > self.max_positions:
+                raise ValueError(f"prompt {p[:60]!r}... needs {need} positions with its {self.num_image_tokens} image "
+                                 f"tokens; the model has {self.max_positions}. Shorten it.")
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.dim() != 2 or tokens.shape[1] != self.num_image_tokens:
+            raise ValueError(f"image tokens must be [M, {self.num_image_tokens}], got {tuple(tokens.shape)}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.image_vocab_size):
+            raise ValueError(f"image token ids must be in [0, {self.image_vocab_size}); got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+
+    # ------------------------------------------------------------------------------------------ generation
+    def _lm_step(self, embeds, mask, positions, cache):
+        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                              use_cache=True, **{self._cache_kw: cache})
+        return out.last_hidden_state[:, -1]
+
+    @torch.no_grad()
+    def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig) -> torch.Tensor:
+        """tokens [M, N]. The batch is [conditional rows; unconditional rows] (transformers' layout) with a KV cache."""
+        sampling.validate()
+        self.check_prompts(prompts)
+        scale = sampling.cfg_scale if sampling.cfg_scale is not None else self.default_cfg_scale
+        if scale <= 1:
+            raise ValueError(f"Janus samples with classifier-free guidance: cfg_scale must be > 1 (got {scale})")
+        m, n = len(prompts), self.num_image_tokens
+        cond = self.prompt_batch(prompts)
+        uncond = unconditional(cond.ids, cond.mask, self.ids["bos"], self.ids["boi"], self.ids["pad"])
+        ids = torch.cat([cond.ids, uncond])
+        mask = torch.cat([cond.mask, cond.mask])
+        positions = torch.cat([cond.positions, cond.positions])
+        generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        cache = DynamicCache()
+        hidden = self._lm_step(self.model.get_input_embeddings()(ids), mask, positions, cache)
+        tokens = torch.empty(m, n, dtype=torch.long, device=self.device)
+        for i in range(n):
+            logits = self.model.model.generation_head(hidden).float()  # [2M, V]
+            tokens[:, i] = sample(guide(logits[:m], logits[m:], scale), sampling, generator)
+            if i == n - 1:
+                break
+            embeds = self.model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(2))[:, None]
+            mask = torch.cat([mask, mask.new_ones(2 * m, 1)], dim=1)
+            positions = positions[:, -1:] + 1
+            hidden = self._lm_step(embeds, mask, positions, cache)
+        return tokens
+
+    def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """log p(tokens | prompt) [M, N] under the conditional branch (no guidance), differentiable.
+
+        The policy that GRPO optimises is the conditional branch; sampling used guidance, so the ratio at the
+        first inner step is exp(0) only up to that difference (as in the official GvU code, which trains the
+        conditional branch with CFG off)."""
+        self.check_tokens(tokens)
+        logits = image_token_logits(self.model, self.prompt_batch(prompts), tokens.to(self.device))
+        logp = F.log_softmax(logits.float() / temperature, dim=-1)
+        return logp.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.check_tokens(tokens)
+        return self.model.model.vqmodel.decode(tokens.to(self.device)).float().clamp(-1, 1)
+
+    # ------------------------------------------------------------------------------------------ understanding
+    def _understanding_prefix(self, query: str) -> list[int]:
+        if query not in self._und_prefix:
+            text = self.config.template.understanding(query, self.num_image_tokens)
+            self._und_prefix[query] = self.tokenizer(text).input_ids
+        return self._und_prefix[query]
+
+    def pixel_values(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] pixels [M, 3, H, W] -> the understanding encoder's input (resized, normalised)."""
+        if pixels.dim() != 4 or pixels.shape[1] != 3 or pixels.shape[2] != pixels.shape[3]:
+            raise ValueError(f"images must be [M, 3, S, S] in [-1, 1], got {tuple(pixels.shape)}")
+        if pixels.shape[-1] != self.image_size:
+            raise ValueError(f"images must be {self.image_size}x{self.image_size} (what this model decodes), "
+                             f"got {pixels.shape[-1]}x{pixels.shape[-2]}")
+        x = (pixels.float().clamp(-1, 1) + 1) / 2
+        if x.shape[-1] != self.vision_size:
+            x = F.interpolate(x, size=(self.vision_size, self.vision_size), mode="bicubic", align_corners=False).clamp(0, 1)
+        mean = torch.tensor(self.config.image_mean, device=x.device)[None, :, None, None]
+        std = torch.tensor(self.config.image_std, device=x.device)[None, :, None, None]
+        return ((x - mean) / std).to(self.model.dtype)
+
+    def text_logprobs(self, pixels: torch.Tensor, query: str, texts: list[str]) -> TokenLogprobs:
+        """One teacher-forced pass per `text_batch_size` rows: log p(text_j | image, query, text_<j) [M, L]."""
+        if len(texts) != pixels.shape[0]:
+            raise ValueError(f"{pixels.shape[0]} images but {len(texts)} texts")
+        pv = self.pixel_values(pixels.to(self.device))
+        answers = [self.answer_ids(t) for t in texts]
+        if any(len(a) == 0 for a in answers):
+            raise ValueError("cannot score an empty text")
+        width = max(len(a) for a in answers)
+        lps = torch.zeros(len(texts), width, device=self.device)
+        mask = torch.zeros(len(texts), width, dtype=torch.bool, device=self.device)
+        ids_out = torch.full((len(texts), width), self.ids["pad"], dtype=torch.long, device=self.device)
+        prefix = self._understanding_prefix(query)
+        bs = self.config.text_batch_size
+        for s in range(0, len(texts), bs):
+            chunk = answers[s:s + bs]
+            batch = left_pad([prefix + a for a in chunk], self.ids["pad"])
+            batch = Batch(batch.ids.to(self.device), batch.mask.to(self.device), batch.positions.to(self.device))
+            w = max(len(a) for a in chunk)
+            hidden = self.model.model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions,
+                                      pixel_values=pv[s:s + bs]).last_hidden_state
+            # only the last w + 1 columns matter: column t predicts token t + 1 (saves the full [M, T, V] logits)
+            logits = self.model.lm_head(hidden[:, -w - 1:-1]).float()
+            target = batch.ids[:, -w:]
+            lp = F.log_softmax(logits, dim=-1).gather(-1, target[..., None]).squeeze(-1)  # [m, w], right-aligned
+            for r, a in enumerate(chunk):
+                k = len(a)
+                lps[s + r, :k] = lp[r, w - k:]
+                mask[s + r, :k] = True
+                ids_out[s + r, :k] = target[r, w - k:]
+        return TokenLogprobs(lps, mask, ids_out)

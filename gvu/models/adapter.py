@@ -1,0 +1,51 @@
+"""The unified-model adapter: the one boundary between gvu's trainer and any model that both generates and
+understands images. The trainer, rollout and reward know only this protocol; each backend is one file
+(gvu/models/janus.py for transformers' Janus classes: nano-Janus and Janus-Pro alike).
+
+Letters: M rows (M = B*G in training), N image tokens per image, L scored text tokens, H/W pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from gvu.config import SamplingConfig
+
+
+@dataclass
+class TokenLogprobs:
+    """Per-token log-probs of texts under the understanding branch; rows are left-aligned."""
+
+    logprobs: torch.Tensor  # [M, L] float32, log p(token_j | image, query, tokens_<j); 0 where mask is False
+    mask: torch.Tensor  # [M, L] bool, True on real tokens
+    token_ids: torch.Tensor  # [M, L] long, the scored token ids (pad id where mask is False)
+
+    def tokens_as_text(self, tokenizer, row: int) -> list[str]:
+        ids = self.token_ids[row][self.mask[row]].tolist()
+        return [tokenizer.decode([i]) for i in ids]
+
+
+class UnifiedModel(Protocol):
+    num_image_tokens: int  # N
+    image_vocab_size: int  # size of the image-token codebook
+    image_size: int  # H = W of decoded images
+    default_cfg_scale: float  # rollout's guidance scale when SamplingConfig.cfg_scale is None
+    tokenizer: object
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Raise ValueError naming the first empty or too-long prompt."""
+
+    def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig) -> torch.Tensor:
+        """One image per prompt (repeat prompts for groups): tokens [M, N], seeded by sampling.seed."""
+
+    def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Differentiable log p(tokens | prompt) under the conditional generation branch: [M, N]."""
+
+    def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [M, N] -> pixels [M, 3, H, W] in [-1, 1]."""
+
+    def text_logprobs(self, pixels: torch.Tensor, query: str, texts: list[str]) -> TokenLogprobs:
+        """Teacher-forced log p(text tokens | image, query) for each row, in one batched pass."""
