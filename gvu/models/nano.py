@@ -119,3 +119,15 @@ def build_config(spec: NanoSpec, tokenizer) -> JanusConfig:
                       image_token_id=tokenizer.convert_tokens_to_ids(IMAGE))
     cfg.nano_spec = asdict(spec)
     return cfg
+
+
+def build_random(spec: str | NanoSpec = "smoke", seed: int = 0, n_scenes: int = 300):
+    """An untrained nano-Janus (random weights) and its tokenizer: for tests and speed benchmarks, no download."""
+    import torch
+    from transformers import JanusForConditionalGeneration
+
+    spec = SPECS[spec] if isinstance(spec, str) else spec
+    tok = build_tokenizer(spec, corpus(n_scenes, seed))
+    torch.manual_seed(seed)
+    model = JanusForConditionalGeneration(build_config(spec, tok)).eval()
+    return model, tok

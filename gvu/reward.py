@@ -1,0 +1,107 @@
+"""Rewards with one signature: (images, prompts) -> RewardOutput.
+
+gvu     the paper's intrinsic reward. The understanding branch reads each decoded image with the query
+        ("Describe the image in detail.") and scores the prompt as its answer, teacher-forced in one batched
+        pass: per-token log p_j = log p(T_j | image, query, T_<j). Reductions over the L prompt tokens:
+          geometric_mean  exp(mean_j log p_j)   (the paper's, default)
+          product         exp(sum_j log p_j)    (the joint likelihood, no length normalisation)
+          min             exp(min_j log p_j)    (the worst-supported token)
+        The official code runs one forward per prompt token, one image at a time, and multiplies raw
+        probabilities before the L-th root; here it is one pass in log space (equal within 1e-5, tested).
+oracle  the nano world's exact evaluator: 1 when the image is correct, else the fraction of the prompt's
+        constraints it meets. For comparisons only: it is the labelled reward GvU does without.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gvu.config import RewardConfig
+from gvu.models.adapter import TokenLogprobs, UnifiedModel
+
+
+@dataclass
+class RewardOutput:
+    rewards: torch.Tensor  # [M] float32
+    token_logprobs: TokenLogprobs | None = None  # [M, L] per-token diagnostics (gvu reward only)
+    correct: torch.Tensor | None = None  # [M] bool, exact-evaluator verdicts (oracle only)
+
+
+def reduce_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-token log-probs [M, L] with mask [M, L] -> rewards [M] (see module docstring)."""
+    mask = mask.bool()
+    if not mask.any(dim=1).all():
+        raise ValueError("every row needs at least one scored token")
+    lp = logprobs.float().masked_fill(~mask, 0.0)
+    if reduction == "geometric_mean":
+        return torch.exp(lp.sum(1) / mask.sum(1))
+    if reduction == "product":
+        return torch.exp(lp.sum(1))
+    if reduction == "min":
+        return torch.exp(logprobs.float().masked_fill(~mask, float("inf")).min(1).values)
+    raise ValueError(f"unknown reduction {reduction!r}; choose geometric_mean, product or min")
+
+
+@torch.no_grad()
+def gvu_reward(judge: UnifiedModel, pixels: torch.Tensor, prompts: list[str], cfg: RewardConfig) -> RewardOutput:
+    """pixels [M, 3, H, W] in [-1, 1], M prompts -> rewards [M] and per-token log-probs [M, L]."""
+    tl = judge.text_logprobs(pixels, cfg.query, prompts)
+    return RewardOutput(reduce_logprobs(tl.logprobs, tl.mask, cfg.reduction).cpu(), tl)
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """[M, 3, H, W] in [-1, 1] -> uint8 [M, H, W, 3]."""
+    x = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def oracle_reward(pixels: torch.Tensor, metadata: list[dict]) -> RewardOutput:
+    """The exact evaluator as a reward (nano world only): 1 if correct, else the fraction of constraints met."""
+    from gvu.world.evaluator import evaluate_image
+
+    images = to_uint8(pixels)
+    judgements = [evaluate_image(m, img) for m, img in zip(metadata, images, strict=True)]
+    return RewardOutput(torch.tensor([j.partial for j in judgements], dtype=torch.float32),
+                        correct=torch.tensor([j.correct for j in judgements]))
+
+
+class Judge:
+    """Whose understanding branch scores the images (RewardConfig.judge), recorded in every run.
+
+    policy  the live model being trained (what the official GvU code effectively does);
+    frozen  the weights at the start of training (under LoRA: the base model with adapters disabled; otherwise a copy);
+    ema     an exponential moving average of the policy's weights, updated after every optimiser step.
+    """
+
+    def __init__(self, policy, cfg: RewardConfig):
+        self.policy, self.mode, self.decay = policy, cfg.judge, cfg.ema_decay
+        self.copy = None
+        self.uses_adapter_toggle = cfg.judge == "frozen" and hasattr(policy.model, "disable_adapter")
+        if cfg.judge in ("frozen", "ema") and not self.uses_adapter_toggle:
+            self.copy = copy.copy(policy)  # the backend object; its model is replaced by a frozen deep copy
+            self.copy.model = copy.deepcopy(policy.model).eval().requires_grad_(False)
+
+    def score(self, pixels: torch.Tensor, prompts: list[str], cfg: RewardConfig) -> RewardOutput:
+        if self.uses_adapter_toggle:
+            with self.policy.model.disable_adapter():
+                return gvu_reward(self.policy, pixels, prompts, cfg)
+        return gvu_reward(self.copy or self.policy, pixels, prompts, cfg)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """After an optimiser step: move the EMA judge towards the policy (no-op for policy and frozen)."""
+        if self.mode != "ema":
+            return
+        for pj, pp in zip(self.copy.model.parameters(), self.policy.model.parameters(), strict=True):
+            pj.lerp_(pp.detach().to(pj.dtype), 1 - self.decay)
+
+
+def compute_reward(cfg: RewardConfig, judge: Judge | None, pixels: torch.Tensor, metadata: list[dict]) -> RewardOutput:
+    """Dispatch on cfg.kind; metadata has one entry per image row."""
+    if cfg.kind == "oracle":
+        return oracle_reward(pixels, metadata)
+    return judge.score(pixels, [m["prompt"] for m in metadata], cfg)

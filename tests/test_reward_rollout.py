@@ -1,0 +1,144 @@
+"""The GvU reward and group rollout on a tiny random Janus (transformers' classes, no download)."""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gvu.config import ConfigError, RewardConfig, SamplingConfig
+from gvu.models.janus import JanusBackend, JanusBackendConfig, image_token_logits
+from gvu.models.janus_format import unconditional
+from gvu.models.nano import build_random
+from gvu.reward import Judge, gvu_reward, oracle_reward, reduce_logprobs
+from gvu.rollout import rollout
+from gvu.sampling import filter_logits, guide
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reference_reward import reference_reward  # noqa: E402
+
+QUERY = "Describe the image in detail."
+PROMPTS = ["a photo of a red circle", "a photo of two stars and a blue heart",
+           "A photo of a larger square on the left and a smaller cross on the right", "a photo of a star"]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    model, tok = build_random("smoke", seed=0)
+    return JanusBackend(model, tok, JanusBackendConfig(default_cfg_scale=3.0))
+
+
+@pytest.fixture(scope="module")
+def pixels(backend):
+    return backend.decode_images(backend.sample_image_tokens(PROMPTS, SamplingConfig(seed=0)))
+
+
+def test_reductions_match_hand_computed_values():
+    lp = torch.log(torch.tensor([[0.5, 0.25, 1.0], [0.1, 1.0, 1.0]]))
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    # row 0: sqrt(0.5 * 0.25) = 0.353553; product 0.125; min 0.25.  row 1: one token, 0.1 for all three
+    assert torch.allclose(reduce_logprobs(lp, mask, "geometric_mean"), torch.tensor([math.sqrt(0.125), 0.1]))
+    assert torch.allclose(reduce_logprobs(lp, mask, "product"), torch.tensor([0.125, 0.1]))
+    assert torch.allclose(reduce_logprobs(lp, mask, "min"), torch.tensor([0.25, 0.1]))
+
+
+def test_batched_reward_equals_slow_reference(backend, pixels):
+    fast = gvu_reward(backend, pixels, PROMPTS, RewardConfig()).rewards.double()
+    slow = reference_reward(backend, pixels, QUERY, PROMPTS)
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=0)
+
+
+def test_padding_never_changes_a_reward(backend, pixels):
+    alone = gvu_reward(backend, pixels[:1], PROMPTS[:1], RewardConfig())
+    long_text = "a photo of " + " and ".join(["a red circle"] * 12)
+    padded = gvu_reward(backend, pixels[:1].repeat(2, 1, 1, 1), [PROMPTS[0], long_text], RewardConfig())
+    assert torch.allclose(alone.rewards[0], padded.rewards[0], atol=1e-6)
+    l0 = alone.token_logprobs.mask[0].sum()
+    assert torch.allclose(alone.token_logprobs.logprobs[0, :l0], padded.token_logprobs.logprobs[0, :l0], atol=1e-5)
+
+
+def test_per_token_diagnostics_name_the_prompt_words(backend, pixels):
+    out = gvu_reward(backend, pixels[:1], PROMPTS[:1], RewardConfig())
+    words = out.token_logprobs.tokens_as_text(backend.tokenizer, 0)
+    assert "".join(words) == " " + PROMPTS[0]
+    assert (out.token_logprobs.logprobs[0][out.token_logprobs.mask[0]] < 0).all()
+
+
+def test_rollout_is_reproducible_from_a_seed(backend):
+    md = [{"prompt": p} for p in PROMPTS[:2]]
+    a = rollout(backend, md, 3, SamplingConfig(seed=7))
+    b = rollout(backend, md, 3, SamplingConfig(seed=7))
+    c = rollout(backend, md, 3, SamplingConfig(seed=8))
+    assert a.tokens.shape == (6, backend.num_image_tokens) and a.pixels.shape == (6, 3, 64, 64)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+    assert a.pixels.min() >= -1 and a.pixels.max() <= 1
+
+
+def test_sampler_follows_guided_logits_u_plus_s_times_c_minus_u(backend):
+    """Greedy sampling (top_k=1) must pick argmax(u + s (c - u)) where c and u are recomputed by teacher forcing
+    with the conditional prompt and with Janus's unconditional prompt (pads except BOS and <begin_of_image>)."""
+    scale = 4.0
+    tokens = backend.sample_image_tokens(PROMPTS, SamplingConfig(cfg_scale=scale, top_k=1, seed=0))
+    cond = backend.prompt_batch(PROMPTS)
+    ids = backend.ids
+    uncond_ids = unconditional(cond.ids, cond.mask, ids["bos"], ids["boi"], ids["pad"])
+    assert ((uncond_ids != ids["pad"]).sum(1) == 2).all()  # only BOS and <begin_of_image> survive
+    with torch.no_grad():
+        c = image_token_logits(backend.model, cond, tokens).float()
+        uncond = type(cond)(uncond_ids, cond.mask, cond.positions)
+        u = image_token_logits(backend.model, uncond, tokens).float()
+    guided = u + scale * (c - u)
+    assert torch.equal(guided.argmax(-1), tokens)
+    assert torch.equal(guide(c, u, scale), guided)
+
+
+def test_filters_keep_the_right_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda s: torch.isfinite(filter_logits(logits, s))[0].tolist()  # noqa: E731
+    assert kept(SamplingConfig(top_k=2)) == [True, True, False, False]
+    assert kept(SamplingConfig(top_p=0.75)) == [True, True, False, False]  # 0.5 < 0.75, 0.8 >= 0.75
+    assert kept(SamplingConfig(top_p=0.85)) == [True, True, True, False]
+    assert kept(SamplingConfig(min_p=0.2)) == [True, True, True, False]  # 0.05 < 0.2 * 0.5
+    assert kept(SamplingConfig(min_p=0.61)) == [True, False, False, False]
+
+
+def test_frozen_judge_stays_fixed_while_the_policy_changes():
+    model, tok = build_random("smoke", seed=1)
+    policy = JanusBackend(model, tok, JanusBackendConfig(default_cfg_scale=3.0))
+    px = policy.decode_images(policy.sample_image_tokens(PROMPTS, SamplingConfig(seed=0)))
+    judges = {j: Judge(policy, RewardConfig(judge=j, ema_decay=0.5)) for j in ("policy", "frozen", "ema")}
+    before = {j: judges[j].score(px, PROMPTS, RewardConfig()).rewards for j in judges}
+    with torch.no_grad():
+        for p in policy.model.model.language_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    for j in judges.values():
+        j.update()
+    after = {j: judges[j].score(px, PROMPTS, RewardConfig()).rewards for j in judges}
+    assert torch.equal(before["frozen"], after["frozen"])
+    assert not torch.allclose(before["policy"], after["policy"])
+    assert not torch.allclose(before["ema"], after["ema"]) and not torch.allclose(after["ema"], after["policy"])
+
+
+def test_oracle_reward_is_one_for_a_correct_rendering_and_partial_otherwise():
+    from gvu.world.scene import Obj, Scene, render
+    img = torch.from_numpy(np.asarray(render(Scene((Obj("circle", "red", "large", 20, 32),))), dtype=np.float32))
+    px = (img.permute(2, 0, 1)[None] / 127.5 - 1).repeat(2, 1, 1, 1)
+    md = [{"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}], "prompt": "a photo of a red circle"},
+          {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "blue"}], "prompt": "a photo of a blue circle"}]
+    out = oracle_reward(px, md)
+    assert out.rewards.tolist() == [1.0, 0.5] and out.correct.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda b: b.sample_image_tokens([""], SamplingConfig()), "empty prompt"),
+    (lambda b: b.sample_image_tokens(["a photo of a circle " * 100], SamplingConfig()), "positions"),
+    (lambda b: b.sample_image_tokens(["a circle"], SamplingConfig(cfg_scale=1.0)), "cfg_scale must be > 1"),
+    (lambda b: rollout(b, [{"prompt": "a circle"}], 1, SamplingConfig()), "group size"),
+    (lambda b: b.decode_images(torch.full((1, b.num_image_tokens), b.image_vocab_size)), "image token ids"),
+    (lambda b: b.text_logprobs(torch.zeros(1, 3, 32, 32), QUERY, ["a circle"]), "must be 64x64"),
+])
+def test_bad_input_is_refused_before_work(backend, bad, match):
+    with pytest.raises((ValueError, ConfigError), match=match):
+        bad(backend)
