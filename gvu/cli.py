@@ -1,0 +1,50 @@
+"""The `gvu` command.
+
+Each command group lives in its own module and joins the parser through a `register(subparsers)` function
+listed in REGISTRARS; it adds its sub-parser(s) and sets `func` (called with the parsed args) on each. A
+register function must import lightly (no torch at import time), so that `gvu --help` and the nano-world
+commands stay fast; heavy imports belong inside the command's function.
+
+Errors: a UserError (bad input, an existing output) prints `gvu: error: <message>` and exits with status 2,
+like argparse's own usage errors; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from gvu import __version__
+from gvu.errors import UserError
+from gvu.world import cli as world_cli
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [world_cli.register_world, world_cli.register_eval]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gvu", description="GvU: RL for unified multimodal models with an understanding-based reward, "
+                                "and a nano world of coloured shapes to measure it exactly.")
+    parser.add_argument("--version", action="version", version=f"gvu {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"gvu: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gvu: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
