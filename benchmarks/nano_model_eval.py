@@ -1,0 +1,188 @@
+"""Measure a nano-Janus checkpoint against issue 3's targets; prints markdown tables and writes JSON.
+
+  vq             exact-evaluator accuracy on VQ reconstructions of eval-split renderings (target >= 98%)
+  understanding  choose the true prompt among 4 (3 minimal edits: colour, count, shape or relation) by the
+                 model's log p(prompt | image, "Describe the image in detail."), summed and length-normalised
+                 (target >= 90%)
+  qa             question answering, the answer chosen by likelihood among its type's answers, per type
+  generation     nano-GenEval on the eval split: 4 images per prompt, fixed seeds, default sampling (0.25-0.65)
+  groups         of groups of 8 images per prompt (train split), how many hold both right and wrong images
+
+Usage: python benchmarks/nano_model_eval.py [--model models/nano-janus] [--only vq,understanding,...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from gvu.config import SamplingConfig  # noqa: E402
+from gvu.models.janus import JanusBackend  # noqa: E402
+from gvu.models.vq_train import quantize  # noqa: E402
+from gvu.reward import reduce_logprobs, to_uint8  # noqa: E402
+from gvu.world.captions import QUESTION_TYPES, REWARD_QUERY, questions  # noqa: E402
+from gvu.world.evaluator import evaluate_image  # noqa: E402
+from gvu.world.perturb import distractors  # noqa: E402
+from gvu.world.prompts import make_suite  # noqa: E402
+from gvu.world.sampler import sample_scene  # noqa: E402
+from gvu.world.scene import render  # noqa: E402
+from gvu.world.vocab import COLOR_NAMES, NUMBER_WORDS, SIZES  # noqa: E402
+
+ANSWERS = {"count": ["zero"] + [NUMBER_WORDS[k] for k in range(1, 7)], "color": list(COLOR_NAMES),
+           "size": list(SIZES), "relation": ["yes", "no"], "exists": ["yes", "no"]}
+
+
+def pixels_of(images) -> torch.Tensor:
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+def eval_scenes(n_prompts: int | None, seed: int):
+    rng = random.Random(seed)
+    prompts = make_suite("geneval", "eval", seed=0)[:n_prompts]
+    return [(m, sample_scene(m, rng)) for m in prompts]
+
+
+@torch.no_grad()
+def bench_vq(b: JanusBackend, pairs) -> dict:
+    vq = b.model.model.vqmodel
+    correct = defaultdict(list)
+    for s in tqdm(range(0, len(pairs), 64), desc="vq"):
+        chunk = pairs[s:s + 64]
+        px = pixels_of([render(sc) for _, sc in chunk])
+        # the library's own encode() path (unit codes make it agree with training), then decode
+        idx = vq.encode(px).image_tokens.view(len(chunk), -1)
+        assert torch.equal(idx, quantize(vq, px)[2])
+        rec = to_uint8(b.decode_images(idx))
+        for (m, _), img in zip(chunk, rec):
+            correct[m["tag"]].append(evaluate_image(m, img).correct)
+    return summarise(correct)
+
+
+def score_texts(b, px, query, texts) -> tuple[torch.Tensor, torch.Tensor]:
+    tl = b.text_logprobs(px, query, texts)
+    return (tl.logprobs * tl.mask).sum(1), reduce_logprobs(tl.logprobs, tl.mask, "geometric_mean").log()
+
+
+@torch.no_grad()
+def bench_understanding(b, pairs, seed: int) -> dict:
+    rng = random.Random(seed)
+    hits_sum, hits_mean, by_kind = defaultdict(list), defaultdict(list), defaultdict(list)
+    for m, sc in tqdm(pairs, desc="understanding"):
+        ds = distractors(m, sc, 3, rng)
+        texts = [m["prompt"]] + [d["prompt"] for d in ds]
+        px = pixels_of([render(sc)]).repeat(len(texts), 1, 1, 1)
+        total, mean = score_texts(b, px, REWARD_QUERY, texts)
+        hits_sum[m["tag"]].append(bool(total.argmax() == 0))
+        hits_mean[m["tag"]].append(bool(mean.argmax() == 0))
+        for i, d in enumerate(ds, start=1):
+            by_kind[d["perturbation"]].append(bool(total[0] > total[i]))
+    return {"choose_1_of_4_sum_logp": summarise(hits_sum), "choose_1_of_4_mean_logp": summarise(hits_mean),
+            "true_beats_edit_by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()}}
+
+
+@torch.no_grad()
+def bench_qa(b, pairs, seed: int) -> dict:
+    rng = random.Random(seed)
+    hits = defaultdict(list)
+    for m, sc in tqdm(pairs, desc="qa"):
+        for qtype, q, a in questions(sc, rng, 2):
+            cands = ANSWERS[qtype]
+            px = pixels_of([render(sc)]).repeat(len(cands), 1, 1, 1)
+            total, _ = score_texts(b, px, q, cands)
+            hits[qtype].append(cands[int(total.argmax())] == a)
+    return {t: {"accuracy": float(np.mean(hits[t])), "n": len(hits[t])} for t in QUESTION_TYPES if hits[t]}
+
+
+def sample_and_judge(b, prompts_md, per_prompt: int, sampling: SamplingConfig, batch: int = 64):
+    rows = [m for m in prompts_md for _ in range(per_prompt)]
+    verdicts = []
+    for s in tqdm(range(0, len(rows), batch), desc="generation"):
+        chunk = rows[s:s + batch]
+        tok = b.sample_image_tokens([m["prompt"] for m in chunk], SamplingConfig(**{**sampling.__dict__, "seed": sampling.seed + s}))
+        for m, img in zip(chunk, to_uint8(b.decode_images(tok))):
+            verdicts.append(evaluate_image(m, img).correct)
+    return rows, verdicts
+
+
+def bench_generation(b, n_prompts, sampling) -> dict:
+    md = make_suite("geneval", "eval", seed=0)[:n_prompts]
+    rows, verdicts = sample_and_judge(b, md, 4, sampling)
+    correct = defaultdict(list)
+    for m, v in zip(rows, verdicts):
+        correct[m["tag"]].append(v)
+    return summarise(correct)
+
+
+def bench_groups(b, n_prompts, sampling) -> dict:
+    md = make_suite("geneval", "train", n_prompts, seed=1)
+    rows, verdicts = sample_and_judge(b, md, 8, sampling)
+    v = np.array(verdicts).reshape(len(md), 8)
+    mixed = (v.any(1) & ~v.all(1))
+    per_tag = defaultdict(list)
+    for m, x in zip(md, mixed):
+        per_tag[m["tag"]].append(bool(x))
+    return {"mixed_fraction": float(mixed.mean()), "all_wrong": float((~v.any(1)).mean()),
+            "all_right": float(v.all(1).mean()), "per_tag_mixed": {t: float(np.mean(x)) for t, x in per_tag.items()}}
+
+
+def summarise(correct: dict) -> dict:
+    per_tag = {t: float(np.mean(v)) for t, v in sorted(correct.items())}
+    return {"per_tag": per_tag, "overall": float(np.mean(list(per_tag.values()))),
+            "pooled": float(np.mean([x for v in correct.values() for x in v])), "n": sum(len(v) for v in correct.values())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="models/nano-janus")
+    ap.add_argument("--only", default="vq,understanding,qa,generation,groups")
+    ap.add_argument("--prompts", type=int, default=None, help="eval prompts to use (default: all 553)")
+    ap.add_argument("--group-prompts", type=int, default=64)
+    ap.add_argument("--cfg-scale", type=float, default=None)
+    ap.add_argument("--out", default=None, help="write results.json here")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    b = JanusBackend.from_pretrained(args.model)
+    sampling = SamplingConfig(cfg_scale=args.cfg_scale, seed=1234)
+    pairs = eval_scenes(args.prompts, seed=99)
+    results, t0 = {}, time.time()
+    for name in args.only.split(","):
+        t = time.time()
+        if name == "vq":
+            results[name] = bench_vq(b, pairs)
+        elif name == "understanding":
+            results[name] = bench_understanding(b, pairs, seed=5)
+        elif name == "qa":
+            results[name] = bench_qa(b, pairs, seed=6)
+        elif name == "generation":
+            results[name] = bench_generation(b, args.prompts, sampling)
+        elif name == "groups":
+            results[name] = bench_groups(b, args.group_prompts, sampling)
+        else:
+            raise SystemExit(f"unknown benchmark {name!r}")
+        results[name]["seconds"] = round(time.time() - t, 1)
+    results["machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}"
+    results["settings"] = {"model": args.model, "prompts": args.prompts, "cfg_scale": sampling.cfg_scale or b.default_cfg_scale,
+                           "threads": args.threads, "wall_s": round(time.time() - t0, 1)}
+    print(json.dumps(results, indent=1))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
