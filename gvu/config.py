@@ -62,3 +62,82 @@ class RewardConfig:
             raise ConfigError(f"ema_decay must be in [0, 1) (got {self.ema_decay})")
         if not self.query.strip():
             raise ConfigError("the reward query must not be empty")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A GvU-GRPO run. Presets (configs/*.json) are partial dicts of these fields; CLI overrides come last."""
+
+    # model and data
+    model: str = "models/nano-janus"  # a local Janus checkpoint directory (transformers format)
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | bfloat16
+    suite: str = "geneval"  # nano world: prompt suite for training and evaluation
+    train_split: str = "train"
+    train_prompts: int = 2000  # size of the training prompt pool (nano world), or...
+    prompts_file: str | None = None  # ...a GenEval-format jsonl of training prompts (real models)
+    # GRPO
+    steps: int = 200  # optimiser steps (one rollout batch each when mu = 1)
+    batch_prompts: int = 8  # B prompts per step
+    group_size: int = 8  # G images per prompt (official GvU: 2)
+    mu: int = 1  # inner updates per rollout batch; 1 = on-policy (the paper's)
+    advantage_scale: str = "group"  # group | batch | none
+    advantage_eps: float = 1e-4
+    eps_low: float = 0.2  # ratio clipping below 1
+    eps_high: float = 0.2  # ratio clipping above 1
+    beta: float = 0.0  # k3 KL coefficient to the reference policy (official GvU: 0.03)
+    aggregation: str = "sequence_mean"  # sequence_mean | token_mean | constant (Dr.GRPO)
+    # optimisation
+    lora_r: int = 0  # LoRA rank; 0 = full fine-tuning
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # LM only (JANUS-NOTES 13)
+    lr: float = 2e-5  # full fine-tuning above ~1e-4 destroyed generation in the JANUS-NOTES probe
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    schedule: str = "constant"  # constant | cosine (after warmup)
+    grad_accum: int = 1  # micro-batches per step (rows split evenly)
+    max_grad_norm: float = 1.0
+    rollout_micro_batch: int | None = None  # rows sampled at once (memory bound); None = all
+    # sampling and reward
+    sampling: SamplingConfig = SamplingConfig()
+    reward: RewardConfig = RewardConfig()
+    # logging, evaluation, checkpoints
+    seed: int = 0
+    threads: int = 2
+    log_every: int = 1
+    eval_every: int = 50  # steps between evaluations (nano world: exact evaluator + intrinsic reward); 0 = off
+    eval_prompts: int = 96  # eval-split prompts per periodic evaluation
+    eval_images_per_prompt: int = 2
+    grid_every: int = 25  # steps between sample grids of the fixed prompts
+    grid_prompts: int = 8
+    checkpoint_every: int = 50
+    guard_patience: int = 5  # steps of all-equal rewards or zero gradients before the alarm
+    final_eval: bool = True  # before/after table on the eval and ood splits at the end (nano world)
+    final_eval_prompts: int | None = None  # None = the whole split
+    final_images_per_prompt: int = 4
+
+    def validate(self) -> None:
+        from gvu.grpo import AGGREGATIONS, SCALES
+
+        self.sampling.validate()
+        self.reward.validate()
+        checks = [
+            (self.group_size >= 2, f"group_size must be >= 2 (got {self.group_size}): GRPO compares images of one prompt"),
+            (self.batch_prompts >= 1, f"batch_prompts must be >= 1 (got {self.batch_prompts})"),
+            (self.steps >= 1, f"steps must be >= 1 (got {self.steps})"),
+            (self.mu >= 1, f"mu must be >= 1 (got {self.mu})"),
+            (self.advantage_scale in SCALES, f"advantage_scale must be one of {SCALES} (got {self.advantage_scale!r})"),
+            (self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS} (got {self.aggregation!r})"),
+            (self.beta >= 0, f"beta must be >= 0 (got {self.beta})"),
+            (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
+            (self.lora_r >= 0, f"lora_r must be >= 0 (got {self.lora_r}); 0 means full fine-tuning"),
+            (self.schedule in ("constant", "cosine"), f"schedule must be constant or cosine (got {self.schedule!r})"),
+            (self.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (got {self.dtype!r})"),
+            (self.grad_accum >= 1 and (self.batch_prompts * self.group_size) % self.grad_accum == 0,
+             f"grad_accum ({self.grad_accum}) must divide the rows per step B*G = {self.batch_prompts * self.group_size}"),
+            (0 <= self.eps_low < 1 and self.eps_high >= 0, "eps_low must be in [0, 1) and eps_high >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)

@@ -77,17 +77,18 @@ class Judge:
     ema     an exponential moving average of the policy's weights, updated after every optimiser step.
     """
 
-    def __init__(self, policy, cfg: RewardConfig):
+    def __init__(self, policy, cfg: RewardConfig, adapter_off=None):
+        """adapter_off: under LoRA, a context-manager factory that disables the adapters (peft's disable_adapter)."""
         self.policy, self.mode, self.decay = policy, cfg.judge, cfg.ema_decay
         self.copy = None
-        self.uses_adapter_toggle = cfg.judge == "frozen" and hasattr(policy.model, "disable_adapter")
-        if cfg.judge in ("frozen", "ema") and not self.uses_adapter_toggle:
+        self.adapter_off = adapter_off if cfg.judge == "frozen" else None
+        if cfg.judge in ("frozen", "ema") and self.adapter_off is None:
             self.copy = copy.copy(policy)  # the backend object; its model is replaced by a frozen deep copy
             self.copy.model = copy.deepcopy(policy.model).eval().requires_grad_(False)
 
     def score(self, pixels: torch.Tensor, prompts: list[str], cfg: RewardConfig) -> RewardOutput:
-        if self.uses_adapter_toggle:
-            with self.policy.model.disable_adapter():
+        if self.adapter_off is not None:
+            with self.adapter_off():
                 return gvu_reward(self.policy, pixels, prompts, cfg)
         return gvu_reward(self.copy or self.policy, pixels, prompts, cfg)
 

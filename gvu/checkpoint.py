@@ -1,0 +1,78 @@
+"""Atomic checkpoints: trainable weights (safetensors), optimiser, RNG states and step, in one folder per step.
+
+A checkpoint folder is written under a temporary name and renamed into place, so a crash mid-save never leaves a
+half-written checkpoint; `latest` is a small file naming the newest complete one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Only what training changes (LoRA adapters, or every trainable weight for full fine-tuning)."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_states(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, extra: dict | None = None,
+         extra_tensors: dict[str, torch.Tensor] | None = None) -> str:
+    final = os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
+    tmp = final + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    save_file(trainable_state(model), os.path.join(tmp, "trainable.safetensors"))
+    if extra_tensors:
+        save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}, os.path.join(tmp, "extra.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng_states(), "extra": extra or {}},
+               os.path.join(tmp, "state.pt"))
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    latest_tmp = os.path.join(run_dir, "checkpoints", "latest.tmp")
+    with open(latest_tmp, "w") as f:
+        f.write(os.path.basename(final))
+    os.replace(latest_tmp, os.path.join(run_dir, "checkpoints", "latest"))
+    return final
+
+
+def latest(run_dir: str) -> str | None:
+    path = os.path.join(run_dir, "checkpoints", "latest")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return os.path.join(run_dir, "checkpoints", f.read().strip())
+
+
+def load(ckpt: str, model: torch.nn.Module, optimizer) -> tuple[int, dict, dict[str, torch.Tensor]]:
+    """Restore weights, optimiser and RNG in place; returns (step, extra, extra_tensors)."""
+    weights = load_file(os.path.join(ckpt, "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing:
+        raise ValueError(f"checkpoint {ckpt} does not match this model's trainable weights (missing {missing[:3]}); "
+                         "was it made with other LoRA or fine-tuning settings?")
+    with torch.no_grad():
+        for n, w in weights.items():
+            params[n].copy_(w.to(params[n].dtype))
+    state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_states(state["rng"])
+    extra_path = os.path.join(ckpt, "extra.safetensors")
+    return state["step"], state["extra"], (load_file(extra_path) if os.path.exists(extra_path) else {})

@@ -1,0 +1,115 @@
+"""What a run writes: resolved config, metrics (jsonl, + TensorBoard when installed), sample grids, tables, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from gvu.reward import to_uint8
+
+
+def write_config(run_dir: str, cfg) -> None:
+    save_json(run_dir, "config.json", asdict(cfg))
+
+
+def save_json(run_dir: str, name: str, obj) -> None:
+    tmp = os.path.join(run_dir, name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=lambda o: None)
+    os.replace(tmp, os.path.join(run_dir, name))
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line, namespaced keys) and TensorBoard scalars when available."""
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.lines = sum(1 for _ in open(self.path)) if os.path.exists(self.path) else 0
+        self.last_eval = "-"
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        except Exception:  # tensorboard not installed: jsonl only
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.lines += 1
+        if "eval/overall" in record:
+            self.last_eval = f"{record['eval/overall']:.3f}"
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def truncate(self, step: int) -> None:
+        """On resume: drop lines written after the checkpoint's step (they will be written again)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            keep = [ln for ln in f if json.loads(ln).get("step", 0) <= step]
+        with open(self.path, "w") as f:
+            f.writelines(keep)
+        self.lines = len(keep)
+
+
+def save_grid(path: str, pixels, prompts: list[str], per_prompt: int, scale: int = 2) -> None:
+    """Rows = prompts (text on the left), columns = images; pixels [len(prompts)*per_prompt, 3, H, W]."""
+    imgs = to_uint8(pixels)
+    h = imgs.shape[1] * scale
+    label_w = 260
+    canvas = Image.new("RGB", (label_w + per_prompt * (h + 4), len(prompts) * (h + 4)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, p in enumerate(prompts):
+        draw.text((4, r * (h + 4) + h // 2 - 6), p[:44], fill=(0, 0, 0))
+        for c in range(per_prompt):
+            im = Image.fromarray(imgs[r * per_prompt + c]).resize((h, h), Image.NEAREST)
+            canvas.paste(im, (label_w + c * (h + 4), r * (h + 4)))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    canvas.save(path)
+
+
+def before_after_table(before: dict, after: dict) -> str:
+    lines = ["| split | tag | exact before | exact after | reward before | reward after |", "|---|---|---|---|---|---|"]
+    for split in before:
+        b, a = before[split], after[split]
+        for tag in b.get("per_tag", {}):
+            lines.append(f"| {split} | {tag} | {b['per_tag'][tag]:.3f} | {a['per_tag'][tag]:.3f} | | |")
+        lines.append(f"| {split} | **overall** | **{b['overall']:.3f}** | **{a['overall']:.3f}** | "
+                     f"{b['reward']:.4f} | {a['reward']:.4f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(run_dir: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in open(os.path.join(run_dir, "metrics.jsonl"))]
+    train = [r for r in rows if "reward/mean" in r]
+    evals = [r for r in rows if "eval/overall" in r]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    if train:
+        steps = np.array([r["step"] for r in train])
+        rew = np.array([r["reward/mean"] for r in train])
+        k = max(1, len(rew) // 20)
+        ax[0].plot(steps, rew, alpha=0.3, label="batch")
+        ax[0].plot(steps[k - 1:], np.convolve(rew, np.ones(k) / k, "valid"), label=f"mean of {k}")
+        ax[0].set(title="training reward", xlabel="step")
+        ax[0].legend()
+    if evals:
+        ax[1].plot([r["step"] for r in evals], [r["eval/overall"] for r in evals], "o-", label="exact (eval split)")
+        ax2 = ax[1].twinx()
+        ax2.plot([r["step"] for r in evals], [r["eval/reward"] for r in evals], "s--", color="C1", label="intrinsic reward")
+        ax[1].set(title="evaluation", xlabel="step", ylabel="nano-GenEval overall")
+        ax2.set_ylabel("GvU reward")
+    fig.tight_layout()
+    path = os.path.join(run_dir, "curves.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,293 @@
+"""`gvu train`: GvU self-training with GRPO. Read top to bottom: rollout -> reward -> advantages -> update -> log.
+
+Which log-probs the loss uses: the conditional branch's log p(image tokens | prompt) at the sampling temperature,
+recomputed by teacher forcing (JanusBackend.image_token_logprobs). Sampling used classifier-free guidance, so
+the policy being optimised is the conditional branch, and guidance is applied on top of it at sampling time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, replace
+
+import torch
+
+from gvu import checkpoint
+from gvu.config import TrainConfig
+from gvu.evaluate import evaluate, world_judgeable
+from gvu.grpo import group_advantages, grpo_loss, zero_variance_groups
+from gvu.reward import Judge, compute_reward, gvu_reward
+from gvu.rollout import rollout
+from gvu.run_io import MetricsLog, save_grid, save_json, write_config
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradients became NaN/inf; the run stops and its last good checkpoint stays."""
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+
+def load_prompts(cfg: TrainConfig) -> list[dict]:
+    if cfg.prompts_file:
+        from gvu.world.geneval_io import read_prompts
+        return read_prompts(cfg.prompts_file, nano=False)
+    from gvu.world.prompts import make_suite
+    return make_suite(cfg.suite, cfg.train_split, cfg.train_prompts, seed=cfg.seed)
+
+
+def setup_trainable(backend, cfg: TrainConfig):
+    """LoRA on the language model (peft, regex-targeted) or full fine-tuning of the generation path.
+    Returns (params, adapter_off): adapter_off disables LoRA (the reference / frozen judge), None otherwise."""
+    model = backend.model
+    model.requires_grad_(False)
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        # get_peft_model injects LoRA layers into `model` in place; the backend keeps using `model` itself
+        peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                      target_modules=cfg.lora_target, init_lora_weights=True))
+        backend.peft_model = peft_model
+        adapter_off = peft_model.disable_adapter
+    else:
+        # the generation path: LLM, text embeddings (prompt), image-token embeddings/aligner and head.
+        # The VQ tokenizer and the understanding encoder stay frozen (they get no gradient from this loss).
+        for module in (model.model.language_model, model.model.generation_embeddings,
+                       model.model.generation_aligner, model.model.generation_head):
+            module.requires_grad_(True)
+        adapter_off = None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"no trainable parameters: lora_target {cfg.lora_target!r} matched no module")
+    return params, adapter_off
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
+    return cfg.lr
+
+
+def prompts_for_step(pool: list[dict], step: int, cfg: TrainConfig) -> list[dict]:
+    """B prompts for `step`, a pure function of (seed, step) so that resuming draws the same ones."""
+    return random.Random(cfg.seed * 1_000_003 + step).sample(pool, min(cfg.batch_prompts, len(pool)))
+
+
+# ----------------------------------------------------------------------------------------------- one step
+
+def reference_logprobs(backend, ref_model, adapter_off, prompts, tokens, temperature):
+    with torch.no_grad():
+        if adapter_off is not None:
+            with adapter_off():
+                return backend.image_token_logprobs(prompts, tokens, temperature)
+        live = backend.model
+        backend.model = ref_model
+        try:
+            return backend.image_token_logprobs(prompts, tokens, temperature)
+        finally:
+            backend.model = live
+
+
+def update(backend, ro, adv, cfg, params, optimizer, ref_model, adapter_off) -> dict:
+    """mu inner passes of GRPO over the rollout (grad_accum micro-batches each); returns metrics."""
+    rows = ro.row_prompts
+    m = len(rows)
+    size = m // cfg.grad_accum
+    temp = cfg.sampling.temperature
+    metrics: dict = {}
+    for _ in range(cfg.mu):
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for s in range(0, m, size):
+            sl = slice(s, s + size)
+            logp = backend.image_token_logprobs(rows[sl], ro.tokens[sl], temp)
+            old = ro.old_logprobs[sl] if ro.old_logprobs is not None else logp.detach()  # mu = 1: ratio 1
+            ref = reference_logprobs(backend, ref_model, adapter_off, rows[sl], ro.tokens[sl], temp) if cfg.beta > 0 else None
+            loss, mm = grpo_loss(logp, old, adv[sl].to(logp.device), torch.ones_like(logp, dtype=torch.bool), ref,
+                                 cfg.beta, cfg.eps_low, cfg.eps_high, cfg.aggregation)
+            (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+            for k, v in mm.items():
+                metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum / cfg.mu
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        if not math.isfinite(total) or not math.isfinite(grad_norm):
+            raise TrainingDiverged(f"loss {total} / gradient norm {grad_norm} is not finite")
+        optimizer.step()
+    metrics.update({"loss/total": total, "policy/grad_norm": grad_norm})
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    from gvu.models.janus import JanusBackend
+
+    cfg.validate()
+    prepare_run_dir(run_dir, cfg, resume, overwrite)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=dtype)
+    pool = load_prompts(cfg)
+    backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
+    nano = world_judgeable(pool)
+    if cfg.reward.kind == "oracle" and not nano:
+        raise ValueError("the oracle reward needs nano-world prompts (it is the nano world's exact evaluator)")
+    eval_md, grid_md = eval_sets(cfg, nano)
+
+    params, adapter_off = setup_trainable(backend, cfg)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ref_model = None
+    if cfg.beta > 0 and adapter_off is None:
+        ref_model = copy.deepcopy(backend.model).eval().requires_grad_(False)
+    judge = Judge(backend, cfg.reward, adapter_off) if cfg.reward.kind == "gvu" else None
+    log = MetricsLog(run_dir)
+
+    start = 0
+    ckpt = checkpoint.latest(run_dir) if resume else None
+    if ckpt:
+        start, extra, tensors = checkpoint.load(ckpt, backend.model, optimizer)
+        if judge is not None and judge.mode == "ema":
+            with torch.no_grad():
+                for n, p in judge.copy.model.named_parameters():
+                    p.copy_(tensors["ema." + n])
+        log.truncate(start)
+    elif cfg.final_eval and nano:
+        save_json(run_dir, "before.json", final_tables(backend, cfg))
+
+    if start == 0 and cfg.eval_every:
+        periodic(backend, cfg, 0, eval_md, grid_md, run_dir, log)
+    bar = make_bar(cfg, start, progress)
+    low_signal = 0
+    for step in range(start, cfg.steps):
+        t0 = time.time()
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        md = prompts_for_step(pool, step, cfg)
+        # 1. rollout: G images per prompt, with guidance, seeded by (seed, step)
+        ro = rollout(backend, md, cfg.group_size, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * 7919),
+                     with_old_logprobs=cfg.mu > 1, micro_batch=cfg.rollout_micro_batch)
+        t_roll = time.time()
+        # 2. reward: the model's own understanding branch scores its images (or the oracle, for comparisons)
+        rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata)
+        t_rew = time.time()
+        # 3. advantages, group-relative
+        adv = group_advantages(rew.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
+        zero_var = zero_variance_groups(rew.rewards, cfg.group_size)
+        # 4. update
+        metrics = update(backend, ro, adv, cfg, params, optimizer, ref_model, adapter_off)
+        if judge is not None:
+            judge.update()
+        # 5. log, guard, evaluate, checkpoint
+        low_signal = low_signal + 1 if (zero_var == len(md) or metrics["policy/grad_norm"] == 0.0) else 0
+        metrics.update({"step": step + 1, "reward/mean": float(rew.rewards.mean()), "reward/std": float(rew.rewards.std()),
+                        "reward/zero_variance_groups": zero_var, "policy/lr": lr_at(step, cfg),
+                        "perf/step_s": time.time() - t0, "perf/rollout_s": t_roll - t0, "perf/reward_s": t_rew - t_roll,
+                        "perf/images_per_s": len(ro.tokens) / (t_roll - t0)})
+        if rew.correct is not None:
+            metrics["reward/oracle_correct"] = float(rew.correct.float().mean())
+        if low_signal >= cfg.guard_patience:
+            metrics["alarm"] = (f"{low_signal} steps with every group's rewards equal or a zero gradient: "
+                                "no learning signal (check the reward, the sampling temperature, or the group size)")
+            print(f"\n[gvu] warning at step {step + 1}: {metrics['alarm']}")
+        log.write(metrics)
+        s = step + 1
+        if cfg.eval_every and s % cfg.eval_every == 0 or (cfg.grid_every and s % cfg.grid_every == 0) or s == cfg.steps:
+            periodic(backend, cfg, s, eval_md if (cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps)) else None,
+                     grid_md, run_dir, log)
+        if s % cfg.checkpoint_every == 0 or s == cfg.steps:
+            tensors = {"ema." + n: p for n, p in judge.copy.model.named_parameters()} if judge and judge.mode == "ema" else None
+            checkpoint.save(run_dir, s, backend.model, optimizer, {"metrics_lines": log.lines}, tensors)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", eval=log.last_eval, step_s=f"{metrics['perf/step_s']:.1f}")
+    bar.close()
+    summary = {"run_dir": run_dir, "steps": cfg.steps}
+    if cfg.final_eval and nano:
+        after = final_tables(backend, cfg)
+        save_json(run_dir, "after.json", after)
+        from gvu.run_io import before_after_table, plot_curves
+        with open(os.path.join(run_dir, "before.json")) as f:
+            before = json.load(f)
+        summary["table"] = before_after_table(before, after)
+        with open(os.path.join(run_dir, "summary.md"), "w") as f:
+            f.write(summary["table"] + "\n")
+        plot_curves(run_dir)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    cfg_path = os.path.join(run_dir, "config.json")
+    if resume:
+        if not os.path.exists(cfg_path):
+            raise ValueError(f"--resume: {run_dir} holds no run (no config.json)")
+        with open(cfg_path) as f:
+            saved = json.load(f)
+        if saved != json.loads(json.dumps(asdict(cfg))):
+            diff = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(asdict(cfg))).items() if saved.get(k) != v}
+            raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same settings")
+        return
+    if os.path.exists(run_dir) and os.listdir(run_dir):
+        if not overwrite:
+            raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        import shutil
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    write_config(run_dir, cfg)
+
+
+def eval_sets(cfg: TrainConfig, nano: bool) -> tuple[list[dict], list[dict]]:
+    if not nano:
+        pool = load_prompts(cfg)
+        return pool[: cfg.eval_prompts], pool[: cfg.grid_prompts]
+    from gvu.world.prompts import make_suite
+    full = make_suite(cfg.suite, "eval", seed=0)
+    return full[: cfg.eval_prompts], full[: cfg.grid_prompts]
+
+
+def periodic(backend, cfg, step, eval_md, grid_md, run_dir, log) -> None:
+    """Evaluation (exact + intrinsic), the sample grid of the fixed prompts, and per-token diagnostics."""
+    fixed = replace(cfg.sampling, seed=424242)
+    if eval_md:
+        res = evaluate(backend, eval_md, cfg.eval_images_per_prompt, fixed, cfg.reward)
+        log.write({"step": step, **{f"eval/{k}": v for k, v in res.items() if k in ("overall", "reward")},
+                   **{f"eval/{t}": v for t, v in res.get("per_tag", {}).items()}})
+    if grid_md and cfg.grid_every:
+        per = 4
+        prompts = [m["prompt"] for m in grid_md for _ in range(per)]
+        with torch.no_grad():
+            px = backend.decode_images(backend.sample_image_tokens(prompts, fixed))
+            diag = gvu_reward(backend, px[::per], [m["prompt"] for m in grid_md], replace(cfg.reward, kind="gvu"))
+        save_grid(os.path.join(run_dir, "grids", f"step_{step:06d}.png"), px, [m["prompt"] for m in grid_md], per)
+        tl = diag.token_logprobs
+        with open(os.path.join(run_dir, "diagnostics.jsonl"), "a") as f:
+            for i, m in enumerate(grid_md):
+                words = tl.tokens_as_text(backend.tokenizer, i)
+                lps = tl.logprobs[i][tl.mask[i]].tolist()
+                f.write(json.dumps({"step": step, "prompt": m["prompt"], "reward": float(diag.rewards[i]),
+                                    "tokens": [[w, round(lp, 3)] for w, lp in zip(words, lps)]}) + "\n")
+
+
+def final_tables(backend, cfg: TrainConfig) -> dict:
+    """Eval and ood splits: per-tag exact accuracy and the mean intrinsic reward (the before/after table)."""
+    from gvu.world.prompts import make_suite
+
+    fixed = replace(cfg.sampling, seed=777)
+    out = {}
+    for split in ("eval", "ood"):
+        md = make_suite(cfg.suite, split, seed=0)[: cfg.final_eval_prompts]
+        out[split] = evaluate(backend, md, cfg.final_images_per_prompt, fixed, cfg.reward, progress=True)
+    return out
+
+
+def make_bar(cfg, start, progress):
+    from tqdm import tqdm
+    return tqdm(total=cfg.steps, initial=start, desc="gvu train", unit="step", disable=not progress)
