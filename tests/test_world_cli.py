@@ -52,7 +52,7 @@ def test_prompts_render_eval_end_to_end(rendered, gvu, tmp_path):
     assert "| **overall** (mean of 7 tags) | 28 | 28 | **100.0%** |" in stdout
 
 
-def test_eval_overall_is_the_unweighted_mean_over_tags(tmp_path, gvu):
+def test_eval_overall_is_the_unweighted_mean_over_tags():
     from gvu.world.scoring import summarise
 
     rows = [{"index": 0, "tag": "counting", "correct": c} for c in (True, False, False, False)]
