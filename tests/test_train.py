@@ -1,0 +1,134 @@
+"""The GvU-GRPO loop on a tiny random Janus: parameters move, resume is exact, guards fire."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gvu.train as train_mod
+from gvu.config import ConfigError, RewardConfig, TrainConfig
+from gvu.models.nano import SPECS, build_random
+from gvu.models.pretrain import save_model
+from gvu.reward import RewardOutput
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tiny") / "model")
+    model, tok = build_random("smoke", seed=0)
+    save_model(model, tok, SPECS["smoke"], path)
+    return path
+
+
+def tiny(model_dir, **kw):
+    base = dict(model=model_dir, steps=4, batch_prompts=2, group_size=2, train_prompts=16, eval_every=2, eval_prompts=2,
+                eval_images_per_prompt=1, grid_every=0, checkpoint_every=2, threads=1, final_eval=False, lr=1e-3, warmup_steps=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def run_capturing_model(cfg, run_dir, monkeypatch, **kw):
+    """Run train() and return the backend's model (captured from setup_trainable)."""
+    box = {}
+    real = train_mod.setup_trainable
+
+    def spy(backend, c):
+        out = real(backend, c)
+        box["model"], box["before"] = backend.model, weights(backend.model)
+        return out
+
+    monkeypatch.setattr(train_mod, "setup_trainable", spy)
+    train_mod.train(cfg, run_dir, progress=False, **kw)
+    return box
+
+
+def test_one_full_finetuning_step_changes_every_trainable_parameter(model_dir, tmp_path, monkeypatch):
+    box = run_capturing_model(tiny(model_dir, steps=1, eval_every=0), str(tmp_path / "run"), monkeypatch)
+    after = weights(box["model"])
+    unchanged = [n for n in after if torch.equal(after[n], box["before"][n])]
+    assert len(after) > 10 and unchanged == []
+
+
+def test_lora_trains_only_adapters_and_both_factors_move(model_dir, tmp_path, monkeypatch):
+    # LoRA's B starts at zero, so A gets no gradient on step 1: after two steps both factors have moved
+    box = run_capturing_model(tiny(model_dir, steps=2, eval_every=0, lora_r=2), str(tmp_path / "run"), monkeypatch)
+    after = weights(box["model"])
+    assert after and all("lora_" in n and "language_model" in n for n in after)
+    assert [n for n in after if torch.equal(after[n], box["before"][n])] == []
+
+
+def strip_perf(path):
+    rows = [json.loads(ln) for ln in open(path)]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(model_dir, tmp_path, monkeypatch):
+    cfg = tiny(model_dir)
+    train_mod.train(cfg, str(tmp_path / "straight"), progress=False)
+
+    real_update, calls = train_mod.update, {"n": 0}
+
+    def crash_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_update(*a, **k)
+
+    monkeypatch.setattr(train_mod, "update", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, str(tmp_path / "resumed"), progress=False)
+    monkeypatch.setattr(train_mod, "update", real_update)
+    train_mod.train(cfg, str(tmp_path / "resumed"), resume=True, progress=False)
+
+    a = load_file(str(tmp_path / "straight/checkpoints/step_000004/trainable.safetensors"))
+    b = load_file(str(tmp_path / "resumed/checkpoints/step_000004/trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert strip_perf(tmp_path / "straight/metrics.jsonl") == strip_perf(tmp_path / "resumed/metrics.jsonl")
+
+
+def constant_reward(value):
+    def fake(cfg, judge, pixels, metadata):
+        return RewardOutput(torch.full((pixels.shape[0],), value))
+    return fake
+
+
+def test_equal_rewards_raise_the_alarm(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "compute_reward", constant_reward(0.5))
+    train_mod.train(tiny(model_dir, steps=3, guard_patience=2, eval_every=0), str(tmp_path / "run"), progress=False)
+    rows = [json.loads(ln) for ln in open(tmp_path / "run/metrics.jsonl")]
+    assert [r["reward/zero_variance_groups"] for r in rows] == [2, 2, 2]
+    assert ["alarm" in r for r in rows] == [False, True, True]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(model_dir, tmp_path, monkeypatch):
+    cfg = tiny(model_dir, steps=4, eval_every=0)
+    real, calls = train_mod.compute_reward, {"n": 0}
+
+    def nan_at_third(c, judge, pixels, metadata):
+        calls["n"] += 1
+        return constant_reward(float("nan"))(c, judge, pixels, metadata) if calls["n"] == 3 else real(c, judge, pixels, metadata)
+
+    monkeypatch.setattr(train_mod, "compute_reward", nan_at_third)
+    with pytest.raises(train_mod.TrainingDiverged, match="not finite"):
+        train_mod.train(cfg, str(tmp_path / "run"), progress=False)
+    ckpt = tmp_path / "run/checkpoints/step_000002/trainable.safetensors"
+    assert ckpt.exists() and all(torch.isfinite(t).all() for t in load_file(str(ckpt)).values())
+    assert (tmp_path / "run/checkpoints/latest").read_text() == "step_000002"
+
+
+def test_bad_config_and_existing_run_are_refused_before_work(model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="group_size"):
+        train_mod.train(tiny(model_dir, group_size=1), str(tmp_path / "a"), progress=False)
+    with pytest.raises(ConfigError, match="judge"):
+        train_mod.train(tiny(model_dir, reward=RewardConfig(judge="teacher")), str(tmp_path / "a"), progress=False)
+    os.makedirs(tmp_path / "b")
+    (tmp_path / "b" / "keep.txt").write_text("user data")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_mod.train(tiny(model_dir), str(tmp_path / "b"), progress=False)
+    assert (tmp_path / "b" / "keep.txt").read_text() == "user data"
