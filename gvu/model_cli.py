@@ -1,0 +1,193 @@
+"""The model commands: `gvu pretrain`, `gvu train`, `gvu score`. Heavy imports stay inside the command functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import fields, is_dataclass, replace
+from pathlib import Path
+
+from gvu.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def register_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="train nano-Janus from scratch on the nano world (resumable)",
+                       description="Build and train nano-Janus: tokenizer, VQ tokenizer (stage 1), language model on "
+                                   "understanding + generation (stage 2). Rerun the same command to resume.")
+    p.add_argument("--preset", default="nano", help="nano (the shipped model, ~1-2 h on 2 cores) or smoke (seconds)")
+    p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_pretrain)
+
+
+def register_train(sub) -> None:
+    p = sub.add_parser("train", help="GvU self-training (GRPO with the model's own understanding as reward)",
+                       description="Run GvU-GRPO. The config is TrainConfig's defaults, then --preset (configs/NAME.json) "
+                                   "or --config FILE, then --set KEY=VALUE overrides (dotted for nested: "
+                                   "reward.judge=frozen, sampling.cfg_scale=3). The resolved config is written into the run.")
+    p.add_argument("--preset", default=None, help=f"a preset in configs/ ({', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.json')))})")
+    p.add_argument("--config", default=None, help="a JSON file of TrainConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (repeatable)")
+    p.add_argument("--out", required=True, help="the run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.set_defaults(func=cmd_train)
+
+
+def register_score(sub) -> None:
+    p = sub.add_parser("score", help="score images with the GvU reward and show per-token diagnostics",
+                       description="Score a GenEval folder (or one --image with --prompt) with the GvU intrinsic reward "
+                                   "of a model: per-image reward and the log-prob of every prompt token.")
+    p.add_argument("folder", nargs="?", help="GenEval folder: <index:05d>/metadata.jsonl + samples/*.png")
+    p.add_argument("--image", help="one image file (with --prompt)")
+    p.add_argument("--prompt", help="its prompt")
+    p.add_argument("--model", default="models/nano-janus")
+    p.add_argument("--query", default=None, help='the understanding query (default: "Describe the image in detail.")')
+    p.add_argument("--reduction", default="geometric_mean", choices=["geometric_mean", "product", "min"])
+    p.add_argument("--out", default=None, help="write per-image results (jsonl) here")
+    p.set_defaults(func=cmd_score)
+
+
+# ----------------------------------------------------------------------------------------------- config resolution
+
+def _coerce(value: str, current):
+    if isinstance(current, bool):
+        if value.lower() in ("true", "1", "yes"):
+            return True
+        if value.lower() in ("false", "0", "no"):
+            return False
+        raise UserError(f"expected true or false, got {value!r}")
+    if value.lower() in ("none", "null"):
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def apply_dict(cfg, d: dict, where: str):
+    """Return cfg with the fields of d (nested dicts for nested dataclasses); unknown keys are errors."""
+    names = {f.name: f for f in fields(cfg)}
+    changes = {}
+    for k, v in d.items():
+        if k.startswith("_"):
+            continue
+        if k not in names:
+            raise UserError(f"{where}: unknown setting {k!r}; known: {', '.join(sorted(names))}")
+        cur = getattr(cfg, k)
+        changes[k] = apply_dict(cur, v, f"{where}.{k}") if is_dataclass(cur) and isinstance(v, dict) else v
+    return replace(cfg, **changes)
+
+
+def resolve_train_config(preset: str | None, config: str | None, sets: list[str]):
+    from gvu.config import TrainConfig
+
+    cfg = TrainConfig()
+    for path, where in ((CONFIG_DIR / f"{preset}.json" if preset else None, f"preset {preset}"), (config, config)):
+        if path is None:
+            continue
+        if not os.path.exists(path):
+            raise UserError(f"{where}: no such file {path}" + ("" if not preset else
+                            f"; presets: {', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.json')))}"))
+        with open(path) as f:
+            cfg = apply_dict(cfg, json.load(f), where)
+    for s in sets:
+        if "=" not in s:
+            raise UserError(f"--set {s!r}: expected KEY=VALUE")
+        key, value = s.split("=", 1)
+        parts = key.split(".")
+        obj = cfg
+        for p in parts[:-1]:
+            obj = getattr(obj, p, None)
+            if not is_dataclass(obj):
+                raise UserError(f"--set {key}: {p!r} is not a settings group")
+        if parts[-1] not in {f.name for f in fields(obj)}:
+            raise UserError(f"--set {key}: unknown setting {parts[-1]!r}")
+        nested: dict = {parts[-1]: _coerce(value, getattr(obj, parts[-1]))}
+        for p in reversed(parts[:-1]):
+            nested = {p: nested}
+        cfg = apply_dict(cfg, nested, "--set")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+def cmd_pretrain(args) -> None:
+    from gvu.models.pretrain import PRESETS, pretrain
+
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    try:
+        over = {"threads": args.threads} if args.threads else {}
+        path = pretrain(args.preset, args.out, **over)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    print(f"model written to {path}")
+
+
+def cmd_train(args) -> None:
+    from gvu.config import ConfigError
+
+    cfg = resolve_train_config(args.preset, args.config, args.set)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise UserError(str(e)) from e
+    if not os.path.isdir(cfg.model):
+        raise UserError(f"model {cfg.model!r} is not a directory: give a local Janus checkpoint (--set model=PATH)")
+    from gvu.train import train
+
+    try:
+        summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    except (ValueError, ConfigError) as e:
+        raise UserError(str(e)) from e
+    if summary.get("table"):
+        print("\nBefore / after GvU (exact evaluator and intrinsic reward):\n" + summary["table"])
+    print(f"\nrun written to {args.out}: metrics.jsonl, curves.png, grids/, summary.md, checkpoints/")
+
+
+def cmd_score(args) -> None:
+    import numpy as np
+    import torch
+
+    from gvu.config import RewardConfig
+    from gvu.models.janus import JanusBackend
+    from gvu.reward import gvu_reward
+    from gvu.world import geneval_io as gio
+
+    if bool(args.folder) == bool(args.image):
+        raise UserError("give either a GenEval FOLDER or --image with --prompt")
+    if args.image and not args.prompt:
+        raise UserError("--image needs --prompt")
+    if not os.path.isdir(args.model):
+        raise UserError(f"model {args.model!r} is not a directory")
+    if args.image:
+        items = [(args.prompt, Path(args.image))]
+    else:
+        folders = gio.read_folder(args.folder, nano=False)
+        items = [(f.metadata["prompt"], p) for f in folders for _, p in f.samples]
+    backend = JanusBackend.from_pretrained(args.model)
+    size = backend.image_size
+    for _, path in items:
+        gio.check_image(path, size)
+    cfg = RewardConfig(reduction=args.reduction, **({"query": args.query} if args.query else {}))
+    cfg.validate()
+    rows = []
+    for s in range(0, len(items), 32):
+        chunk = items[s:s + 32]
+        arr = np.stack([np.asarray(gio.load_image(p).convert("RGB"), dtype=np.float32) for _, p in chunk])
+        px = torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
+        out = gvu_reward(backend, px, [p for p, _ in chunk], cfg)
+        tl = out.token_logprobs
+        for i, (prompt, path) in enumerate(chunk):
+            toks = list(zip(tl.tokens_as_text(backend.tokenizer, i), tl.logprobs[i][tl.mask[i]].tolist()))
+            rows.append({"image": str(path), "prompt": prompt, "reward": float(out.rewards[i]),
+                         "tokens": [[t, round(lp, 3)] for t, lp in toks]})
+            worst = min(toks, key=lambda x: x[1])
+            print(f"{out.rewards[i]:.4f}  {path}  {prompt!r}")
+            print("        " + "  ".join(f"{t.strip() or repr(t)}:{lp:.2f}" for t, lp in toks) + f"   (weakest: {worst[0].strip()!r})")
+    if args.out:
+        gio.write_files_atomic({Path(args.out): gio.jsonl_text(rows)})
