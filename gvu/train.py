@@ -291,3 +291,28 @@ def final_tables(backend, cfg: TrainConfig) -> dict:
 def make_bar(cfg, start, progress):
     from tqdm import tqdm
     return tqdm(total=cfg.steps, initial=start, desc="gvu train", unit="step", disable=not progress)
+
+
+def load_trained(run_dir: str, step: int | None = None):
+    """The policy of a run (its latest checkpoint, or `step`), as a JanusBackend ready for evaluation."""
+    from safetensors.torch import load_file
+
+    from gvu.config import RewardConfig, SamplingConfig
+    from gvu.models.janus import JanusBackend
+
+    with open(os.path.join(run_dir, "config.json")) as f:
+        d = json.load(f)
+    d["sampling"], d["reward"] = SamplingConfig(**d["sampling"]), RewardConfig(**d["reward"])
+    cfg = TrainConfig(**d)
+    backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device)
+    setup_trainable(backend, cfg)
+    ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}") if step else checkpoint.latest(run_dir)
+    if ckpt is None:
+        raise ValueError(f"{run_dir} has no checkpoint yet")
+    weights = load_file(os.path.join(ckpt, "trainable.safetensors"))
+    params = dict(backend.model.named_parameters())
+    with torch.no_grad():
+        for n, w in weights.items():
+            params[n].copy_(w)
+    backend.model.eval()
+    return backend

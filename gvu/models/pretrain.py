@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from gvu.models import nano
-from gvu.models.vq_train import normalise_codebook, restart_dead_codes, vq_loss
+from gvu.models.vq_train import CodebookEMA, normalise_codebook, restart_dead_codes, vq_loss
 from gvu.world.prompts import make_prompt, split_of, HELD_OUT_PAIRS
 from gvu.world.sampler import sample_scene
 from gvu.world.scene import render
@@ -39,10 +39,10 @@ class PretrainConfig:
     bf16: bool = True  # bf16 autocast (CPU: 1.3-3.6x faster than fp32, JANUS-NOTES)
     save_every: int = 200  # steps between checkpoints
     # stage 1: VQ
-    vq_steps: int = 1200
+    vq_steps: int = 1000
     vq_batch: int = 32
     vq_lr: float = 1e-3
-    vq_restart_every: int = 100  # restart codes unused over this many steps
+    vq_restart_every: int = 50  # restart codes unused over this many steps
     # stage 2: language model
     lm_steps: int = 4000
     gen_batch: int = 32  # prompt -> image-token sequences per step
@@ -133,12 +133,14 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     torch.manual_seed(cfg.seed)
     vq = JanusVQVAE(config.vq_config)
     vq.train()  # JanusVQVAE.__init__ calls eval() (JANUS-NOTES pitfall 5)
-    opt = torch.optim.Adam(vq.parameters(), lr=cfg.vq_lr)
+    ema = CodebookEMA(vq)  # the codebook moves by EMA, not by the optimiser
+    opt = torch.optim.Adam([p for p in vq.parameters() if p.requires_grad], lr=cfg.vq_lr)
     rng = random.Random(cfg.seed + 1)
     step = 0
     if state is not None:
         vq.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        ema.load_state_dict(state["ema"])
         step = state["step"]
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -151,15 +153,16 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.vq_steps, cfg.vq_lr)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, metrics, idx = vq_loss(vq, pixels)
+            loss, metrics, idx, z = vq_loss(vq, pixels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        ema.update(vq, z, idx)
         usage += torch.bincount(idx.flatten(), minlength=len(usage))
         step += 1
         if step % cfg.vq_restart_every == 0:
             metrics["vq/codes_used"] = int((usage > 0).sum())
-            metrics["vq/restarted"] = restart_dead_codes(vq, usage, pixels)
+            metrics["vq/restarted"] = restart_dead_codes(vq, usage, pixels, ema)
             usage.zero_()
         bar.update(1)
         bar.set_postfix(mse=f"{metrics['vq/mse']:.4f}")
@@ -168,7 +171,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
         if step % cfg.save_every == 0 or step == cfg.vq_steps:
             if step == cfg.vq_steps:
                 normalise_codebook(vq)
-            atomic_save({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step,
+            atomic_save({"model": vq.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": step,
                          "rng": rng_state(), "data_rng": rng.getstate()}, path)
     bar.close()
     return vq.state_dict()

@@ -4,7 +4,10 @@ JanusVQVAE.forward decodes from integer tokens, so a loss through it never reach
 own differentiable path with the library's modules: encoder -> quant_conv -> cosine quantizer (straight-through)
 -> post_quant_conv -> decoder. Codes are kept unit-norm: the library's encode() picks codes by unnormalised
 distance and decode() L2-normalises them (get_codebook_entry), and with unit codes both agree with training
-(JANUS-NOTES pitfalls 1-2). Dead codes are restarted from encoder outputs (pitfall 4).
+(JANUS-NOTES pitfalls 1-2). The codebook is not trained by gradient but by an exponential moving average of
+the (unit) encoder outputs assigned to each code, renormalised (VQ-VAE-2's update): with Adam on the codes, usage
+collapsed from 459 to 105 codes within 100 steps in our first run. Dead codes are restarted from encoder
+outputs (pitfall 4).
 """
 
 from __future__ import annotations
@@ -26,28 +29,63 @@ def quantize(vq: JanusVQVAE, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.
     return z, q, idx.view(b, h * w)
 
 
-def vq_loss(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """Reconstruction (MSE + 0.5 L1) + codebook + beta * commitment. Returns loss, metrics, indices [B, N]."""
+def vq_loss(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+    """Reconstruction (MSE + 0.5 L1) + beta * commitment (the codebook itself moves by EMA, see CodebookEMA).
+    Returns loss, metrics, indices [B, N], and the unit encoder outputs z [B, D, h, w] (detached)."""
     z, q, idx = quantize(vq, pixels)
-    codebook = F.mse_loss(q, z.detach())
     commit = F.mse_loss(z, q.detach())
     q_st = z + (q - z).detach()
     recon = vq.decoder(vq.post_quant_conv(q_st))
     mse = F.mse_loss(recon.float(), pixels)
-    loss = mse + 0.5 * F.l1_loss(recon.float(), pixels) + codebook + beta * commit
-    return loss, {"vq/mse": mse.item(), "vq/codebook": codebook.item()}, idx
+    loss = mse + 0.5 * F.l1_loss(recon.float(), pixels) + beta * commit
+    return loss, {"vq/mse": mse.item(), "vq/commit": commit.item()}, idx, z.detach()
+
+
+class CodebookEMA:
+    """code_k <- normalise(EMA of the unit encoder outputs assigned to k). State: counts [K], sums [K, D]."""
+
+    def __init__(self, vq: JanusVQVAE, decay: float = 0.99):
+        self.decay = decay
+        w = vq.quantize.embedding.weight
+        self.counts = torch.ones(w.shape[0])
+        self.sums = F.normalize(w.detach().float(), dim=1).clone()
+        vq.quantize.embedding.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, vq: JanusVQVAE, z: torch.Tensor, idx: torch.Tensor) -> None:
+        flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        onehot = F.one_hot(idx.flatten(), self.counts.shape[0]).float()
+        self.counts.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+        self.sums.mul_(self.decay).add_(onehot.T @ flat, alpha=1 - self.decay)
+        vq.quantize.embedding.weight.copy_(F.normalize(self.sums, dim=1))
+
+    def state_dict(self) -> dict:
+        return {"counts": self.counts, "sums": self.sums}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.counts, self.sums = s["counts"], s["sums"]
 
 
 @torch.no_grad()
-def restart_dead_codes(vq: JanusVQVAE, usage: torch.Tensor, pixels: torch.Tensor) -> int:
-    """Re-initialise codes unused since the last call from random encoder outputs; returns how many."""
+def restart_dead_codes(vq: JanusVQVAE, usage: torch.Tensor, pixels: torch.Tensor, ema: "CodebookEMA | None" = None) -> int:
+    """Re-initialise codes unused since the last call; returns how many.
+
+    New codes come from the encoder outputs that the codebook serves worst (the top quarter by 1 - cosine to
+    their code). Restarting from random outputs failed here: most 8x8 patches are plain background, so the new
+    codes duplicated the background code and died again (usage stayed near 100 of 512)."""
     dead = (usage == 0).nonzero().flatten()
     if len(dead) == 0:
         return 0
-    z, _, _ = quantize(vq, pixels)
-    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-    pick = flat[torch.randint(len(flat), (len(dead),))]
-    vq.quantize.embedding.weight[dead] = pick + 0.01 * torch.randn_like(pick)
+    z, q, _ = quantize(vq, pixels)
+    flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    err = 1 - (flat * q.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])).sum(1)
+    worst = flat[err.argsort(descending=True)[: max(len(dead), len(flat) // 4)]]
+    pick = worst[torch.randint(len(worst), (len(dead),))]
+    pick = F.normalize(pick + 0.02 * torch.randn_like(pick), dim=1)
+    vq.quantize.embedding.weight[dead] = pick
+    if ema is not None:  # the restarted code starts its average afresh
+        ema.sums[dead] = pick
+        ema.counts[dead] = 1.0
     return len(dead)
 
 
