@@ -44,9 +44,9 @@ class PretrainConfig:
     vq_lr: float = 1e-3
     vq_restart_every: int = 50  # restart codes unused over this many steps
     # stage 2: language model
-    lm_steps: int = 4000
-    gen_batch: int = 32  # prompt -> image-token sequences per step
-    und_batch: int = 48  # image -> text sequences per step (understanding gets more data: GvU needs a strong teacher)
+    lm_steps: int = 3000
+    gen_batch: int = 24  # prompt -> image-token sequences per step
+    und_batch: int = 32  # image -> text sequences per step (understanding gets more data: GvU needs a strong teacher)
     lm_lr: float = 1e-3
     lm_warmup: int = 200
     prompt_dropout: float = 0.1  # fraction of generation prompts replaced by the unconditional layout (for CFG)

@@ -1,0 +1,85 @@
+"""nano-Janus: tokenizer, the smoke pretraining preset, offline save/load, decoding, and (when shipped) the
+trained model's understanding on a handful of scenes."""
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor, AutoTokenizer, JanusForConditionalGeneration
+
+from gvu.config import SamplingConfig
+from gvu.models import nano
+from gvu.models.janus import JanusBackend
+from gvu.models.pretrain import pretrain
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "nano-janus"
+
+
+def test_tokenizer_round_trips_world_text_and_keeps_janus_special_tokens():
+    tok = nano.build_tokenizer(nano.SPECS["smoke"], nano.corpus(200))
+    for text in ["a photo of a red circle left of a square", "A photo of three purple hearts on the above",
+                 "Describe the image in detail.", "How many stars are there? two"]:
+        ids = tok(text).input_ids
+        assert ids[0] == tok.bos_token_id
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    for special in (nano.IMAGE, nano.BOI, nano.EOI, nano.USER, nano.ASSISTANT, nano.PAD):
+        assert len(tok(special, add_special_tokens=False).input_ids) == 1
+    assert tok.image_token == nano.IMAGE and tok.boi_token == nano.BOI
+
+
+@pytest.fixture(scope="module")
+def smoke_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    return pretrain("smoke", str(out), threads=1)
+
+
+def test_smoke_pretraining_writes_a_model_that_loads_offline(smoke_model, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = set(os.listdir(smoke_model))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "gvu_backend.json"} <= files
+    model = JanusForConditionalGeneration.from_pretrained(smoke_model)
+    proc = AutoProcessor.from_pretrained(smoke_model)
+    tok = AutoTokenizer.from_pretrained(smoke_model)
+    assert proc.num_image_tokens == model.config.vision_config.num_image_tokens == 64
+    assert tok.convert_tokens_to_ids(nano.IMAGE) == model.config.image_token_id
+
+
+def test_pretraining_resumes_instead_of_starting_over(smoke_model):
+    out = os.path.dirname(smoke_model)
+    before = os.path.getmtime(os.path.join(out, "stage2.pt"))
+    pretrain("smoke", out, threads=1)  # both stages are complete: nothing retrains
+    assert os.path.getmtime(os.path.join(out, "stage2.pt")) == before
+    with pytest.raises(ValueError, match="different config"):
+        pretrain("smoke", out, threads=1, lm_steps=31)
+
+
+def test_generated_tokens_decode_to_pixels_of_the_right_shape_and_range(smoke_model):
+    b = JanusBackend.from_pretrained(smoke_model)
+    tokens = b.sample_image_tokens(["a photo of a red circle", "a photo of two stars"], SamplingConfig(seed=0))
+    assert tokens.shape == (2, 64) and tokens.min() >= 0 and tokens.max() < b.image_vocab_size
+    px = b.decode_images(tokens)
+    assert px.shape == (2, 3, 64, 64) and px.min() >= -1 and px.max() <= 1 and px.std() > 0
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped nano-Janus (models/nano-janus) is not in this checkout")
+def test_shipped_model_prefers_the_true_caption_to_a_corrupted_one():
+    from gvu.world.perturb import distractors
+    from gvu.world.prompts import make_suite
+    from gvu.world.sampler import sample_scene
+    from gvu.world.scene import render
+
+    b = JanusBackend.from_pretrained(str(SHIPPED))
+    rng = random.Random(3)
+    wins = 0
+    prompts = make_suite("geneval", "eval", seed=0)[:12]
+    for m in prompts:
+        scene = sample_scene(m, rng)
+        wrong = distractors(m, scene, 1, rng)[0]
+        px = torch.from_numpy(np.asarray(render(scene), dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+        tl = b.text_logprobs(px.repeat(2, 1, 1, 1), "Describe the image in detail.", [m["prompt"], wrong["prompt"]])
+        total = (tl.logprobs * tl.mask).sum(1)
+        wins += bool(total[0] > total[1])
+    assert wins >= 11, f"the true caption won only {wins} of 12"
