@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -24,6 +25,15 @@ from gvu.sampling import guide, sample
 
 BACKEND_FILE = "gvu_backend.json"  # optional backend defaults stored beside a checkpoint (nano-Janus has one)
 
+# Janus-Pro's understanding system prompt: DeepSeek's VLChatProcessor.system_prompt followed by the "deepseek" SFT
+# template's "\n\n" separator (transformers' JanusProcessor prepends the same string when use_default_system_prompt).
+JANUS_PRO_SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand the visual "
+                           "content that the user provides, and assist the user with a variety of tasks using natural "
+                           "language.\n\n")
+# The pad token of Janus-Pro's CFG: DeepSeek looks it up by this string (VLChatProcessor.pad_id), not through the
+# tokenizer's declared pad id, which need not be this token.
+JANUS_PRO_PAD_TOKEN = "<\uff5c\u2581pad\u2581\uff5c>"
+
 
 @dataclass(frozen=True)
 class JanusBackendConfig:
@@ -34,6 +44,16 @@ class JanusBackendConfig:
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # understanding-image normalisation (Janus-Pro: 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     text_batch_size: int = 64  # rows per teacher-forced understanding pass (memory bound)
+    pad_token: str | None = None  # left padding and CFG's unconditional prompt; None: the tokenizer's pad (else EOS)
+    understanding_system: str = ""  # prepended to the understanding prompt only (Janus-Pro: JANUS_PRO_SYSTEM_PROMPT)
+
+    @staticmethod
+    def janus_pro(**overrides) -> "JanusBackendConfig":
+        """Janus-Pro 1B/7B as DeepSeek runs them: generation prompt without a system prompt, understanding prompt
+        with the default system prompt (VLChatProcessor and transformers' converted processor both prepend it),
+        CFG pad looked up by its string, CFG 5, mean = std = 0.5."""
+        return JanusBackendConfig(**{"pad_token": JANUS_PRO_PAD_TOKEN, "understanding_system": JANUS_PRO_SYSTEM_PROMPT,
+                                     **overrides})
 
     @staticmethod
     def load(model_dir: str | None, **overrides) -> "JanusBackendConfig":
@@ -53,6 +73,119 @@ class JanusBackendConfig:
     def save(self, model_dir: str) -> None:
         with open(os.path.join(model_dir, BACKEND_FILE), "w") as f:
             json.dump(asdict(self), f, indent=2)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that gvu cannot load; the message says what is wrong and how to fix it."""
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+CONVERT_HINT = ("convert it to transformers' format with transformers' src/transformers/models/janus/"
+                "convert_janus_weights_to_hf.py (--local_dir IN --output_dir OUT --safe_serialization), "
+                "or use the converted deepseek-community/Janus-Pro-1B or -7B")
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A local directory as is; an "owner/name" that is not one is fetched from the hub (where the network allows)."""
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"{path} is a file: give the checkpoint's directory")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        try:
+            from huggingface_hub import snapshot_download
+            return snapshot_download(path)
+        except Exception as e:  # offline, unknown repo, gated: one message for all
+            raise CheckpointError(f"{path!r} is not a local directory, and fetching it from the Hugging Face hub "
+                                  f"failed ({type(e).__name__}: {e}); download it and pass the directory") from e
+    raise CheckpointError(f"no checkpoint directory at {path}")
+
+
+def check_checkpoint(path: str, trust_remote_code: bool = False) -> dict:
+    """Check a checkpoint directory without reading weights; return its config.json. Raises CheckpointError."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise CheckpointError(f"{path} has no config.json: it is not a transformers checkpoint directory")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    model_type, arch = cfg.get("model_type"), cfg.get("architectures")
+    found = f"model_type {model_type!r}" + (f" ({', '.join(arch)})" if arch else "")
+    from transformers import CONFIG_MAPPING
+
+    if "auto_map" in cfg or model_type not in CONFIG_MAPPING:
+        what = ("DeepSeek's original Janus format, which runs the checkpoint's own code (trust_remote_code)"
+                if model_type == "multi_modality" else "a config that needs custom code from the checkpoint "
+                "(trust_remote_code)")
+        if not trust_remote_code:
+            raise CheckpointError(f"{path} holds {found}: {what}. gvu does not run code from checkpoints unless "
+                                  f"asked: {CONVERT_HINT}; or, if you trust its code, pass trust_remote_code=True "
+                                  "to JanusBackend.from_pretrained")
+    if model_type != "janus":
+        hint = CONVERT_HINT if model_type == "multi_modality" else "give a Janus / Janus-Pro checkpoint"
+        raise CheckpointError(f"{path} holds {found}, not a Janus model (model_type 'janus', transformers' "
+                              f"JanusForConditionalGeneration): {hint}")
+    _check_weights(path)
+    if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise CheckpointError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): copy the checkpoint's "
+                              "tokenizer files into it")
+    return cfg
+
+
+def _check_weights(path: str) -> None:
+    present = [f for f in WEIGHT_FILES if os.path.exists(os.path.join(path, f))]
+    if not present:
+        raise CheckpointError(f"{path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
+    for index in (f for f in present if f.endswith(".index.json")):
+        with open(os.path.join(path, index)) as f:
+            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
+        if missing:
+            raise CheckpointError(f"{path}: {index} lists weight shards that are missing: {', '.join(missing)}")
+
+
+def special_token_ids(tokenizer, config: "JanusBackendConfig") -> dict[str, int]:
+    """Ids of Janus's special tokens in `tokenizer`: image, boi, eoi, bos, pad. Raises ValueError naming a missing one."""
+    t = config.template
+    ids = {}
+    for name, token in {"image": t.image_token, "boi": t.boi_token, "eoi": t.eoi_token}.items():
+        ids[name] = _token_id(tokenizer, token, f"it is not a Janus tokenizer (Janus needs {t.image_token}, "
+                                                f"{t.boi_token} and {t.eoi_token})")
+    if tokenizer.bos_token_id is None:
+        raise ValueError("the tokenizer has no BOS token: Janus prompts start with BOS, and CFG's unconditional "
+                         "prompt keeps it")
+    ids["bos"] = tokenizer.bos_token_id
+    if config.pad_token is not None:
+        ids["pad"] = _token_id(tokenizer, config.pad_token, "set the backend's pad_token to a token it has")
+    else:
+        ids["pad"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if ids["pad"] in (ids["bos"], ids["boi"]):
+        raise ValueError(f"the pad id {ids['pad']} equals BOS or {t.boi_token}: CFG's unconditional prompt needs a "
+                         "distinct pad token")
+    return ids
+
+
+def _token_id(tokenizer, token: str, why: str) -> int:
+    i = tokenizer.convert_tokens_to_ids(token)
+    if i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        raise ValueError(f"the tokenizer has no {token!r} token: {why}")
+    return i
+
+
+def janus_pro_defaults(path: str, tokenizer) -> dict:
+    """Backend settings for a checkpoint without gvu_backend.json (a real Janus-Pro): the CFG pad by its string,
+    and the understanding system prompt when the checkpoint declares use_default_system_prompt (DeepSeek's
+    tokenizer_config.json and transformers' converted processor_config.json both do)."""
+    values: dict = {}
+    if tokenizer.convert_tokens_to_ids(JANUS_PRO_PAD_TOKEN) not in (None, tokenizer.unk_token_id):
+        values["pad_token"] = JANUS_PRO_PAD_TOKEN
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        p = os.path.join(path, name)
+        if os.path.exists(p):
+            with open(p) as f:
+                if json.load(f).get("use_default_system_prompt"):
+                    values["understanding_system"] = JANUS_PRO_SYSTEM_PROMPT
+    return values
 
 
 def image_token_logits(model: JanusForConditionalGeneration, prompt: Batch, tokens: torch.Tensor) -> torch.Tensor:
@@ -85,16 +218,11 @@ class JanusBackend:
     def __init__(self, model: JanusForConditionalGeneration, tokenizer, config: JanusBackendConfig | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.config = config or JanusBackendConfig()
-        t = self.config.template
-        self.ids = {}
-        for name, token in {"image": t.image_token, "boi": t.boi_token, "eoi": t.eoi_token}.items():
-            i = tokenizer.convert_tokens_to_ids(token)
-            if i is None or i == tokenizer.unk_token_id:
-                raise ValueError(f"the tokenizer has no {token!r} token: it is not a Janus tokenizer "
-                                 f"(Janus needs {t.image_token}, {t.boi_token} and {t.eoi_token})")
-            self.ids[name] = i
-        self.ids["bos"] = tokenizer.bos_token_id
-        self.ids["pad"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.ids = special_token_ids(tokenizer, self.config)
+        image_token_id = getattr(model.config, "image_token_id", None)
+        if image_token_id is not None and image_token_id != self.ids["image"]:
+            raise ValueError(f"the model's image_token_id is {image_token_id} but the tokenizer's "
+                             f"{self.config.template.image_token} is {self.ids['image']}: tokenizer and model do not match")
         vcfg, qcfg = model.config.vision_config, model.config.vq_config
         self.num_image_tokens = vcfg.num_image_tokens
         self.image_vocab_size = qcfg.num_embeddings
@@ -108,19 +236,36 @@ class JanusBackend:
         self._und_prefix: dict[str, list[int]] = {}
 
     @staticmethod
-    def from_pretrained(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32, **overrides) -> "JanusBackend":
+    def from_pretrained(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                        trust_remote_code: bool = False, **overrides) -> "JanusBackend":
+        """Load a Janus checkpoint in transformers' format: a local directory (or a hub id where the network allows).
+
+        Files, model type and tokenizer are checked before any weight is read (check_checkpoint). Backend settings:
+        the directory's gvu_backend.json if it has one (nano-Janus), else Janus-Pro's defaults as the checkpoint
+        declares them (janus_pro_defaults), then `overrides`. trust_remote_code only lets the tokenizer run
+        custom code from the checkpoint; the model is always transformers' own JanusForConditionalGeneration."""
         from transformers import AutoTokenizer
 
+        path = resolve_checkpoint(path)
+        check_checkpoint(path, trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        defaults = {} if os.path.exists(os.path.join(path, BACKEND_FILE)) else janus_pro_defaults(path, tokenizer)
+        config = JanusBackendConfig.load(path, **{**defaults, **overrides})
+        special_token_ids(tokenizer, config)  # a tokenizer without Janus's tokens fails here, before the weights load
         model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-        return JanusBackend(model, AutoTokenizer.from_pretrained(path), JanusBackendConfig.load(path, **overrides))
+        return JanusBackend(model, tokenizer, config)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------------------------------ text layout
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        # Janus prompts start with BOS (DeepSeek's tokenizer adds it); CFG's unconditional prompt keeps it
+        return ids if ids and ids[0] == self.ids["bos"] else [self.ids["bos"], *ids]
+
     def prompt_ids(self, prompt: str) -> list[int]:
-        return self.tokenizer(self.config.template.generation(prompt)).input_ids
+        return self._with_bos(self.tokenizer(self.config.template.generation(prompt)).input_ids)
 
     def prompt_batch(self, prompts: list[str]) -> Batch:
         b = left_pad([self.prompt_ids(p) for p in prompts], self.ids["pad"])
@@ -201,8 +346,8 @@ class JanusBackend:
     # ------------------------------------------------------------------------------------------ understanding
     def _understanding_prefix(self, query: str) -> list[int]:
         if query not in self._und_prefix:
-            text = self.config.template.understanding(query, self.num_image_tokens)
-            self._und_prefix[query] = self.tokenizer(text).input_ids
+            text = self.config.understanding_system + self.config.template.understanding(query, self.num_image_tokens)
+            self._und_prefix[query] = self._with_bos(self.tokenizer(text).input_ids)
         return self._und_prefix[query]
 
     def pixel_values(self, pixels: torch.Tensor) -> torch.Tensor:
