@@ -1,0 +1,195 @@
+"""torch.distributed for gvu: small and explicit. One process per device, launched by torchrun.
+
+  one node    torchrun --standalone --nproc_per_node 8 -m gvu train ...
+  many nodes  torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m gvu train ...
+  CPU         torchrun --standalone --nproc_per_node 2 ...  (gloo; `accelerate launch --cpu` silently runs one process)
+
+Row layout. A step's M = B*G rows keep one prompt's G rows adjacent (what gvu.grpo expects) and are dealt to the
+W ranks by stride: rank r holds global rows r, r+W, r+2W, ... (rank_slice). A prompt's images may therefore sit on
+several ranks, so rewards are gathered into global row order before the group advantages are computed
+(global_advantages), and each rank keeps its own slice. Every rank holds M/W rows (check_divisible), so DDP's
+gradient average over ranks equals the one-process gradient of the whole batch.
+
+Gradients. The policy's log-probs must be computed inside the wrapped module's forward (PolicyForward): DDP's and
+FSDP's hooks fire only there (JANUS-NOTES pitfall 14); calling submodules of the unwrapped model lets ranks diverge.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the run. backend is None for a single process (no process group)."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    backend: str | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT):
+    nccl when the device is CUDA, gloo on CPU. device: "cuda", "cpu" or None (CUDA when available).
+    Without torchrun (WORLD_SIZE unset or 1) this is a single process and no group is created."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device.startswith("cuda") if device else torch.cuda.is_available()
+    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+    if world == 1:
+        return DistInfo(0, 1, 0, dev, None)
+    backend = "nccl" if cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=dev if cuda else None)
+    return DistInfo(rank, world, local, dev, backend)
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 logs, evaluates and writes checkpoints."""
+    return rank() == 0
+
+
+def print0(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------- data layout
+
+def check_divisible(global_batch: int, world: int, what: str = "rows per step (batch_prompts x group_size)") -> None:
+    """Every rank must hold the same number of rows; raise a ValueError that says how to fix it otherwise."""
+    if world < 1 or global_batch % world:
+        lo, hi = global_batch // world * world, (global_batch // world + 1) * world
+        raise ValueError(f"the world size {world} does not divide the {what} = {global_batch}: every rank needs the "
+                         f"same number of rows (DDP averages gradients over ranks). Use {hi}"
+                         + (f" or {lo}" if lo else "") + f", or a world size that divides {global_batch}")
+
+
+def rank_slice(items: Sequence[T] | torch.Tensor, rank: int, world: int):
+    """This rank's rows, strided: items[rank], items[rank + world], ... (a list or a tensor's first dimension)."""
+    return items[rank::world]
+
+
+def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's tensor along dim 0, in rank order: [W * n, ...]. Shapes must be equal on all ranks."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """Inverse of rank_slice: every rank's rows [M/W, ...] -> all rows [M, ...] in global order (on every rank)."""
+    w = world_size()
+    stacked = all_gather_tensor(local).reshape(w, *local.shape)  # [W, M/W, ...], row i of rank r is global i*W + r
+    return stacked.transpose(0, 1).reshape(w * local.shape[0], *local.shape[1:])
+
+
+@dataclass
+class DistAdvantages:
+    rewards: torch.Tensor  # [B*G] every row's reward in global order (identical on all ranks; for logging)
+    advantages: torch.Tensor  # [B*G/W] this rank's rows' advantages, in its rank_slice order
+
+
+def global_advantages(local_rewards: torch.Tensor, group_size: int, scale: str = "group",
+                      eps: float = 1e-4) -> DistAdvantages:
+    """Gather the rewards of this step's rows (rank-strided, [B*G/W]) into global order, compute GRPO's group
+    advantages over whole groups, and keep this rank's slice. Equals the one-process computation."""
+    from gvu.grpo import group_advantages
+
+    rewards = gather_rows(local_rewards.float())
+    adv = group_advantages(rewards, group_size, scale, eps)
+    return DistAdvantages(rewards, rank_slice(adv, rank(), world_size()))
+
+
+def reduce_metrics(metrics: dict) -> dict:
+    """Mean of each numeric metric across ranks (equal rows per rank, so a mean of means is the global mean).
+    Non-numeric values (messages) are kept as this rank's. All ranks must report the same numeric keys."""
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    w = world_size()
+    if w == 1 or not keys:
+        return dict(metrics)
+    every = [None] * w
+    dist.all_gather_object(every, keys)
+    if any(k != keys for k in every):
+        raise ValueError(f"ranks report different metrics: {every}")
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return {**metrics, **dict(zip(keys, (values / w).tolist()))}
+
+
+# ----------------------------------------------------------------------------------------------- wrapped policy
+
+class PolicyForward(nn.Module):
+    """Routes a log-prob computation through a module's forward, so that DDP/FSDP wrap it.
+
+    model: the policy (its parameters become this module's); fn: computes log-probs using that same model,
+    e.g. backend.image_token_logprobs. ddp(PolicyForward(backend.model, backend.image_token_logprobs))(prompts,
+    tokens, temperature) -> logp [M, N] with gradient hooks in place."""
+
+    def __init__(self, model: nn.Module, fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.fn(*args, **kwargs)
+
+
+def ddp(module: nn.Module, info: DistInfo) -> nn.Module:
+    """DistributedDataParallel over all ranks (the module itself for a single process)."""
+    if info.world == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+
+def fsdp2(module: nn.Module, info: DistInfo, block_types: tuple[type, ...]) -> nn.Module:
+    """FSDP2 (fully_shard): each block (e.g. LlamaDecoderLayer, JanusVisionEncoderLayer) is its own unit, the rest
+    is sharded at the root. Parameters become DTensors; gradients too (p.grad.full_tensor() for a full copy)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(info.device.type, (info.world,))
+    for m in module.modules():
+        if isinstance(m, block_types):
+            fully_shard(m, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module

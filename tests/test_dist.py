@@ -1,0 +1,181 @@
+"""gvu.dist: two gloo processes on CPU give what one process gives with the same global batch.
+
+The two-process checks run once, under `torchrun --standalone --nproc_per_node 2` (this file is the worker script),
+and write one JSON file per rank; the tests below read them. Single-process tests cover the layout math.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gvu import dist as gd
+from gvu.grpo import group_advantages, grpo_loss
+
+REPO = Path(__file__).resolve().parents[1]
+B, G, N, V = 4, 3, 5, 7  # prompts, images per prompt, image tokens, image vocabulary: M = 12 rows, 6 per rank
+
+
+class TinyPolicy(nn.Module):
+    """Stands in for the policy: log p(tokens | prompt) [M, N] from a prompt embedding and a position embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompt = nn.Embedding(B, 8)
+        self.pos = nn.Embedding(N, 8)
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
+        self.head = nn.Linear(16, V)
+
+    def logprobs(self, prompt_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.prompt(prompt_ids)[:, None] + self.pos.weight[None]  # [M, N, 8]
+        logp = self.head(self.body(h)).log_softmax(-1)
+        return logp.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def batch():
+    """The global batch, identical in every process: prompt ids, sampled tokens, rewards (rows of a prompt adjacent)."""
+    g = torch.Generator().manual_seed(0)
+    prompt_ids = torch.arange(B).repeat_interleave(G)
+    tokens = torch.randint(0, V, (B * G, N), generator=g)
+    rewards = torch.rand(B * G, generator=g)
+    return prompt_ids, tokens, rewards
+
+
+def make_policy() -> TinyPolicy:
+    torch.manual_seed(1)
+    return TinyPolicy()
+
+
+def full_batch_gradients(adv: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The one-process reference: GRPO loss on all M rows, plain backward."""
+    policy = make_policy()
+    prompt_ids, tokens, _ = batch()
+    logp = policy.logprobs(prompt_ids, tokens)
+    loss, _ = grpo_loss(logp, logp.detach(), adv, torch.ones_like(logp, dtype=torch.bool))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in policy.named_parameters()}
+
+
+def local_step(wrapped: nn.Module, info: gd.DistInfo) -> None:
+    """What the training loop does on each rank: its strided rows, gathered advantages, loss through forward."""
+    prompt_ids, tokens, rewards = batch()
+    mine = lambda x: gd.rank_slice(x, info.rank, info.world)  # noqa: E731
+    adv = gd.global_advantages(mine(rewards), G).advantages
+    logp = wrapped(mine(prompt_ids), mine(tokens))
+    loss, _ = grpo_loss(logp, logp.detach(), adv, torch.ones_like(logp, dtype=torch.bool))
+    loss.backward()
+
+
+def worker(out_dir: str) -> None:
+    torch.set_num_threads(1)
+    info = gd.init("cpu")
+    prompt_ids, tokens, rewards = batch()
+    result = {"rank": info.rank, "world": info.world, "backend": info.backend}
+
+    # advantages: groups straddle ranks (G = 3, rows strided over 2 ranks); gather, normalise, slice
+    gd.check_divisible(B * G, info.world)
+    d = gd.global_advantages(gd.rank_slice(rewards, info.rank, info.world), G)
+    ref = group_advantages(rewards, G)
+    result["rewards_err"] = (d.rewards - rewards).abs().max().item()
+    result["adv_err"] = (gd.gather_rows(d.advantages) - ref).abs().max().item()
+    result["local_adv_err"] = (d.advantages - gd.rank_slice(ref, info.rank, info.world)).abs().max().item()
+
+    # metrics: the mean of per-rank means is the global mean (equal rows per rank)
+    local = gd.rank_slice(rewards, info.rank, info.world)
+    m = gd.reduce_metrics({"reward/mean": local.mean().item(), "perf/rank": float(info.rank), "alarm": "text"})
+    result["metric_err"] = abs(m["reward/mean"] - rewards.mean().item())
+    result["rank_mean"] = m["perf/rank"]
+    result["alarm_kept"] = m["alarm"] == "text"
+
+    # DDP: gradients after backward equal the one-process gradient of the full batch
+    reference = full_batch_gradients(ref)
+    policy = make_policy()
+    wrapped = gd.ddp(gd.PolicyForward(policy, policy.logprobs), info)
+    local_step(wrapped, info)
+    result["ddp_grad_err"] = max((p.grad - reference[n]).abs().max().item() for n, p in policy.named_parameters())
+
+    # FSDP2 (fully_shard) on CPU / gloo: sharded gradients, gathered, equal the same reference
+    policy = make_policy()
+    sharded = gd.fsdp2(gd.PolicyForward(policy, policy.logprobs), info, (nn.Sequential,))
+    local_step(sharded, info)
+    result["fsdp_grad_err"] = max((p.grad.full_tensor() - reference[n]).abs().max().item()
+                                  for n, p in policy.named_parameters())
+    result["fsdp_sharded"] = all(type(p).__name__ == "DTensor" for p in policy.parameters())
+    gd.barrier()
+    with open(os.path.join(out_dir, f"rank{info.rank}.json"), "w") as f:
+        json.dump(result, f)
+    gd.cleanup()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("dist")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_processes_really_ran_with_gloo(two_ranks):
+    assert [(r["rank"], r["world"], r["backend"]) for r in two_ranks] == [(0, 2, "gloo"), (1, 2, "gloo")]
+
+
+def test_gathered_then_normalised_advantages_equal_one_process(two_ranks):
+    for r in two_ranks:
+        assert r["rewards_err"] == 0.0
+        assert r["adv_err"] < 1e-6 and r["local_adv_err"] < 1e-6
+
+
+def test_metrics_reduce_to_the_global_mean(two_ranks):
+    for r in two_ranks:
+        assert r["metric_err"] < 1e-6 and r["rank_mean"] == 0.5 and r["alarm_kept"]
+
+
+def test_ddp_gradients_equal_the_full_batch_gradient(two_ranks):
+    for r in two_ranks:
+        assert r["ddp_grad_err"] < 1e-5
+
+
+def test_fsdp2_gradients_equal_the_full_batch_gradient(two_ranks):
+    for r in two_ranks:
+        assert r["fsdp_sharded"] and r["fsdp_grad_err"] < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------- one process
+
+def test_rank_slices_partition_rows_and_gather_restores_their_order():
+    rows = torch.arange(12)
+    parts = [gd.rank_slice(rows, r, 4) for r in range(4)]
+    assert parts[1].tolist() == [1, 5, 9]
+    stacked = torch.stack(parts).transpose(0, 1).reshape(-1)  # what gather_rows does with the gathered parts
+    assert torch.equal(stacked, rows)
+    assert gd.rank_slice(["a", "b", "c", "d"], 1, 2) == ["b", "d"]
+
+
+def test_a_world_size_that_does_not_divide_the_batch_is_refused():
+    gd.check_divisible(16, 8)
+    with pytest.raises(ValueError, match="world size 3 does not divide the rows per step .* = 16.*Use 18 or 15"):
+        gd.check_divisible(16, 3)
+
+
+def test_without_torchrun_everything_is_one_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info = gd.init("cpu")
+    assert (info.rank, info.world, info.backend, info.is_main) == (0, 1, None, True)
+    x = torch.arange(6.0)
+    assert torch.equal(gd.gather_rows(x), x)
+    assert gd.reduce_metrics({"a": 1.0, "b": "x"}) == {"a": 1.0, "b": "x"}
+    d = gd.global_advantages(batch()[2], G)
+    assert torch.allclose(d.advantages, group_advantages(batch()[2], G))
+    policy = make_policy()
+    assert gd.ddp(policy, info) is policy
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
