@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# The main job. Until the RL job exists, the nano-world demo: make GenEval's eval-split prompts over the nano
-# world, render 4 images per prompt, score them with the exact evaluator and print the table.
-# Outputs go to runs/demo/ and are replaced on every run.
+# The main job: GvU self-training of the shipped nano-Janus on the nano world's train split (configs/nano.json),
+# ending with a before/after table (eval and ood splits: exact score per tag and the intrinsic reward) and a plot
+# of reward and eval score across steps. Each run gets its own folder under runs/ (nothing is overwritten).
+# Extra arguments go to `gvu train`, e.g.  bash scripts/main.sh --set steps=20
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-GVU=.venv/bin/gvu
-OUT=runs/demo
-mkdir -p "$OUT"
-"$GVU" world prompts --suite geneval --split eval --seed 0 -o "$OUT/prompts.jsonl" --overwrite
-"$GVU" world render "$OUT/prompts.jsonl" -o "$OUT/images" --images-per-prompt 4 --seed 0 --overwrite
-"$GVU" eval "$OUT/images" --out "$OUT/results.jsonl" --overwrite
+OUT=runs/main-$(date +%Y%m%d-%H%M%S)
+.venv/bin/gvu train --preset nano --out "$OUT" "$@"
+echo "see $OUT/summary.md, $OUT/curves.png and $OUT/grids/"
