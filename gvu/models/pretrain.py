@@ -39,12 +39,12 @@ class PretrainConfig:
     bf16: bool = True  # bf16 autocast (CPU: 1.3-3.6x faster than fp32, JANUS-NOTES)
     save_every: int = 200  # steps between checkpoints
     # stage 1: VQ
-    vq_steps: int = 1000
+    vq_steps: int = 1200
     vq_batch: int = 32
     vq_lr: float = 1e-3
     vq_restart_every: int = 50  # restart codes unused over this many steps
     # stage 2: language model
-    lm_steps: int = 3000
+    lm_steps: int = 2600
     gen_batch: int = 24  # prompt -> image-token sequences per step
     und_batch: int = 32  # image -> text sequences per step (understanding gets more data: GvU needs a strong teacher)
     lm_lr: float = 1e-3
