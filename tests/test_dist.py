@@ -117,8 +117,15 @@ def two_ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logs = []
+    for _ in range(2):  # one retry: a rendezvous or socket hiccup of the launcher is not what this file tests
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        logs.append(proc.stdout[-2000:] + proc.stderr[-4000:])
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, "\n----- retry -----\n".join(logs)
+    if len(logs) > 1:
+        print("torchrun needed a retry; first attempt:\n" + logs[0])
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -271,3 +271,51 @@ def test_tokenizer_and_model_that_disagree_on_the_image_token_are_refused(model,
     other.config.image_token_id = 100002
     with pytest.raises(ValueError, match="image_token_id is 100002 but the tokenizer's <image_placeholder> is 100581"):
         JanusBackend(other, tokenizers["1b"], JanusBackendConfig.janus_pro())
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+def test_checkpointed_passes_recompute_layers_and_give_the_same_gradients(backend):
+    model = backend.model
+    tokens = torch.randint(0, backend.image_vocab_size, (2, backend.num_image_tokens), generator=torch.Generator().manual_seed(0))
+    mlp = model.model.language_model.layers[0].mlp  # inside the checkpointed layer, so the recompute calls it
+    calls = []
+    mlp_forward = mlp.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return mlp_forward(*args, **kwargs)
+
+    mlp.forward = counting_forward
+
+    def grads(checkpointing: bool):
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        if checkpointing:
+            with backend.checkpointed():
+                logp = backend.image_token_logprobs(PROMPTS[:2], tokens)
+        else:
+            logp = backend.image_token_logprobs(PROMPTS[:2], tokens)
+        logp.sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, len(calls)
+
+    try:
+        plain, plain_calls = grads(False)
+        ckpt, ckpt_calls = grads(True)
+    finally:
+        del mlp.forward
+        model.zero_grad(set_to_none=True)
+    assert (plain_calls, ckpt_calls) == (1, 2)  # the layer ran again in backward
+    assert plain.keys() == ckpt.keys() and all(torch.allclose(plain[n], ckpt[n], atol=1e-6) for n in plain)
+    assert not model.model.language_model.training  # back in eval mode: the sampler's KV cache works again
+    assert backend.sample_image_tokens(PROMPTS[:1], SamplingConfig(seed=0)).shape == (1, backend.num_image_tokens)
+
+
+def test_checkpointed_leaves_no_hooks_behind(backend):
+    emb = backend.model.model.language_model.get_input_embeddings()
+    before = len(emb._forward_hooks)
+    for _ in range(3):
+        with backend.checkpointed():
+            pass
+    assert len(emb._forward_hooks) == before

@@ -8,6 +8,7 @@ inputs are embedded by `prepare_embeddings_for_image_generation`, and log-probs 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -201,7 +202,9 @@ def image_token_logits(model: JanusForConditionalGeneration, prompt: Batch, toke
     mask = torch.cat([prompt.mask, torch.ones(m, n - 1, dtype=prompt.mask.dtype, device=prompt.mask.device)], 1)
     last = prompt.positions[:, -1:]
     positions = torch.cat([prompt.positions, last + torch.arange(1, n, device=last.device)], dim=1)
-    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+    # use_cache=False: a teacher-forced pass needs no KV cache (at Janus-Pro sizes it would hold GBs)
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                        use_cache=False).last_hidden_state
     return model.model.generation_head(hidden[:, -n:])
 
 
@@ -254,6 +257,28 @@ class JanusBackend:
         special_token_ids(tokenizer, config)  # a tokenizer without Janus's tokens fails here, before the weights load
         model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
         return JanusBackend(model, tokenizer, config)
+
+    @contextlib.contextmanager
+    def checkpointed(self):
+        """Gradient checkpointing of the language model inside the block: keep only each layer's input and
+        recompute the rest in backward (for the update's teacher-forced passes on Janus-Pro-sized models).
+        transformers checkpoints only in train mode, where it also turns the KV cache off, so never sample inside."""
+        lm = self.model.model.language_model
+        was_training = lm.training
+        kwargs = {"use_reentrant": False}  # no need for inputs that require grad (LoRA leaves them frozen)
+        if hasattr(lm, "activation_checkpointing_enable"):  # the newer transformers 5.x name
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            disable = lm.activation_checkpointing_disable
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            disable = lm.gradient_checkpointing_disable
+        lm.train()  # dropout is 0 in Janus's language model: train mode changes nothing else
+        try:
+            yield
+        finally:
+            lm.train(was_training)
+            disable()
+            lm.disable_input_require_grads()  # enable() hooks the embeddings each time; without this they pile up
 
     @property
     def device(self) -> torch.device:
@@ -384,7 +409,7 @@ class JanusBackend:
             batch = Batch(batch.ids.to(self.device), batch.mask.to(self.device), batch.positions.to(self.device))
             w = max(len(a) for a in chunk)
             hidden = self.model.model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions,
-                                      pixel_values=pv[s:s + bs]).last_hidden_state
+                                      pixel_values=pv[s:s + bs], use_cache=False).last_hidden_state
             # only the last w + 1 columns matter: column t predicts token t + 1 (saves the full [M, T, V] logits)
             logits = self.model.lm_head(hidden[:, -w - 1:-1]).float()
             target = batch.ids[:, -w:]
