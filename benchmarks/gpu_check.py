@@ -115,8 +115,9 @@ def check(size: str, preset: str, prompts: int | None, device, dtype, checkpoint
     from gvu.rollout import rollout
 
     cfg = resolve_train_config(preset, None, [])
-    if prompts:
-        cfg = replace(cfg, batch_prompts=prompts)
+    if prompts:  # fewer prompts, same micro-batches: the update's rows per micro-batch stay the preset's
+        rows_per_micro = cfg.batch_prompts * cfg.group_size // cfg.grad_accum
+        cfg = replace(cfg, batch_prompts=prompts, grad_accum=max(1, prompts * cfg.group_size // rows_per_micro))
     if size == "tiny":  # a CPU-sized step with the same code path
         cfg = replace(cfg, batch_prompts=2, group_size=2, rollout_micro_batch=4, grad_accum=2)
     cfg.validate()
