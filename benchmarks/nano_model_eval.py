@@ -58,17 +58,17 @@ def eval_scenes(n_prompts: int | None, seed: int):
 @torch.no_grad()
 def bench_vq(b: JanusBackend, pairs) -> dict:
     vq = b.model.model.vqmodel
-    correct = defaultdict(list)
+    correct, agree = defaultdict(list), []
     for s in tqdm(range(0, len(pairs), 64), desc="vq"):
         chunk = pairs[s:s + 64]
         px = pixels_of([render(sc) for _, sc in chunk])
         # the library's own encode() path (unit codes make it agree with training), then decode
         idx = vq.encode(px).image_tokens.view(len(chunk), -1)
-        assert torch.equal(idx, quantize(vq, px)[2])
+        agree.append((idx == quantize(vq, px)[2]).float().mean().item())  # library encode vs training quantizer
         rec = to_uint8(b.decode_images(idx))
         for (m, _), img in zip(chunk, rec):
             correct[m["tag"]].append(evaluate_image(m, img).correct)
-    return summarise(correct)
+    return {**summarise(correct), "encode_agrees_with_training_quantizer": float(np.mean(agree))}
 
 
 def score_texts(b, px, query, texts) -> tuple[torch.Tensor, torch.Tensor]:

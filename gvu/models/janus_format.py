@@ -45,6 +45,9 @@ class Batch:
     mask: torch.Tensor
     positions: torch.Tensor
 
+    def to(self, device) -> "Batch":
+        return Batch(self.ids.to(device), self.mask.to(device), self.positions.to(device))
+
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> Batch:
     """Left-pad token lists to [B, T]; positions count real tokens from 0 (pads get position 0)."""

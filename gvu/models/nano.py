@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import JanusConfig, JanusProcessor, PreTrainedTokenizerFast
-from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
 # Janus-Pro's special tokens (same strings, so the chat template and guidance code are shared).
 BOS, EOS, PAD = "<|begin▁of▁sentence|>", "<|end▁of▁sentence|>", "<｜▁pad▁｜>"
@@ -95,8 +94,12 @@ def build_tokenizer(spec: NanoSpec, texts: list[str]) -> PreTrainedTokenizerFast
 
 
 def build_processor(spec: NanoSpec, tokenizer) -> JanusProcessor:
+    try:  # the PIL backend needs no torchvision (whose wheel breaks beside the CPU torch used here)
+        from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers
+        from transformers import JanusImageProcessor as ImageProcessor
     # mean = std = 0.5 so that the tensor path (VQ decode in [-1, 1]) equals the PIL path (JANUS-NOTES pitfall 11)
-    image_processor = JanusImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size},
+    image_processor = ImageProcessor(size={"height": spec.image_size, "width": spec.image_size},
                                              image_mean=[0.5] * 3, image_std=[0.5] * 3, min_size=spec.image_size)
     return JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=spec.num_image_tokens)
 

@@ -54,7 +54,7 @@ class CodebookEMA:
     def __init__(self, vq: JanusVQVAE, decay: float = 0.99):
         self.decay = decay
         w = vq.quantize.embedding.weight
-        self.counts = torch.ones(w.shape[0])
+        self.counts = torch.ones(w.shape[0], device=w.device)
         self.sums = F.normalize(w.detach().float(), dim=1).clone()
         vq.quantize.embedding.weight.requires_grad_(False)
 
@@ -80,14 +80,14 @@ def restart_dead_codes(vq: JanusVQVAE, usage: torch.Tensor, pixels: torch.Tensor
     New codes come from the encoder outputs that the codebook serves worst (the top quarter by 1 - cosine to
     their code). Restarting from random outputs failed here: most 8x8 patches are plain background, so the new
     codes duplicated the background code and died again (usage stayed near 100 of 512)."""
-    dead = (usage == 0).nonzero().flatten()
+    dead = (usage == 0).nonzero().flatten().to(pixels.device)
     if len(dead) == 0:
         return 0
     z, q, _ = quantize(vq, pixels)
     flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
     err = 1 - (flat * q.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])).sum(1)
     worst = flat[err.argsort(descending=True)[: max(len(dead), len(flat) // 4)]]
-    pick = worst[torch.randint(len(worst), (len(dead),))]
+    pick = worst[torch.randint(len(worst), (len(dead),), device=worst.device)]
     pick = F.normalize(pick + 0.02 * torch.randn_like(pick), dim=1)
     vq.quantize.embedding.weight[dead] = pick
     if ema is not None:  # the restarted code starts its average afresh
