@@ -36,7 +36,7 @@ def evaluate(backend, metadata: list[dict], images_per_prompt: int, sampling: Sa
     for s in it:
         chunk = rows[s:s + batch]
         texts = [m["prompt"] for m in chunk]
-        tokens = backend.sample_image_tokens(texts, replace(sampling, seed=sampling.seed + s))
+        tokens = backend.sample_image_tokens(texts, sampling, torch.arange(s, s + len(chunk)))
         px = backend.decode_images(tokens)
         rewards.append(gvu_reward(backend, px, texts, replace(reward, kind="gvu")).rewards)
         if exact:

@@ -31,7 +31,29 @@ def filter_logits(logits: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
     return logits
 
 
-def sample(logits: torch.Tensor, s: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
-    """Draw one token per row from the filtered logits [M, V] -> [M] long."""
-    probs = filter_logits(logits.float(), s).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def row_uniforms(seed: int, row_ids: torch.Tensor, step: int) -> torch.Tensor:
+    """One uniform in [0, 1) per row, a pure function of (seed, global row id, step): splitmix64 in int64
+    arithmetic (wrapping). A row's draws therefore do not depend on which other rows share its batch or its
+    rank, so sampling gives the same images on one process and on W ranks (gvu.dist deals rows by stride)."""
+    key = torch.full_like(row_ids, (seed * 1_000_003 + step) % (1 << 62), dtype=torch.long)
+    x = row_ids.long() * -7046029254386353131 + key * -4658895280553007687
+    x = x ^ _shr(x, 30)
+    x = x * -4658895280553007687
+    x = x ^ _shr(x, 27)
+    x = x * -7723592293110705685
+    x = x ^ _shr(x, 31)
+    return _shr(x, 11).double() * (2.0 ** -53)
+
+
+def sample(logits: torch.Tensor, s: SamplingConfig, row_ids: torch.Tensor, step: int) -> torch.Tensor:
+    """Draw one token per row from the filtered logits [M, V] -> [M] long, by inverse CDF at row_uniforms."""
+    probs = filter_logits(logits.float(), s).softmax(-1).double()
+    cdf = probs.cumsum(-1)
+    u = row_uniforms(s.seed, row_ids.to(logits.device), step)[:, None] * cdf[:, -1:]
+    # right=True: the first token whose cdf exceeds u, so a zero-probability token is never drawn (even at u = 0)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)

@@ -17,10 +17,10 @@ from dataclasses import asdict, replace
 
 import torch
 
-from gvu import checkpoint
+from gvu import checkpoint, dist
 from gvu.config import TrainConfig
 from gvu.evaluate import evaluate, world_judgeable
-from gvu.grpo import group_advantages, grpo_loss, zero_variance_groups
+from gvu.grpo import grpo_loss, zero_variance_groups
 from gvu.reward import Judge, compute_reward, gvu_reward
 from gvu.rollout import rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, write_config
@@ -94,8 +94,9 @@ def reference_logprobs(backend, ref_model, adapter_off, prompts, tokens, tempera
             backend.model = live
 
 
-def update(backend, ro, adv, cfg, params, optimizer, ref_model, adapter_off) -> dict:
-    """mu inner passes of GRPO over the rollout (grad_accum micro-batches each); returns metrics."""
+def update(policy, backend, ro, adv, cfg, params, optimizer, ref_model, adapter_off) -> dict:
+    """mu inner passes of GRPO over this rank's rows (grad_accum micro-batches each); returns metrics.
+    policy: backend.image_token_logprobs wrapped as a module (DDP under torchrun)."""
     rows = ro.row_prompts
     m = len(rows)
     size = m // cfg.grad_accum
@@ -106,7 +107,7 @@ def update(backend, ro, adv, cfg, params, optimizer, ref_model, adapter_off) -> 
         total = 0.0
         for s in range(0, m, size):
             sl = slice(s, s + size)
-            logp = backend.image_token_logprobs(rows[sl], ro.tokens[sl], temp)
+            logp = policy(rows[sl], ro.tokens[sl], temp)
             old = ro.old_logprobs[sl] if ro.old_logprobs is not None else logp.detach()  # mu = 1: ratio 1
             ref = reference_logprobs(backend, ref_model, adapter_off, rows[sl], ro.tokens[sl], temp) if cfg.beta > 0 else None
             loss, mm = grpo_loss(logp, old, adv[sl].to(logp.device), torch.ones_like(logp, dtype=torch.bool), ref,
@@ -126,15 +127,24 @@ def update(backend, ro, adv, cfg, params, optimizer, ref_model, adapter_off) -> 
 # ----------------------------------------------------------------------------------------------- the loop
 
 def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) GvU-GRPO. Under torchrun every rank runs this; rank 0 logs, evaluates and checkpoints."""
     from gvu.models.janus import JanusBackend
 
     cfg.validate()
-    prepare_run_dir(run_dir, cfg, resume, overwrite)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # checked before joining the process group
+    dist.check_divisible(cfg.batch_prompts * cfg.group_size, world)
+    rows_per_rank = cfg.batch_prompts * cfg.group_size // world
+    if rows_per_rank % cfg.grad_accum:
+        raise ValueError(f"grad_accum ({cfg.grad_accum}) must divide the rows each rank holds ({rows_per_rank})")
+    info = dist.init(cfg.device)
+    if info.is_main:
+        prepare_run_dir(run_dir, cfg, resume, overwrite)
+    dist.barrier()
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
     random.seed(cfg.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=dtype)
+    backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=dtype)
     pool = load_prompts(cfg)
     backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
     nano = world_judgeable(pool)
@@ -143,12 +153,14 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     eval_md, grid_md = eval_sets(cfg, nano)
 
     params, adapter_off = setup_trainable(backend, cfg)
+    # log-probs go through the wrapped module's forward, where DDP's gradient hooks fire (JANUS-NOTES pitfall 14)
+    policy = dist.ddp(dist.PolicyForward(backend.model, backend.image_token_logprobs), info)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ref_model = None
     if cfg.beta > 0 and adapter_off is None:
         ref_model = copy.deepcopy(backend.model).eval().requires_grad_(False)
     judge = Judge(backend, cfg.reward, adapter_off) if cfg.reward.kind == "gvu" else None
-    log = MetricsLog(run_dir)
+    log = MetricsLog(run_dir) if info.is_main else None
 
     start = 0
     ckpt = checkpoint.latest(run_dir) if resume else None
@@ -158,58 +170,63 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             with torch.no_grad():
                 for n, p in judge.copy.model.named_parameters():
                     p.copy_(tensors["ema." + n])
-        log.truncate(start)
-    elif cfg.final_eval and nano:
+        if log:
+            log.truncate(start)
+    elif cfg.final_eval and nano and info.is_main:
         save_json(run_dir, "before.json", final_tables(backend, cfg))
 
-    if start == 0 and cfg.eval_every:
+    if start == 0 and cfg.eval_every and info.is_main:
         periodic(backend, cfg, 0, eval_md, grid_md, run_dir, log)
-    bar = make_bar(cfg, start, progress)
+    dist.barrier()
+    bar = make_bar(cfg, start, progress and info.is_main)
     low_signal = 0
     for step in range(start, cfg.steps):
         t0 = time.time()
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, cfg)
         md = prompts_for_step(pool, step, cfg)
-        # 1. rollout: G images per prompt, with guidance, seeded by (seed, step)
+        # 1. rollout: G images per prompt (this rank's rows), with guidance, seeded by (seed, step, global row)
         ro = rollout(backend, md, cfg.group_size, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * 7919),
-                     with_old_logprobs=cfg.mu > 1, micro_batch=cfg.rollout_micro_batch)
+                     with_old_logprobs=cfg.mu > 1, micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
         t_roll = time.time()
         # 2. reward: the model's own understanding branch scores its images (or the oracle, for comparisons)
         rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata)
         t_rew = time.time()
-        # 3. advantages, group-relative
-        adv = group_advantages(rew.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
-        zero_var = zero_variance_groups(rew.rewards, cfg.group_size)
+        # 3. advantages, group-relative, over whole groups (rewards gathered across ranks first)
+        d = dist.global_advantages(rew.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
+        zero_var = zero_variance_groups(d.rewards, cfg.group_size)
         # 4. update
-        metrics = update(backend, ro, adv, cfg, params, optimizer, ref_model, adapter_off)
+        metrics = update(policy, backend, ro, d.advantages, cfg, params, optimizer, ref_model, adapter_off)
         if judge is not None:
             judge.update()
         # 5. log, guard, evaluate, checkpoint
         low_signal = low_signal + 1 if (zero_var == len(md) or metrics["policy/grad_norm"] == 0.0) else 0
-        metrics.update({"step": step + 1, "reward/mean": float(rew.rewards.mean()), "reward/std": float(rew.rewards.std()),
+        metrics.update({"step": step + 1, "reward/mean": float(d.rewards.mean()), "reward/std": float(d.rewards.std()),
                         "reward/zero_variance_groups": zero_var, "policy/lr": lr_at(step, cfg),
                         "perf/step_s": time.time() - t0, "perf/rollout_s": t_roll - t0, "perf/reward_s": t_rew - t_roll,
-                        "perf/images_per_s": len(ro.tokens) / (t_roll - t0)})
+                        "perf/images_per_s": len(ro.tokens) * info.world / (t_roll - t0)})
         if rew.correct is not None:
             metrics["reward/oracle_correct"] = float(rew.correct.float().mean())
+        metrics = dist.reduce_metrics(metrics)
         if low_signal >= cfg.guard_patience:
             metrics["alarm"] = (f"{low_signal} steps with every group's rewards equal or a zero gradient: "
                                 "no learning signal (check the reward, the sampling temperature, or the group size)")
-            print(f"\n[gvu] warning at step {step + 1}: {metrics['alarm']}")
-        log.write(metrics)
+            dist.print0(f"\n[gvu] warning at step {step + 1}: {metrics['alarm']}")
         s = step + 1
-        if cfg.eval_every and s % cfg.eval_every == 0 or (cfg.grid_every and s % cfg.grid_every == 0) or s == cfg.steps:
-            periodic(backend, cfg, s, eval_md if (cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps)) else None,
-                     grid_md, run_dir, log)
-        if s % cfg.checkpoint_every == 0 or s == cfg.steps:
-            tensors = {"ema." + n: p for n, p in judge.copy.model.named_parameters()} if judge and judge.mode == "ema" else None
-            checkpoint.save(run_dir, s, backend.model, optimizer, {"metrics_lines": log.lines}, tensors)
-        bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", eval=log.last_eval, step_s=f"{metrics['perf/step_s']:.1f}")
+        if info.is_main:
+            log.write(metrics)
+            if cfg.eval_every and s % cfg.eval_every == 0 or (cfg.grid_every and s % cfg.grid_every == 0) or s == cfg.steps:
+                periodic(backend, cfg, s, eval_md if (cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps)) else None,
+                         grid_md, run_dir, log)
+            if s % cfg.checkpoint_every == 0 or s == cfg.steps:
+                tensors = {"ema." + n: p for n, p in judge.copy.model.named_parameters()} if judge and judge.mode == "ema" else None
+                checkpoint.save(run_dir, s, backend.model, optimizer, {"metrics_lines": log.lines}, tensors)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", eval=log.last_eval, step_s=f"{metrics['perf/step_s']:.1f}")
+        dist.barrier()
     bar.close()
     summary = {"run_dir": run_dir, "steps": cfg.steps}
-    if cfg.final_eval and nano:
+    if cfg.final_eval and nano and info.is_main:
         after = final_tables(backend, cfg)
         save_json(run_dir, "after.json", after)
         from gvu.run_io import before_after_table, plot_curves
@@ -219,6 +236,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         with open(os.path.join(run_dir, "summary.md"), "w") as f:
             f.write(summary["table"] + "\n")
         plot_curves(run_dir)
+    dist.barrier()
     return summary
 
 

@@ -145,9 +145,9 @@ def test_rollout_cfg_matches_deepseeks_reference_sampler(backend, monkeypatch):
     recorded = []
     real_sample = janus_mod.sample
 
-    def recording_sample(logits, s, generator):
+    def recording_sample(logits, s, *rest):
         recorded.append(logits.clone())
-        return real_sample(logits, s, generator)
+        return real_sample(logits, s, *rest)
 
     monkeypatch.setattr(janus_mod, "sample", recording_sample)
     tokens = backend.sample_image_tokens(PROMPTS, SamplingConfig(cfg_scale=scale, top_k=1, seed=0))

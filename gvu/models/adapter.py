@@ -38,8 +38,10 @@ class UnifiedModel(Protocol):
     def check_prompts(self, prompts: list[str]) -> None:
         """Raise ValueError naming the first empty or too-long prompt."""
 
-    def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig) -> torch.Tensor:
-        """One image per prompt (repeat prompts for groups): tokens [M, N], seeded by sampling.seed."""
+    def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig,
+                            row_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One image per prompt (repeat prompts for groups): tokens [M, N], seeded by sampling.seed; row_ids [M]
+        (default 0..M-1) make each row's draws independent of its batch and rank."""
 
     def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Differentiable log p(tokens | prompt) under the conditional generation branch: [M, N]."""

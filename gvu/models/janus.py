@@ -324,8 +324,12 @@ class JanusBackend:
         return out.last_hidden_state[:, -1]
 
     @torch.no_grad()
-    def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig) -> torch.Tensor:
-        """tokens [M, N]. The batch is [conditional rows; unconditional rows] (transformers' layout) with a KV cache."""
+    def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig,
+                            row_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [M, N]. The batch is [conditional rows; unconditional rows] (transformers' layout) with a KV cache.
+
+        row_ids [M]: each row's global id (default 0..M-1); a row's random draws depend only on (seed, row id,
+        position), not on its batch (gvu.sampling.row_uniforms)."""
         sampling.validate()
         self.check_prompts(prompts)
         scale = sampling.cfg_scale if sampling.cfg_scale is not None else self.default_cfg_scale
@@ -337,13 +341,13 @@ class JanusBackend:
         ids = torch.cat([cond.ids, uncond])
         mask = torch.cat([cond.mask, cond.mask])
         positions = torch.cat([cond.positions, cond.positions])
-        generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        rows = torch.arange(m) if row_ids is None else torch.as_tensor(row_ids)
         cache = DynamicCache()
         hidden = self._lm_step(self.model.get_input_embeddings()(ids), mask, positions, cache)
         tokens = torch.empty(m, n, dtype=torch.long, device=self.device)
         for i in range(n):
             logits = self.model.model.generation_head(hidden).float()  # [2M, V]
-            tokens[:, i] = sample(guide(logits[:m], logits[m:], scale), sampling, generator)
+            tokens[:, i] = sample(guide(logits[:m], logits[m:], scale), sampling, rows, i)
             if i == n - 1:
                 break
             embeds = self.model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(2))[:, None]

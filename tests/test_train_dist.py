@@ -1,0 +1,60 @@
+"""`gvu train` under torchrun with 2 gloo processes gives the same run as one process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gvu.models.nano import SPECS, build_random
+from gvu.models.pretrain import save_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def gvu_train(args, n_proc, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n_proc)] \
+        if n_proc > 1 else [sys.executable]
+    proc = subprocess.run(launcher + ["-m", "gvu", "train", *args], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("lora", [0, 2])
+def test_two_gloo_processes_equal_one_process(tmp_path, lora):
+    model_dir = tmp_path / "model"
+    model, tok = build_random("smoke", seed=0)
+    save_model(model, tok, SPECS["smoke"], str(model_dir))
+    cfg = {"model": str(model_dir), "steps": 2, "batch_prompts": 2, "group_size": 2, "train_prompts": 16,
+           "eval_every": 0, "grid_every": 0, "final_eval": False, "checkpoint_every": 2, "threads": 1,
+           "lr": 1e-3, "warmup_steps": 0, "lora_r": lora, "beta": 0.05}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    for n in (1, 2):
+        gvu_train(["--config", "cfg.json", "--out", f"run{n}"], n, tmp_path)
+    a = load_file(str(tmp_path / "run1/checkpoints/step_000002/trainable.safetensors"))
+    b = load_file(str(tmp_path / "run2/checkpoints/step_000002/trainable.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    moved = load_file(str(tmp_path / "run1/checkpoints/step_000002/trainable.safetensors"))
+    assert any(float(v.abs().sum()) > 0 for v in moved.values())
+    m1 = [json.loads(x) for x in open(tmp_path / "run1/metrics.jsonl")]
+    m2 = [json.loads(x) for x in open(tmp_path / "run2/metrics.jsonl")]
+    for r1, r2 in zip(m1, m2, strict=True):
+        for k in ("reward/mean", "reward/std", "loss/total", "policy/kl"):
+            assert abs(r1[k] - r2[k]) < 1e-5, (k, r1[k], r2[k])
+
+
+def test_a_world_size_that_does_not_divide_the_batch_is_refused(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"}
+    cfg = {"model": str(tmp_path), "batch_prompts": 2, "group_size": 2}
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "gvu", "train", "--config", "cfg.json", "--out", "run"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "does not divide" in proc.stderr, proc.stderr[-2000:]
