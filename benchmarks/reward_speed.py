@@ -13,6 +13,7 @@ import platform
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -26,8 +27,9 @@ from gvu.reward import gvu_reward  # noqa: E402
 from gvu.world.prompts import make_suite  # noqa: E402
 
 
-def timed(fn, repeat=1):
-    fn()  # warm-up
+def timed(fn, repeat=1, warmup=True):
+    if warmup:
+        fn()
     t = time.perf_counter()
     for _ in range(repeat):
         out = fn()
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="B")
     ap.add_argument("--group", type=int, default=8, help="G")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="alternating timings of each sampler (median reported)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     b = JanusBackend.from_pretrained(args.model)
@@ -58,8 +61,13 @@ def main() -> None:
     m = len(rows)
     scale = b.default_cfg_scale
 
-    t_ours, tokens = timed(lambda: b.sample_image_tokens(rows, SamplingConfig(seed=0)))
-    t_hf, _ = timed(lambda: hf_generate(b, rows, scale))
+    # alternate the two samplers and take medians, so that a busy machine slows both alike
+    ours, hf = [], []
+    for _ in range(args.repeats):
+        t, tokens = timed(lambda: b.sample_image_tokens(rows, SamplingConfig(seed=0)), warmup=not ours)
+        ours.append(t)
+        hf.append(timed(lambda: hf_generate(b, rows, scale), warmup=not hf)[0])
+    t_ours, t_hf = float(np.median(ours)), float(np.median(hf))
     pixels = b.decode_images(tokens)
     t_fast, fast = timed(lambda: gvu_reward(b, pixels, rows, RewardConfig()), repeat=3)
     t0 = time.perf_counter()
@@ -69,7 +77,7 @@ def main() -> None:
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads; "
           f"model {args.model}; B={args.prompts}, G={args.group} ({m} images), cfg {scale}, {b.num_image_tokens} tokens/image\n")
-    print("| rollout (sample image tokens) | seconds | images/s |\n|---|---:|---:|")
+    print(f"| rollout (sample image tokens), median of {args.repeats} | seconds | images/s |\n|---|---:|---:|")
     print(f"| gvu JanusBackend.sample_image_tokens | {t_ours:.2f} | {m / t_ours:.1f} |")
     print(f"| transformers generate(generation_mode='image') | {t_hf:.2f} | {m / t_hf:.1f} |")
     print(f"| ratio (ours / transformers) | | {t_hf / t_ours:.2f}x |\n")
