@@ -6,6 +6,7 @@
                  (target >= 90%)
   qa             question answering, the answer chosen by likelihood among its type's answers, per type
   generation     nano-GenEval on the eval split: 4 images per prompt, fixed seeds, default sampling (0.25-0.65)
+  features       how far apart the vision encoder puts objects differing only in shape, position or colour
   groups         of groups of 8 images per prompt (train split), how many hold both right and wrong images
 
 Usage: python benchmarks/nano_model_eval.py [--model models/nano-janus] [--only vq,understanding,...] [--out DIR]
@@ -138,6 +139,31 @@ def bench_groups(b, n_prompts, sampling) -> dict:
             "all_right": float(v.all(1).mean()), "per_tag_mixed": {t: float(np.mean(x)) for t, x in per_tag.items()}}
 
 
+@torch.no_grad()
+def bench_features(b) -> dict:
+    """How far apart the vision encoder puts single large objects that differ only in shape, position or colour
+    (mean pairwise cosine distance of the aligned features), next to the same distances in pixel space."""
+    from gvu.world.scene import Obj, Scene
+    from gvu.world.vocab import SHAPES
+
+    sets = {"shape": [Scene((Obj(s, "red", "large", 32, 32),)) for s in SHAPES],
+            "position": [Scene((Obj("circle", "red", "large", x, y),)) for x, y in ((16, 16), (48, 16), (16, 48), (48, 48))],
+            "colour": [Scene((Obj("circle", c, "large", 32, 32),)) for c in ("red", "blue", "green", "yellow")]}
+
+    def mean_distance(vecs):
+        v = torch.nn.functional.normalize(torch.stack(vecs), dim=1)
+        sim = v @ v.T
+        n = len(vecs)
+        return float((1 - sim)[~torch.eye(n, dtype=torch.bool)].mean())
+
+    out = {}
+    for name, scenes in sets.items():
+        px = pixels_of([render(sc) for sc in scenes])
+        feats = b.model.model.get_image_features(b.pixel_values(px)).pooler_output.flatten(1).float()
+        out[name] = {"features": round(mean_distance(list(feats)), 4), "pixels": round(mean_distance(list(px.flatten(1))), 4)}
+    return out
+
+
 def summarise(correct: dict) -> dict:
     per_tag = {t: float(np.mean(v)) for t, v in sorted(correct.items())}
     return {"per_tag": per_tag, "overall": float(np.mean(list(per_tag.values()))),
@@ -147,7 +173,7 @@ def summarise(correct: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/nano-janus")
-    ap.add_argument("--only", default="vq,understanding,qa,generation,groups")
+    ap.add_argument("--only", default="vq,understanding,qa,features,generation,groups")
     ap.add_argument("--prompts", type=int, default=None, help="eval prompts to use (default: all 553)")
     ap.add_argument("--group-prompts", type=int, default=64)
     ap.add_argument("--cfg-scale", type=float, default=None)
@@ -169,6 +195,8 @@ def main() -> None:
             results[name] = bench_qa(b, pairs, seed=6)
         elif name == "generation":
             results[name] = bench_generation(b, args.prompts, sampling)
+        elif name == "features":
+            results[name] = bench_features(b)
         elif name == "groups":
             results[name] = bench_groups(b, args.group_prompts, sampling)
         else:
