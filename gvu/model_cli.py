@@ -20,6 +20,7 @@ def register_pretrain(sub) -> None:
     p.add_argument("--preset", default="nano", help="nano (the shipped model, ~1-2 h on 2 cores) or smoke (seconds)")
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu (default) or cuda; data are made on the CPU either way")
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -121,7 +122,7 @@ def cmd_pretrain(args) -> None:
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     try:
-        over = {"threads": args.threads} if args.threads else {}
+        over = {k: v for k, v in (("threads", args.threads), ("device", args.device)) if v}
         path = pretrain(args.preset, args.out, **over)
     except ValueError as e:
         raise UserError(str(e)) from e
