@@ -62,11 +62,11 @@ def save_grid(path: str, pixels, prompts: list[str], per_prompt: int, scale: int
     """Rows = prompts (text on the left), columns = images; pixels [len(prompts)*per_prompt, 3, H, W]."""
     imgs = to_uint8(pixels)
     h = imgs.shape[1] * scale
-    label_w = 260
+    label_w = 340
     canvas = Image.new("RGB", (label_w + per_prompt * (h + 4), len(prompts) * (h + 4)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for r, p in enumerate(prompts):
-        draw.text((4, r * (h + 4) + h // 2 - 6), p[:44], fill=(0, 0, 0))
+        draw.text((4, r * (h + 4) + h // 2 - 6), p[:58], fill=(0, 0, 0))
         for c in range(per_prompt):
             im = Image.fromarray(imgs[r * per_prompt + c]).resize((h, h), Image.NEAREST)
             canvas.paste(im, (label_w + c * (h + 4), r * (h + 4)))
