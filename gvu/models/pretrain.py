@@ -106,6 +106,16 @@ def rng_state() -> dict:
     return {"python": random.getstate(), "torch": torch.get_rng_state()}
 
 
+def restore(state: dict, model, opt, data_rng: random.Random) -> int:
+    """Resume a stage from its checkpoint dict: weights, optimiser, RNGs; returns the step."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    data_rng.setstate(state["data_rng"])
+    return state["step"]
+
+
 # ----------------------------------------------------------------------------------------------- stages
 
 def stage0(cfg: PretrainConfig, out: str):
@@ -140,13 +150,8 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     rng = random.Random(cfg.seed + 1)
     step = 0
     if state is not None:
-        vq.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        step = restore(state, vq, opt, rng)
         ema.load_state_dict(state["ema"])
-        step = state["step"]
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        rng.setstate(state["data_rng"])
     usage = torch.zeros(config.vq_config.num_embeddings, dtype=torch.long)
     bar = tqdm(total=cfg.vq_steps, initial=step, desc="stage 1: VQ", unit="step")
     t0 = time.time()
@@ -263,14 +268,7 @@ def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lm_lr, weight_decay=0.01, betas=(0.9, 0.95))
     data_rng = random.Random(cfg.seed + 3)
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        data_rng.setstate(state["data_rng"])
+    step = restore(state, model, opt, data_rng) if state is not None else 0
     data = Stage2Data(tok, spec, cfg, data_rng)
     vq_encode = lambda px: quantize(vq, px.to(dev))[2]  # noqa: E731  (no grad: vq is frozen)
     model.train()
