@@ -23,12 +23,12 @@ def world_judgeable(metadata: list[dict]) -> bool:
 def evaluate(backend, metadata: list[dict], images_per_prompt: int, sampling: SamplingConfig,
              reward: RewardConfig, batch: int = 64, keep_images: int = 0, progress: bool = False) -> dict:
     """Generate images_per_prompt images per prompt with fixed seeds; score them exactly (nano world) and with
-    the GvU reward of `backend` itself. Returns {"per_tag", "overall", "reward", "n", "images"?}."""
+    the GvU reward of `backend` itself. Returns {"per_tag", "overall", "reward", "reward_per_tag", "n", "images"?}."""
     from gvu.world.evaluator import evaluate_image
 
     exact = world_judgeable(metadata)
     rows = [m for m in metadata for _ in range(images_per_prompt)]
-    correct, rewards, kept = defaultdict(list), [], []
+    correct, rewards, by_tag, kept = defaultdict(list), [], defaultdict(list), []
     it = range(0, len(rows), batch)
     if progress:
         from tqdm import tqdm
@@ -38,13 +38,17 @@ def evaluate(backend, metadata: list[dict], images_per_prompt: int, sampling: Sa
         texts = [m["prompt"] for m in chunk]
         tokens = backend.sample_image_tokens(texts, sampling, torch.arange(s, s + len(chunk)))
         px = backend.decode_images(tokens)
-        rewards.append(gvu_reward(backend, px, texts, replace(reward, kind="gvu")).rewards)
+        r = gvu_reward(backend, px, texts, replace(reward, kind="gvu")).rewards
+        rewards.append(r)
+        for m, x in zip(chunk, r.tolist()):
+            by_tag[m.get("tag", "all")].append(x)
         if exact:
             for m, img in zip(chunk, to_uint8(px)):
                 correct[m["tag"]].append(evaluate_image(m, img).correct)
         if len(kept) < keep_images:
             kept.extend(to_uint8(px)[: keep_images - len(kept)])
-    out = {"reward": float(torch.cat(rewards).mean()), "n": len(rows)}
+    out = {"reward": float(torch.cat(rewards).mean()), "n": len(rows),
+           "reward_per_tag": {t: float(np.mean(v)) for t, v in sorted(by_tag.items())}}
     if exact:
         out["per_tag"] = {t: float(np.mean(v)) for t, v in sorted(correct.items())}
         out["overall"] = float(np.mean(list(out["per_tag"].values())))

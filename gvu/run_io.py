@@ -78,8 +78,10 @@ def before_after_table(before: dict, after: dict) -> str:
     lines = ["| split | tag | exact before | exact after | reward before | reward after |", "|---|---|---|---|---|---|"]
     for split in before:
         b, a = before[split], after[split]
+        rb, ra = b.get("reward_per_tag", {}), a.get("reward_per_tag", {})
         for tag in b.get("per_tag", {}):
-            lines.append(f"| {split} | {tag} | {b['per_tag'][tag]:.3f} | {a['per_tag'][tag]:.3f} | | |")
+            rew = f"{rb[tag]:.4f} | {ra[tag]:.4f}" if tag in rb and tag in ra else " | "
+            lines.append(f"| {split} | {tag} | {b['per_tag'][tag]:.3f} | {a['per_tag'][tag]:.3f} | {rew} |")
         lines.append(f"| {split} | **overall** | **{b['overall']:.3f}** | **{a['overall']:.3f}** | "
                      f"{b['reward']:.4f} | {a['reward']:.4f} |")
     return "\n".join(lines)
