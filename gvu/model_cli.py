@@ -139,12 +139,15 @@ def cmd_train(args) -> None:
         raise UserError(str(e)) from e
     if not os.path.isdir(cfg.model):
         raise UserError(f"model {cfg.model!r} is not a directory: give a local Janus checkpoint (--set model=PATH)")
-    from gvu.train import train
+    from gvu.train import TrainingDiverged, train
 
     try:
         summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, ConfigError) as e:
         raise UserError(str(e)) from e
+    except TrainingDiverged as e:
+        raise UserError(f"training diverged: {e}. The last good checkpoint is in {args.out}/checkpoints; "
+                        "lower lr or raise beta, then continue with --resume") from e
     if summary.get("table"):
         print("\nBefore / after GvU (exact evaluator and intrinsic reward):\n" + summary["table"])
     print(f"\nrun written to {args.out}: metrics.jsonl, curves.png, grids/, summary.md, checkpoints/")
