@@ -147,7 +147,7 @@ def cmd_train(args) -> None:
         raise UserError(str(e)) from e
     except TrainingDiverged as e:
         raise UserError(f"training diverged: {e}. The last good checkpoint is in {args.out}/checkpoints; "
-                        "lower lr or raise beta, then continue with --resume") from e
+                        "a run with a lower lr or a KL term (beta) must start in a new --out") from e
     if summary.get("table"):
         print("\nBefore / after GvU (exact evaluator and intrinsic reward):\n" + summary["table"])
     print(f"\nrun written to {args.out}: metrics.jsonl, curves.png, grids/, summary.md, checkpoints/")
