@@ -142,3 +142,22 @@ def test_oracle_reward_is_one_for_a_correct_rendering_and_partial_otherwise():
 def test_bad_input_is_refused_before_work(backend, bad, match):
     with pytest.raises((ValueError, ConfigError), match=match):
         bad(backend)
+
+
+def test_a_rows_draws_do_not_depend_on_its_batch(backend):
+    """Row-keyed draws: sampling rows 1 and 3 alone (with their global ids) gives the tokens they get in the full
+    batch, which is what lets W ranks reproduce a one-process rollout."""
+    prompts = [PROMPTS[0]] * 4
+    full = backend.sample_image_tokens(prompts, SamplingConfig(seed=11))
+    part = backend.sample_image_tokens(prompts[:2], SamplingConfig(seed=11), row_ids=torch.tensor([1, 3]))
+    assert torch.equal(part, full[[1, 3]])
+    assert not torch.equal(full[0], full[1])  # rows of one prompt still differ
+
+
+def test_row_uniforms_are_uniform():
+    from gvu.sampling import row_uniforms
+
+    u = row_uniforms(0, torch.arange(200_000), 5)
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    counts = torch.histc(u.float(), bins=10, min=0, max=1)
+    assert (counts - 20_000).abs().max() < 600  # ~4.5 sigma of a binomial(200000, 0.1)
