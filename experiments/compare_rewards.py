@@ -47,6 +47,8 @@ def run_row(name: str, seed: int, args) -> dict:
             return json.load(f)
     sets = (ROWS[name] or []) + [f"seed={seed}", f"steps={args.steps}", "final_eval=false", "eval_every=0",
                                  "grid_every=0", f"model={args.model}"]
+    if args.eval_prompts:
+        sets.append(f"final_eval_prompts={args.eval_prompts}")
     cfg = resolve_train_config("nano", None, sets)
     if ROWS[name] is None:
         backend = JanusBackend.from_pretrained(cfg.model)
@@ -70,6 +72,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--model", default="models/nano-janus")
     ap.add_argument("--understanding-prompts", type=int, default=200)
+    ap.add_argument("--eval-prompts", type=int, default=None, help="prompts per split in the final evaluation (default: all)")
     ap.add_argument("--out", default="runs/compare")
     args = ap.parse_args()
     results = {}
