@@ -165,7 +165,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     start = 0
     ckpt = checkpoint.latest(run_dir) if resume else None
     if ckpt:
-        start, extra, tensors = checkpoint.load(ckpt, backend.model, optimizer)
+        start, _, tensors = checkpoint.load(ckpt, backend.model, optimizer)
         if judge is not None and judge.mode == "ema":
             with torch.no_grad():
                 for n, p in judge.copy.model.named_parameters():
@@ -220,7 +220,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
                          grid_md, run_dir, log)
             if s % cfg.checkpoint_every == 0 or s == cfg.steps:
                 tensors = {"ema." + n: p for n, p in judge.copy.model.named_parameters()} if judge and judge.mode == "ema" else None
-                checkpoint.save(run_dir, s, backend.model, optimizer, {"metrics_lines": log.lines}, tensors)
+                checkpoint.save(run_dir, s, backend.model, optimizer, extra_tensors=tensors)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", eval=log.last_eval, step_s=f"{metrics['perf/step_s']:.1f}")
         dist.barrier()
