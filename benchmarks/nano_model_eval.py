@@ -39,9 +39,9 @@ from gvu.world.perturb import distractors  # noqa: E402
 from gvu.world.prompts import make_suite  # noqa: E402
 from gvu.world.sampler import sample_scene  # noqa: E402
 from gvu.world.scene import render  # noqa: E402
-from gvu.world.vocab import COLOR_NAMES, NUMBER_WORDS, SIZES  # noqa: E402
+from gvu.world.vocab import COLOR_NAMES, NUMBER_WORDS, SHAPES, SIZES  # noqa: E402
 
-ANSWERS = {"count": ["zero"] + [NUMBER_WORDS[k] for k in range(1, 7)], "color": list(COLOR_NAMES),
+ANSWERS = {"count": ["zero"] + [NUMBER_WORDS[k] for k in range(1, 7)], "color": list(COLOR_NAMES), "shape": list(SHAPES),
            "size": list(SIZES), "relation": ["yes", "no"], "exists": ["yes", "no"]}
 
 

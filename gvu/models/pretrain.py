@@ -44,6 +44,8 @@ class PretrainConfig:
     vq_batch: int = 32
     vq_lr: float = 1e-3
     vq_restart_every: int = 50  # restart codes unused over this many steps
+    vq_fg_weight: float = 10.0  # weight of object pixels against background in the reconstruction loss
+    vq_edge_weight: float = 0.0  # weight of the image-gradient (edge) loss
     # stage 2: language model
     lm_steps: int = 2600
     gen_batch: int = 24  # prompt -> image-token sequences per step
@@ -51,30 +53,68 @@ class PretrainConfig:
     lm_lr: float = 1e-3
     lm_warmup: int = 200
     prompt_dropout: float = 0.1  # fraction of generation prompts replaced by the unconditional layout (for CFG)
+    # understanding aids (v1; both off reproduces v0's stage 2)
+    rank_images: int = 0  # images per step whose true prompt must out-score 3 minimal edits of it (hard negatives)
+    rank_weight: float = 1.0
+    aux_weight: float = 0.0  # dense per-patch shape/colour/size labels on the vision features (a probe head)
+    data_workers: int = 0  # processes making stage-2 batches ahead (for a GPU; the batches are the same either way)
 
 
 PRESETS = {
-    "nano": PretrainConfig(),
+    # v1: longer VQ with an edge loss; stage 2 with hard-negative ranking and the patch probe (see the model card)
+    "nano": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, lm_steps=2400, gen_batch=32, und_batch=32,
+                           rank_images=8, aux_weight=1.0),
+    # v0, the first shipped checkpoint's recipe (kept to reproduce its numbers)
+    "nano-v0": PretrainConfig(),
     "smoke": PretrainConfig(spec="smoke", vq_steps=30, vq_batch=8, lm_steps=30, gen_batch=8, und_batch=8,
-                            lm_warmup=5, save_every=20, bf16=False),
+                            lm_warmup=5, save_every=20, bf16=False, rank_images=2, aux_weight=1.0, vq_edge_weight=1.0),
 }
 
 
 # ----------------------------------------------------------------------------------------------- data
 
-def train_prompt(rng: random.Random) -> dict:
-    """A random prompt from the train split of either suite (held-out compositions never appear)."""
+def train_prompt(rng: random.Random) -> tuple[str, dict]:
+    """(suite, a random prompt from that suite's train split); held-out compositions never appear."""
     while True:
         suite = rng.choice(list(SUITES))
         m = make_prompt(suite, rng.choice(SUITES[suite]), rng)
         if "train" in split_of(m, suite):
-            return m
+            return suite, m
 
 
-def train_scene(rng: random.Random):
-    """(prompt metadata, scene) for training: scenes avoid held-out colour-shape pairs altogether."""
-    m = train_prompt(rng)
-    return m, sample_scene(m, rng, forbid=HELD_OUT_PAIRS)
+def train_scene(rng: random.Random, with_suite: bool = False):
+    """(prompt metadata, scene) for training: scenes avoid held-out colour-shape pairs altogether.
+    with_suite: (suite, metadata, scene)."""
+    suite, m = train_prompt(rng)
+    scene = sample_scene(m, rng, forbid=HELD_OUT_PAIRS)
+    return (suite, m, scene) if with_suite else (m, scene)
+
+
+def hard_negatives(suite: str, metadata: dict, scene, rng: random.Random, k: int = 3) -> list[str]:
+    """Up to k minimal edits of a true prompt (one colour, count, shape or relation changed) that are false for the
+    scene and are themselves train-split prompts: no eval or held-out prompt text is ever seen in pretraining."""
+    from gvu.world.perturb import distractors
+
+    return [d["prompt"] for d in distractors(metadata, scene, k, rng) if split_of(d, suite) in ("train", "train+eval")]
+
+
+def patch_labels(scene, grid: int) -> torch.Tensor:
+    """[3, grid*grid] long: the shape, colour and size class (0 = background) of the object covering most of each
+    vision patch (at least 30% of it). Targets of the auxiliary probe on the vision features."""
+    from gvu.world.scene import shape_coverage
+    from gvu.world.vocab import COLOR_NAMES, SHAPES, SIZES
+
+    p = scene.image_size / grid
+    best = np.full((grid, grid), 0.3, np.float32)
+    lab = np.zeros((3, grid, grid), np.int64)
+    for o in scene.objects:
+        r = o.radius(scene.image_size) / p
+        cov = shape_coverage(o.shape, o.x / p, o.y / p, r, r, grid, grid)
+        win = cov > best
+        best = np.where(win, cov, best)
+        for k, v in enumerate((SHAPES.index(o.shape), COLOR_NAMES.index(o.color), SIZES.index(o.size))):
+            lab[k][win] = v + 1
+    return torch.from_numpy(lab.reshape(3, -1))
 
 
 def to_pixels(images: list) -> torch.Tensor:
@@ -160,7 +200,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.vq_steps, cfg.vq_lr)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, metrics, idx, z = vq_loss(vq, pixels)
+            loss, metrics, idx, z = vq_loss(vq, pixels, fg_weight=cfg.vq_fg_weight, edge_weight=cfg.vq_edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -207,8 +247,9 @@ class Stage2Data:
     def answer(self, text: str) -> list[int]:
         return self.tok(" " + text, add_special_tokens=False).input_ids + [self.ids["eos"]]
 
-    def generation(self, vq_encode) -> tuple:
-        """-> (prompt Batch [B, T], image tokens [B, N]); prompt_dropout of the rows are unconditional."""
+    def generation(self) -> tuple:
+        """-> (prompt Batch [B, T], pixels [B, 3, H, W] to encode into image tokens); prompt_dropout of the rows are
+        unconditional."""
         from gvu.models.janus_format import left_pad, unconditional
 
         pairs = [train_scene(self.rng) for _ in range(self.cfg.gen_batch)]
@@ -216,15 +257,18 @@ class Stage2Data:
         drop = torch.tensor([self.rng.random() < self.cfg.prompt_dropout for _ in pairs])
         uncond = unconditional(prompt.ids, prompt.mask, self.ids["bos"], self.ids["boi"], self.ids["pad"])
         prompt.ids = torch.where(drop[:, None], uncond, prompt.ids)
-        tokens = vq_encode(to_pixels([render(s) for _, s in pairs]))
-        return prompt, tokens
+        return prompt, to_pixels([render(s) for _, s in pairs])
 
-    def understanding(self) -> tuple:
-        """-> (Batch [B, T], labels [B, T] with -100 outside answers, pixel_values [B, 3, H, W])."""
-        from gvu.models.janus_format import left_pad
+    def prefix(self, query: str) -> list[int]:
+        if query not in self.und_prefix:
+            self.und_prefix[query] = self.encode(self.template.understanding(query, self.spec.num_image_tokens))
+        return self.und_prefix[query]
+
+    def understanding(self) -> tuple[list, list, list]:
+        """-> (sequences, answer lengths, scenes): image + query -> answer rows."""
         from gvu.world.captions import REWARD_QUERY, describe, questions
 
-        seqs, answer_lens, images = [], [], []
+        seqs, answer_lens, scenes = [], [], []
         for _ in range(self.cfg.und_batch):
             _, scene = train_scene(self.rng)
             u = self.rng.random()
@@ -234,17 +278,138 @@ class Stage2Data:
                 query, ans = self.rng.choice(UNDERSTANDING_QUERIES), describe(scene, self.rng, "full")
             else:
                 _, query, ans = questions(scene, self.rng, 1)[0]
-            if query not in self.und_prefix:
-                self.und_prefix[query] = self.encode(self.template.understanding(query, self.spec.num_image_tokens))
             a = self.answer(ans)
-            seqs.append(self.und_prefix[query] + a)
+            seqs.append(self.prefix(query) + a)
             answer_lens.append(len(a))
-            images.append(render(scene))
+            scenes.append(scene)
+        return seqs, answer_lens, scenes
+
+    def ranking(self) -> tuple[list, list, list, list[int]]:
+        """-> (sequences, answer lengths, scenes, group sizes): for each of rank_images images, its true prompt
+        under the reward's query followed by up to 3 minimal edits of it (perturb.distractors; only edits that are
+        themselves train-split prompts, so no eval or held-out prompt text is ever seen)."""
+        from gvu.world.captions import REWARD_QUERY
+
+        seqs, answer_lens, scenes, groups = [], [], [], []
+        while len(groups) < self.cfg.rank_images:
+            suite, m, scene = train_scene(self.rng, with_suite=True)
+            edits = hard_negatives(suite, m, scene, self.rng)
+            if not edits:
+                continue
+            groups.append(1 + len(edits))
+            for text in [m["prompt"]] + edits:
+                a = self.answer(text)
+                seqs.append(self.prefix(REWARD_QUERY) + a)
+                answer_lens.append(len(a))
+                scenes.append(scene)
+        return seqs, answer_lens, scenes, groups
+
+    def batch(self, seqs: list, answer_lens: list, scenes: list) -> tuple:
+        """-> (Batch [B, T], labels [B, T] with -100 outside answers, pixel_values [B, 3, H, W], patch labels [B, 3, N])."""
+        from gvu.models.janus_format import left_pad
+
         batch = left_pad(seqs, self.ids["pad"])
         labels = torch.full_like(batch.ids, -100)
         for i, k in enumerate(answer_lens):
             labels[i, -k:] = batch.ids[i, -k:]
-        return batch, labels, to_pixels(images)
+        images = {id(sc): render(sc) for sc in scenes}
+        grid = int(round(self.spec.num_image_tokens ** 0.5))
+        aux = torch.stack([patch_labels(sc, grid) for sc in scenes]) if self.cfg.aux_weight else None
+        return batch, labels, to_pixels([images[id(sc)] for sc in scenes]), aux
+
+
+    def step(self, k: int) -> dict:
+        """Every input of stage-2 step k, made on the CPU from a seed of its own (so batches do not depend on how
+        many worker processes make them, and a resumed run sees the same data)."""
+        self.rng = random.Random((self.cfg.seed + 3) * 1_000_003 + k)
+        prompt, gen_pixels = self.generation()
+        seqs, lens, scenes = self.understanding()
+        n_und, groups = len(seqs), []
+        if self.cfg.rank_images:  # one understanding pass: the plain rows, then the ranking rows
+            r_seqs, r_lens, r_scenes, groups = self.ranking()
+            seqs, lens, scenes = seqs + r_seqs, lens + r_lens, scenes + r_scenes
+        und, labels, pixels, patch = self.batch(seqs, lens, scenes)
+        return {"prompt": prompt, "gen_pixels": gen_pixels, "und": und, "labels": labels, "pixels": pixels,
+                "patch": patch, "n_und": n_und, "groups": groups}
+
+
+_WORKER_DATA: "Stage2Data | None" = None
+
+
+def _worker_init(tok_dir: str, cfg: PretrainConfig) -> None:
+    global _WORKER_DATA
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    _WORKER_DATA = Stage2Data(AutoTokenizer.from_pretrained(tok_dir), nano.SPECS[cfg.spec], cfg, random.Random())
+
+
+def _worker_step(k: int) -> dict:
+    return _WORKER_DATA.step(k)
+
+
+def stage2_batches(data: Stage2Data, tok_dir: str, cfg: PretrainConfig, start: int):
+    """Yield data.step(k) for k = start .. lm_steps-1; with cfg.data_workers > 0 they are made ahead of time in
+    worker processes (a bounded window), which keeps a GPU busy. Same batches either way."""
+    if not cfg.data_workers:
+        for k in range(start, cfg.lm_steps):
+            yield data.step(k)
+        return
+    import collections
+    import multiprocessing as mp
+
+    # fork, as torch's DataLoader does on Linux: the workers only render and tokenize (no CUDA, one thread each)
+    with mp.get_context("fork").Pool(cfg.data_workers, initializer=_worker_init, initargs=(tok_dir, cfg)) as pool:
+        window = collections.deque()
+        nxt = start
+        while nxt < cfg.lm_steps and len(window) < 4 * cfg.data_workers:
+            window.append(pool.apply_async(_worker_step, (nxt,)))
+            nxt += 1
+        while window:
+            batch = window.popleft().get()
+            if nxt < cfg.lm_steps:
+                window.append(pool.apply_async(_worker_step, (nxt,)))
+                nxt += 1
+            yield batch
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over answer tokens of log p(token) [B] (labels -100 outside answers; logits[:, t] predicts t + 1)."""
+    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = labels[:, 1:]
+    mask = target != -100
+    tok = lp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (tok * mask).sum(1)
+
+
+def ranking_loss(scores: torch.Tensor, groups: list[int]) -> tuple[torch.Tensor, float]:
+    """Listwise hard-negative loss: -log softmax over each group's scores, true prompt first. -> (loss, accuracy)."""
+    losses, hits = [], []
+    for g in torch.split(scores, groups):
+        losses.append(-torch.log_softmax(g, dim=0)[0])
+        hits.append(float(g.argmax() == 0))
+    return torch.stack(losses).mean(), float(np.mean(hits))
+
+
+class PatchProbe(torch.nn.Module):
+    """Linear heads on the vision features predicting each patch's shape, colour and size (auxiliary; not saved)."""
+
+    def __init__(self, hidden: int):
+        from gvu.world.vocab import COLOR_NAMES, SHAPES, SIZES
+
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, len(v) + 1) for v in (SHAPES, COLOR_NAMES, SIZES))
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """features [B, N, H], labels [B, 3, N] -> (mean cross-entropy, shape accuracy on object patches)."""
+        import torch.nn.functional as F
+
+        losses = [F.cross_entropy(h(features).float().flatten(0, 1), labels[:, k].flatten()) for k, h in enumerate(self.heads)]
+        with torch.no_grad():
+            obj = labels[:, 0] > 0
+            pred = self.heads[0](features).argmax(-1)
+            acc = (pred[obj] == labels[:, 0][obj]).float().mean().item() if obj.any() else float("nan")
+        return sum(losses) / len(losses), acc
 
 
 def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict):
@@ -265,43 +430,59 @@ def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict):
     vq.eval().requires_grad_(False)
     with torch.no_grad():  # image-token input embeddings start as the VQ codes themselves (JANUS-NOTES pitfall 9)
         model.model.generation_embeddings.weight.copy_(vq.quantize.embedding.weight)
-    params = [p for p in model.parameters() if p.requires_grad]
+    probe = PatchProbe(config.vision_config.hidden_size).to(dev) if cfg.aux_weight else None
+    params = [p for p in model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     opt = torch.optim.AdamW(params, lr=cfg.lm_lr, weight_decay=0.01, betas=(0.9, 0.95))
-    data_rng = random.Random(cfg.seed + 3)
-    step = restore(state, model, opt, data_rng) if state is not None else 0
-    data = Stage2Data(tok, spec, cfg, data_rng)
-    vq_encode = lambda px: quantize(vq, px.to(dev))[2]  # noqa: E731  (no grad: vq is frozen)
+    step = 0
+    if state is not None:
+        step = restore(state, model, opt, random.Random())  # stage-2 data are seeded per step (Stage2Data.step)
+        if probe is not None:
+            probe.load_state_dict(state["probe"])
+    data = Stage2Data(tok, spec, cfg, random.Random())
+    features = {}  # the vision features of the current understanding pass, for the probe
+    hook = model.model.aligner.register_forward_pre_hook(lambda mod, args: features.__setitem__("v", args[0]))
     model.train()
     vq.eval()
     bar = tqdm(total=cfg.lm_steps, initial=step, desc="stage 2: LM", unit="step")
     t0 = time.time()
-    while step < cfg.lm_steps:
+    for b in stage2_batches(data, os.path.join(out, "tokenizer"), cfg, step):
         with torch.no_grad():
-            prompt, tokens = data.generation(vq_encode)
-        und, labels, pixels = data.understanding()
-        prompt, und = prompt.to(dev), und.to(dev)
-        labels, pixels = labels.to(dev), pixels.to(dev)
+            tokens = quantize(vq, b["gen_pixels"].to(dev))[2]  # vq is frozen
+        prompt, und, labels, pixels = b["prompt"].to(dev), b["und"].to(dev), b["labels"].to(dev), b["pixels"].to(dev)
+        n_und, groups = b["n_und"], b["groups"]
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.lm_steps, cfg.lm_lr, cfg.lm_warmup)
+        record = {}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             gen_logits = image_token_logits(model, prompt, tokens)
             gen_loss = F.cross_entropy(gen_logits.float().flatten(0, 1), tokens.flatten())
             logits = text_logits(model, und, pixels)
-            und_loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        loss = gen_loss + und_loss
+            und_loss = F.cross_entropy(logits[:n_und, :-1].float().flatten(0, 1), labels[:n_und, 1:].flatten(), ignore_index=-100)
+            loss = gen_loss + und_loss
+            if groups:
+                rank_loss, record["rank/acc"] = ranking_loss(sequence_logprobs(logits[n_und:], labels[n_und:]), groups)
+                record["loss/rank"] = rank_loss.item()
+                loss = loss + cfg.rank_weight * rank_loss
+            if probe is not None:
+                aux_loss, record["aux/shape_acc"] = probe(features.pop("v"), b["patch"].to(dev))
+                record["loss/aux"] = aux_loss.item()
+                loss = loss + cfg.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(gen=f"{gen_loss.item():.3f}", und=f"{und_loss.item():.3f}")
+        bar.set_postfix(gen=f"{gen_loss.item():.3f}", und=f"{und_loss.item():.3f}",
+                        **({"rank": f"{record['rank/acc']:.2f}"} if groups else {}))
         if step % 20 == 0 or step == cfg.lm_steps:
             log(out, {"stage": 2, "step": step, "time": time.time() - t0, "loss/gen": gen_loss.item(),
-                      "loss/und": und_loss.item(), "lr": opt.param_groups[0]["lr"]})
+                      "loss/und": und_loss.item(), **record, "lr": opt.param_groups[0]["lr"]})
         if step % cfg.save_every == 0 or step == cfg.lm_steps:
             atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "rng": rng_state(), "data_rng": data_rng.getstate()}, path)
+                         "probe": probe.state_dict() if probe else None,
+                         "rng": rng_state(), "data_rng": random.getstate()}, path)
+    hook.remove()
     bar.close()
     return model
 

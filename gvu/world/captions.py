@@ -22,7 +22,7 @@ from gvu.world.vocab import (COLOR_NAMES, GENEVAL_TAGS, GENEVALPP_TAGS, NUMBER_W
 
 REWARD_QUERY = "Describe the image in detail."  # the paper's query for the GvU reward
 CAPTION_STYLES = ("full", "partial", "geneval")
-QUESTION_TYPES = ("count", "color", "relation", "size", "exists")
+QUESTION_TYPES = ("count", "color", "shape", "relation", "size", "exists")
 
 
 def _groups(scene: Scene) -> list[tuple[tuple[str, str, str], int]]:
@@ -167,6 +167,8 @@ def questions(scene: Scene, rng: random.Random, k: int = 1) -> list[tuple[str, s
     n = scene.image_size
     count = Counter(o.shape for o in scene.objects)
     single = [o for o in scene.objects if count[o.shape] == 1]
+    by_colour = Counter(o.color for o in scene.objects)
+    unique_colour = [o for o in scene.objects if by_colour[o.color] == 1]
     out = []
     while len(out) < k:
         qtype = rng.choice(QUESTION_TYPES)
@@ -176,6 +178,9 @@ def questions(scene: Scene, rng: random.Random, k: int = 1) -> list[tuple[str, s
         elif qtype == "color" and single:
             o = rng.choice(single)
             out.append((qtype, f"What color is the {o.shape}?", o.color))
+        elif qtype == "shape" and unique_colour:
+            o = rng.choice(unique_colour)
+            out.append((qtype, f"What shape is the {o.color} object?", o.shape))
         elif qtype == "size" and single:
             o = rng.choice(single)
             out.append((qtype, f"Is the {o.shape} small or large?", o.size))

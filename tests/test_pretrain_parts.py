@@ -1,0 +1,99 @@
+"""Pieces of the nano-Janus pretraining recipe, checked with hand-worked numbers."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from gvu.models.pretrain import PatchProbe, hard_negatives, patch_labels, ranking_loss, sequence_logprobs, train_scene
+from gvu.world.prompts import split_of
+from gvu.world.scene import Obj, Scene
+
+
+def test_patch_labels_mark_the_patches_an_object_covers():
+    # a large red star centred at (36, 36): radius 12 px spans 24..48, i.e. patches 3..5 of an 8-px grid;
+    # patch (4, 4) (pixels 32..40) is inside the star's body, the corners are background
+    scene = Scene(objects=(Obj(shape="star", color="red", size="large", x=36.0, y=36.0),))
+    lab = patch_labels(scene, 8).view(3, 8, 8)
+    assert lab[:, 4, 4].tolist() == [4, 1, 2]  # star is SHAPES[3] -> 4, red COLOR_NAMES[0] -> 1, large SIZES[1] -> 2
+    assert lab[:, 0, 0].tolist() == [0, 0, 0] and lab[:, 7, 7].tolist() == [0, 0, 0]
+    assert (lab[0] > 0).sum() <= 9  # no patch outside the 3x3 block the star touches
+
+
+def test_ranking_loss_is_the_listwise_cross_entropy_with_the_true_prompt_first():
+    scores = torch.tensor([2.0, 0.0, 0.0, 1.0, 1.0])  # groups: [2, 0] and [0, 1, 1]
+    loss, acc = ranking_loss(scores, [2, 3])
+    # -log(e^2 / (e^2 + 1)) = log(1 + e^-2) = 0.126928;  -log(1 / (1 + 2e)) = log(1 + 2e) = 1.862238
+    assert loss.item() == pytest.approx((math.log(1 + math.exp(-2)) + math.log(1 + 2 * math.e)) / 2, abs=1e-6)
+    assert acc == 0.5
+
+
+def test_sequence_logprobs_sum_only_answer_tokens():
+    logits = torch.zeros(1, 5, 4)  # uniform over 4 tokens: log p = -log 4 everywhere
+    logits[0, 2, 3] = math.log(3.0)  # position 2 predicts token 3 with p = 3 / 6 = 0.5
+    labels = torch.tensor([[-100, -100, -100, 3, 1]])  # answer = tokens at positions 3 and 4
+    assert sequence_logprobs(logits, labels).item() == pytest.approx(math.log(0.5) + math.log(0.25), abs=1e-6)
+
+
+def test_patch_probe_learns_nothing_from_background_only_accuracy():
+    probe = PatchProbe(hidden=4)
+    loss, acc = probe(torch.randn(2, 6, 4), torch.zeros(2, 3, 6, dtype=torch.long))
+    assert loss.item() > 0 and math.isnan(acc)  # no object patches: shape accuracy undefined
+
+
+def test_hard_negatives_are_false_for_the_scene_and_never_eval_or_held_out_prompts():
+    from gvu.world.perturb import distractors
+    from gvu.world.rules import judge_scene
+
+    rng, kept, dropped = random.Random(0), 0, 0
+    for _ in range(150):
+        suite, m, scene = train_scene(rng, with_suite=True)
+        state = rng.getstate()
+        edits = hard_negatives(suite, m, scene, rng)
+        rng.setstate(state)
+        every = distractors(m, scene, 3, rng)  # the same draws, unfiltered
+        assert edits == [d["prompt"] for d in every if split_of(d, suite) in ("train", "train+eval")]
+        for d in every:
+            assert not judge_scene(d, list(scene.objects), scene.image_size).correct
+        kept += len(edits)
+        dropped += len(every) - len(edits)
+    assert kept > 200 and dropped > 0  # the filter is exercised: some edits were eval or held-out prompts
+
+
+def test_stage2_ranking_rows_come_in_groups_sharing_one_image():
+    from gvu.models import nano
+    from gvu.models.pretrain import PretrainConfig, Stage2Data
+
+    spec = nano.SPECS["smoke"]
+    tok = nano.build_tokenizer(spec, nano.corpus(n_scenes=200, seed=0))
+    data = Stage2Data(tok, spec, PretrainConfig(spec="smoke", rank_images=5), random.Random(0))
+    seqs, lens, scenes, groups = data.ranking()
+    assert len(groups) == 5 and sum(groups) == len(seqs) == len(lens) == len(scenes)
+    start = 0
+    for g in groups:
+        assert 2 <= g <= 4 and all(sc is scenes[start] for sc in scenes[start:start + g])
+        answers = [tuple(s[-k:]) for s, k in zip(seqs[start:start + g], lens[start:start + g])]
+        assert len(set(answers)) == g  # true prompt and its edits all differ
+        start += g
+
+
+def test_stage2_batches_are_the_same_with_worker_processes(tmp_path):
+    from dataclasses import replace
+
+    from gvu.models import nano
+    from gvu.models.pretrain import PRESETS, Stage2Data, stage2_batches
+
+    cfg = replace(PRESETS["smoke"], lm_steps=3)
+    spec = nano.SPECS["smoke"]
+    tok = nano.build_tokenizer(spec, nano.corpus(n_scenes=200, seed=0))
+    tok.save_pretrained(tmp_path / "tok")
+    data = Stage2Data(tok, spec, cfg, random.Random())
+    inline = list(stage2_batches(data, str(tmp_path / "tok"), cfg, start=1))
+    workers = list(stage2_batches(data, str(tmp_path / "tok"), replace(cfg, data_workers=2), start=1))
+    assert len(inline) == len(workers) == 2
+    for a, b in zip(inline, workers):
+        assert torch.equal(a["und"].ids, b["und"].ids) and torch.equal(a["pixels"], b["pixels"])
+        assert torch.equal(a["prompt"].ids, b["prompt"].ids) and torch.equal(a["patch"], b["patch"])
+        assert a["groups"] == b["groups"]
+    assert not torch.equal(inline[0]["pixels"], inline[1]["pixels"])  # steps differ from each other
