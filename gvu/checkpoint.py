@@ -31,7 +31,9 @@ def set_rng_states(s: dict) -> None:
 
 
 def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, extra: dict | None = None,
-         extra_tensors: dict[str, torch.Tensor] | None = None) -> str:
+         extra_tensors: dict[str, torch.Tensor] | None = None, optimizer_state: dict | None = None) -> str:
+    """optimizer_state: the optimiser state to write instead of optimizer.state_dict() (FSDP: the full,
+    name-keyed state gathered from every rank by gvu.dist.full_optimizer_state)."""
     final = os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
     tmp = final + ".tmp"
     if os.path.exists(tmp):
@@ -40,7 +42,7 @@ def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, extra: dict
     save_file(trainable_state(model), os.path.join(tmp, "trainable.safetensors"))
     if extra_tensors:
         save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}, os.path.join(tmp, "extra.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng_states(), "extra": extra or {}},
+    torch.save({"optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(), "step": step, "rng": rng_states(), "extra": extra or {}},
                os.path.join(tmp, "state.pt"))
     if os.path.exists(final):
         shutil.rmtree(final)
@@ -61,7 +63,8 @@ def latest(run_dir: str) -> str | None:
 
 
 def load(ckpt: str, model: torch.nn.Module, optimizer) -> tuple[int, dict, dict[str, torch.Tensor]]:
-    """Restore weights, optimiser and RNG in place; returns (step, extra, extra_tensors)."""
+    """Restore weights, optimiser and RNG in place; returns (step, extra, extra_tensors).
+    optimizer None: the optimiser state is left for the caller (read_optimizer_state; FSDP loads it after sharding)."""
     weights = load_file(os.path.join(ckpt, "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -72,7 +75,12 @@ def load(ckpt: str, model: torch.nn.Module, optimizer) -> tuple[int, dict, dict[
         for n, w in weights.items():
             params[n].copy_(w.to(params[n].dtype))
     state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
     set_rng_states(state["rng"])
     extra_path = os.path.join(ckpt, "extra.safetensors")
     return state["step"], state["extra"], (load_file(extra_path) if os.path.exists(extra_path) else {})
+
+
+def read_optimizer_state(ckpt: str) -> dict:
+    return torch.load(os.path.join(ckpt, "state.pt"), weights_only=False)["optimizer"]

@@ -72,6 +72,7 @@ class TrainConfig:
     model: str = "models/nano-janus"  # a local Janus checkpoint directory (transformers format)
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bfloat16
+    parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2: weights, gradients and optimiser state sharded)
     suite: str = "geneval"  # nano world: prompt suite for training and evaluation
     train_split: str = "train"
     train_prompts: int = 2000  # size of the training prompt pool (nano world), or...
@@ -134,6 +135,7 @@ class TrainConfig:
             (self.lora_r >= 0, f"lora_r must be >= 0 (got {self.lora_r}); 0 means full fine-tuning"),
             (self.schedule in ("constant", "cosine"), f"schedule must be constant or cosine (got {self.schedule!r})"),
             (self.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (got {self.dtype!r})"),
+            (self.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp (got {self.parallel!r})"),
             (self.grad_accum >= 1 and (self.batch_prompts * self.group_size) % self.grad_accum == 0,
              f"grad_accum ({self.grad_accum}) must divide the rows per step B*G = {self.batch_prompts * self.group_size}"),
             (0 <= self.eps_low < 1 and self.eps_high >= 0, "eps_low must be in [0, 1) and eps_high >= 0"),

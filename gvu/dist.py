@@ -16,6 +16,7 @@ FSDP's hooks fire only there (JANUS-NOTES pitfall 14); calling submodules of the
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
@@ -168,8 +169,9 @@ class PolicyForward(nn.Module):
         self.model = model
         self.fn = fn
 
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.fn(*args, **kwargs)
+    def forward(self, *args, fn: Callable | None = None, **kwargs):
+        """self.fn(*args, **kwargs), or fn(*args, **kwargs) when given (used to run FSDP's root forward once)."""
+        return (fn or self.fn)(*args, **kwargs)
 
 
 def ddp(module: nn.Module, info: DistInfo) -> nn.Module:
@@ -181,9 +183,16 @@ def ddp(module: nn.Module, info: DistInfo) -> nn.Module:
     return DistributedDataParallel(module, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
 
-def fsdp2(module: nn.Module, info: DistInfo, block_types: tuple[type, ...]) -> nn.Module:
+def fsdp2(module: PolicyForward, info: DistInfo, block_types: tuple[type, ...]) -> nn.Module:
     """FSDP2 (fully_shard): each block (e.g. LlamaDecoderLayer, JanusVisionEncoderLayer) is its own unit, the rest
-    is sharded at the root. Parameters become DTensors; gradients too (p.grad.full_tensor() for a full copy)."""
+    is sharded at the root. Parameters become DTensors; gradients too (p.grad.full_tensor() for a full copy).
+    The module itself for a single process.
+
+    Parameters are replaced by sharded ones: build the optimiser from the wrapped module's parameters afterwards,
+    and copy the model (frozen judge, KL reference) before. Work outside the wrapped forward (rollout, reward,
+    evaluation, checkpoints) runs inside full_params(), on every rank."""
+    if info.world == 1:
+        return module
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -192,4 +201,54 @@ def fsdp2(module: nn.Module, info: DistInfo, block_types: tuple[type, ...]) -> n
         if isinstance(m, block_types):
             fully_shard(m, mesh=mesh)
     fully_shard(module, mesh=mesh)
+    module(fn=lambda: None)  # FSDP initialises lazily, and only from the root's forward
+    for unit in fsdp_units(module):  # that forward leaves the root gathered: shard it, so that parameters() (the
+        unit.reshard()               # optimiser's) are the sharded parameters FSDP keeps
     return module
+
+
+def fsdp_units(module: nn.Module) -> list:
+    """The FSDP2-sharded submodules of module (root included); [] without FSDP."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return []
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def full_params(module: nn.Module):
+    """Every rank must enter: gathers the full parameters of every FSDP unit and keeps them gathered (no resharding
+    after each forward) until exit, so that code outside the wrapped forward (rollout, reward, evaluation on rank 0,
+    checkpoints) sees ordinary tensors. A no-op without FSDP."""
+    units = fsdp_units(module)
+    for u in units:
+        u.set_reshard_after_forward(False, recurse=False)
+        u.unshard()
+    try:
+        yield
+    finally:
+        for u in units:
+            u.reshard()
+            u.set_reshard_after_forward(True, recurse=False)
+
+
+def full_optimizer_state(module: nn.Module, optimizer) -> dict | None:
+    """Every rank must call: the optimiser state gathered in full, keyed by parameter name (FSDP); None without
+    FSDP (optimizer.state_dict() is then complete on every rank)."""
+    if not fsdp_units(module):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(module: nn.Module, optimizer, state: dict) -> None:
+    """Restore an optimiser state written by checkpoint.save: the full name-keyed state under FSDP, the plain
+    state_dict otherwise."""
+    if not fsdp_units(module):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))

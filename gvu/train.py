@@ -7,6 +7,7 @@ the policy being optimised is the conditional branch, and guidance is applied on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -81,6 +82,16 @@ def prompts_for_step(pool: list[dict], step: int, cfg: TrainConfig) -> list[dict
 
 # ----------------------------------------------------------------------------------------------- one step
 
+def block_types(model) -> tuple[type, ...]:
+    """FSDP2 units: the language model's decoder layers and the vision encoder's layers."""
+    found = {type(model.model.language_model.layers[0])}
+    vision = getattr(model.model, "vision_model", None)
+    layers = getattr(getattr(vision, "encoder", None), "layers", None)
+    if layers is not None and len(layers):
+        found.add(type(layers[0]))
+    return tuple(found)
+
+
 def reference_logprobs(backend, ref_model, adapter_off, prompts, tokens, temperature):
     with torch.no_grad():
         if adapter_off is not None:
@@ -94,9 +105,10 @@ def reference_logprobs(backend, ref_model, adapter_off, prompts, tokens, tempera
             backend.model = live
 
 
-def update(policy, backend, ro, adv, cfg, params, optimizer, ref_model, adapter_off) -> dict:
+def update(policy, backend, ro, adv, cfg, params, optimizer, refs: list | None) -> dict:
     """mu inner passes of GRPO over this rank's rows (grad_accum micro-batches each); returns metrics.
-    policy: backend.image_token_logprobs wrapped as a module (DDP under torchrun)."""
+    policy: backend.image_token_logprobs wrapped as a module (DDP or FSDP under torchrun).
+    refs: the KL reference's log-probs per micro-batch (reference_batches), or None when beta is 0."""
     rows = ro.row_prompts
     m = len(rows)
     size = m // cfg.grad_accum
@@ -105,23 +117,34 @@ def update(policy, backend, ro, adv, cfg, params, optimizer, ref_model, adapter_
     for _ in range(cfg.mu):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for s in range(0, m, size):
+        for i, s in enumerate(range(0, m, size)):
             sl = slice(s, s + size)
             logp = policy(rows[sl], ro.tokens[sl], temp)
             old = ro.old_logprobs[sl] if ro.old_logprobs is not None else logp.detach()  # mu = 1: ratio 1
-            ref = reference_logprobs(backend, ref_model, adapter_off, rows[sl], ro.tokens[sl], temp) if cfg.beta > 0 else None
+            ref = refs[i] if refs is not None else None
             loss, mm = grpo_loss(logp, old, adv[sl].to(logp.device), torch.ones_like(logp, dtype=torch.bool), ref,
                                  cfg.beta, cfg.eps_low, cfg.eps_high, cfg.aggregation)
             (loss / cfg.grad_accum).backward()
             total += loss.item() / cfg.grad_accum
             for k, v in mm.items():
                 metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum / cfg.mu
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
         if not math.isfinite(total) or not math.isfinite(grad_norm):
             raise TrainingDiverged(f"loss {total} / gradient norm {grad_norm} is not finite")
         optimizer.step()
     metrics.update({"loss/total": total, "policy/grad_norm": grad_norm})
     return metrics
+
+
+def reference_batches(backend, ref_model, adapter_off, ro, cfg) -> list | None:
+    """The KL reference's log-probs for each of update()'s micro-batches, computed once per step (the reference
+    does not change while the policy updates); None when beta is 0."""
+    if cfg.beta <= 0:
+        return None
+    size = len(ro.row_prompts) // cfg.grad_accum
+    return [reference_logprobs(backend, ref_model, adapter_off, ro.row_prompts[s:s + size], ro.tokens[s:s + size],
+                               cfg.sampling.temperature) for s in range(0, len(ro.row_prompts), size)]
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -153,9 +176,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     eval_md, grid_md = eval_sets(cfg, nano)
 
     params, adapter_off = setup_trainable(backend, cfg)
-    # log-probs go through the wrapped module's forward, where DDP's gradient hooks fire (JANUS-NOTES pitfall 14)
-    policy = dist.ddp(dist.PolicyForward(backend.model, backend.image_token_logprobs), info)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # copies of the starting weights are made before FSDP replaces the parameters by shards
     ref_model = None
     if cfg.beta > 0 and adapter_off is None:
         ref_model = copy.deepcopy(backend.model).eval().requires_grad_(False)
@@ -164,20 +185,36 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
 
     start = 0
     ckpt = checkpoint.latest(run_dir) if resume else None
-    if ckpt:
-        start, _, tensors = checkpoint.load(ckpt, backend.model, optimizer)
+    if ckpt:  # weights now (unsharded), the optimiser once it exists
+        start, _, tensors = checkpoint.load(ckpt, backend.model, None)
         if judge is not None and judge.mode == "ema":
             with torch.no_grad():
                 for n, p in judge.copy.model.named_parameters():
                     p.copy_(tensors["ema." + n])
         if log:
             log.truncate(start)
-    elif cfg.final_eval and nano and info.is_main:
-        save_json(run_dir, "before.json", final_tables(backend, cfg))
 
-    if start == 0 and cfg.eval_every and info.is_main:
-        periodic(backend, cfg, 0, eval_md, grid_md, run_dir, log)
-    dist.barrier()
+    # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
+    policy = dist.PolicyForward(backend.model, backend.image_token_logprobs)
+    if cfg.parallel == "fsdp":
+        policy = dist.fsdp2(policy, info, block_types(backend.model))
+        params = [p for p in policy.parameters() if p.requires_grad]
+    else:
+        policy = dist.ddp(policy, info)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if ckpt:
+        dist.load_optimizer_state(policy, optimizer, checkpoint.read_optimizer_state(ckpt))
+    elif cfg.final_eval and nano:
+        with dist.full_params(policy):
+            if info.is_main:
+                save_json(run_dir, "before.json", final_tables(backend, cfg))
+            dist.barrier()
+
+    if start == 0 and cfg.eval_every:
+        with dist.full_params(policy):
+            if info.is_main:
+                periodic(backend, cfg, 0, eval_md, grid_md, run_dir, log)
+            dist.barrier()
     bar = make_bar(cfg, start, progress and info.is_main)
     low_signal = 0
     for step in range(start, cfg.steps):
@@ -186,19 +223,23 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             g["lr"] = lr_at(step, cfg)
         md = prompts_for_step(pool, step, cfg)
         # 1. rollout: G images per prompt (this rank's rows), with guidance, seeded by (seed, step, global row)
-        ro = rollout(backend, md, cfg.group_size, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * 7919),
-                     with_old_logprobs=cfg.mu > 1, micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
-        t_roll = time.time()
-        # 2. reward: the model's own understanding branch scores its images (or the oracle, for comparisons)
-        rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata)
-        t_rew = time.time()
+        # (under FSDP the full weights are gathered for rollout, reward and the KL reference, then sharded again)
+        with dist.full_params(policy):
+            ro = rollout(backend, md, cfg.group_size, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * 7919),
+                         with_old_logprobs=cfg.mu > 1, micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
+            t_roll = time.time()
+            # 2. reward: the model's own understanding branch scores its images (or the oracle, for comparisons)
+            rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata)
+            t_rew = time.time()
+            refs = reference_batches(backend, ref_model, adapter_off, ro, cfg)
         # 3. advantages, group-relative, over whole groups (rewards gathered across ranks first)
         d = dist.global_advantages(rew.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
         zero_var = zero_variance_groups(d.rewards, cfg.group_size)
         # 4. update
-        metrics = update(policy, backend, ro, d.advantages, cfg, params, optimizer, ref_model, adapter_off)
+        metrics = update(policy, backend, ro, d.advantages, cfg, params, optimizer, refs)
         if judge is not None:
-            judge.update()
+            with dist.full_params(policy):
+                judge.update()
         # 5. log, guard, evaluate, checkpoint
         low_signal = low_signal + 1 if (zero_var == len(md) or metrics["policy/grad_norm"] == 0.0) else 0
         metrics.update({"step": step + 1, "reward/mean": float(d.rewards.mean()), "reward/std": float(d.rewards.std()),
@@ -213,31 +254,43 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
                                 "no learning signal (check the reward, the sampling temperature, or the group size)")
             dist.print0(f"\n[gvu] warning at step {step + 1}: {metrics['alarm']}")
         s = step + 1
-        if info.is_main:
-            log.write(metrics)
-            if cfg.eval_every and s % cfg.eval_every == 0 or (cfg.grid_every and s % cfg.grid_every == 0) or s == cfg.steps:
-                periodic(backend, cfg, s, eval_md if (cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps)) else None,
-                         grid_md, run_dir, log)
-            if s % cfg.checkpoint_every == 0 or s == cfg.steps:
-                tensors = {"ema." + n: p for n, p in judge.copy.model.named_parameters()} if judge and judge.mode == "ema" else None
-                checkpoint.save(run_dir, s, backend.model, optimizer, extra_tensors=tensors)
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", eval=log.last_eval, step_s=f"{metrics['perf/step_s']:.1f}")
-        dist.barrier()
+        evaluate_now = cfg.eval_every and s % cfg.eval_every == 0 or (cfg.grid_every and s % cfg.grid_every == 0) or s == cfg.steps
+        save_now = s % cfg.checkpoint_every == 0 or s == cfg.steps
+        optim_state = dist.full_optimizer_state(policy, optimizer) if save_now else None  # collective under FSDP
+        with dist.full_params(policy) if (evaluate_now or save_now) else contextlib.nullcontext():
+            if info.is_main:
+                log.write(metrics)
+                if evaluate_now:
+                    periodic(backend, cfg, s, eval_md if (cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps)) else None,
+                             grid_md, run_dir, log)
+                if save_now:
+                    tensors = {"ema." + n: p for n, p in judge.copy.model.named_parameters()} if judge and judge.mode == "ema" else None
+                    checkpoint.save(run_dir, s, backend.model, optimizer, extra_tensors=tensors, optimizer_state=optim_state)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", eval=log.last_eval, step_s=f"{metrics['perf/step_s']:.1f}")
+            dist.barrier()
     bar.close()
     summary = {"run_dir": run_dir, "steps": cfg.steps}
-    if cfg.final_eval and nano and info.is_main:
-        after = final_tables(backend, cfg)
-        save_json(run_dir, "after.json", after)
-        from gvu.run_io import before_after_table, plot_curves
-        with open(os.path.join(run_dir, "before.json")) as f:
-            before = json.load(f)
-        summary["table"] = before_after_table(before, after)
-        with open(os.path.join(run_dir, "summary.md"), "w") as f:
-            f.write(summary["table"] + "\n")
-        plot_curves(run_dir)
-    dist.barrier()
+    with dist.full_params(policy):
+        if cfg.final_eval and nano and info.is_main:
+            summary.update(finish(backend, cfg, run_dir))
+        dist.barrier()
     return summary
+
+
+def finish(backend, cfg: TrainConfig, run_dir: str) -> dict:
+    """The after-training tables, the before/after summary and the curves (rank 0)."""
+    from gvu.run_io import before_after_table, plot_curves
+
+    after = final_tables(backend, cfg)
+    save_json(run_dir, "after.json", after)
+    with open(os.path.join(run_dir, "before.json")) as f:
+        before = json.load(f)
+    table = before_after_table(before, after)
+    with open(os.path.join(run_dir, "summary.md"), "w") as f:
+        f.write(table + "\n")
+    plot_curves(run_dir)
+    return {"table": table}
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -25,14 +25,14 @@ def gvu_train(args, n_proc, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("lora", [0, 2])
-def test_two_gloo_processes_equal_one_process(tmp_path, lora):
+@pytest.mark.parametrize("parallel,lora", [("ddp", 0), ("ddp", 2), ("fsdp", 0), ("fsdp", 2)])
+def test_two_gloo_processes_equal_one_process(tmp_path, parallel, lora):
     model_dir = tmp_path / "model"
     model, tok = build_random("smoke", seed=0)
     save_model(model, tok, SPECS["smoke"], str(model_dir))
     cfg = {"model": str(model_dir), "steps": 2, "batch_prompts": 2, "group_size": 2, "train_prompts": 16,
            "eval_every": 0, "grid_every": 0, "final_eval": False, "checkpoint_every": 2, "threads": 1,
-           "lr": 1e-3, "warmup_steps": 0, "lora_r": lora, "beta": 0.05}
+           "lr": 1e-3, "warmup_steps": 0, "lora_r": lora, "beta": 0.05, "parallel": parallel}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     for n in (1, 2):
         gvu_train(["--config", "cfg.json", "--out", f"run{n}"], n, tmp_path)
@@ -48,6 +48,29 @@ def test_two_gloo_processes_equal_one_process(tmp_path, lora):
     for r1, r2 in zip(m1, m2, strict=True):
         for k in ("reward/mean", "reward/std", "loss/total", "policy/kl"):
             assert abs(r1[k] - r2[k]) < 1e-5, (k, r1[k], r2[k])
+
+
+def test_fsdp_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    model_dir = tmp_path / "model"
+    model, tok = build_random("smoke", seed=0)
+    save_model(model, tok, SPECS["smoke"], str(model_dir))
+    cfg = {"model": str(model_dir), "steps": 2, "batch_prompts": 2, "group_size": 2, "train_prompts": 16,
+           "eval_every": 0, "grid_every": 0, "final_eval": False, "checkpoint_every": 1, "threads": 1,
+           "lr": 1e-3, "warmup_steps": 0, "beta": 0.05, "parallel": "fsdp"}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    gvu_train(["--config", "cfg.json", "--out", "full"], 2, tmp_path)
+    (tmp_path / "cfg1.json").write_text(json.dumps({**cfg, "steps": 1}))
+    gvu_train(["--config", "cfg1.json", "--out", "part"], 2, tmp_path)
+    # continue the 1-step run to 2 steps: same schedule settings except the length, so edit its saved config
+    saved = json.loads((tmp_path / "part/config.json").read_text())
+    (tmp_path / "part/config.json").write_text(json.dumps({**saved, "steps": 2}))
+    gvu_train(["--config", "cfg.json", "--out", "part", "--resume"], 2, tmp_path)
+    a = load_file(str(tmp_path / "full/checkpoints/step_000002/trainable.safetensors"))
+    b = load_file(str(tmp_path / "part/checkpoints/step_000002/trainable.safetensors"))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-6, worst
+    sa = torch.load(tmp_path / "full/checkpoints/step_000002/state.pt", weights_only=False)["optimizer"]
+    assert "state" in sa and len(sa["state"]) > 0  # the full optimiser state was gathered from both ranks
 
 
 def test_a_world_size_that_does_not_divide_the_batch_is_refused(tmp_path):

@@ -2,6 +2,7 @@
 
   stage 0  tokenizer (BPE on the world's texts), processor and JanusConfig -> <out>/tokenizer, <out>/config.json
   stage 1  VQ tokenizer (gvu.models.vq_train) on world images                 -> <out>/stage1.pt
+  stage 1b understanding encoder (vision model) alone, with a patch probe       -> <out>/vision.pt
   stage 2  language model, jointly on understanding (image -> caption, image + question -> answer) and
            generation (prompt -> image tokens, prompt dropout for guidance)   -> <out>/stage2.pt
   final    the whole model directory (safetensors + tokenizer + processor)    -> <out>/model
@@ -46,6 +47,11 @@ class PretrainConfig:
     vq_restart_every: int = 50  # restart codes unused over this many steps
     vq_fg_weight: float = 10.0  # weight of object pixels against background in the reconstruction loss
     vq_edge_weight: float = 0.0  # weight of the image-gradient (edge) loss
+    # stage 1b: the understanding encoder alone, with the patch probe (0 skips it; v0 and v1 had none)
+    vis_steps: int = 0
+    vis_batch: int = 32
+    vis_lr: float = 5e-4
+    vis_warmup: int = 100
     # stage 2: language model
     lm_steps: int = 2600
     gen_batch: int = 24  # prompt -> image-token sequences per step
@@ -62,12 +68,16 @@ class PretrainConfig:
 
 PRESETS = {
     # v1: longer VQ with an edge loss; stage 2 with hard-negative ranking and the patch probe (see the model card)
-    "nano": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, lm_steps=2400, gen_batch=32, und_batch=32,
-                           rank_images=8, aux_weight=1.0),
+    "nano": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=32,
+                           und_batch=32, rank_images=8, aux_weight=1.0),
+    # v1: as nano without stage 1b
+    "nano-v1": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, lm_steps=2400, gen_batch=32, und_batch=32,
+                              rank_images=8, aux_weight=1.0),
     # v0, the first shipped checkpoint's recipe (kept to reproduce its numbers)
     "nano-v0": PretrainConfig(),
     "smoke": PretrainConfig(spec="smoke", vq_steps=30, vq_batch=8, lm_steps=30, gen_batch=8, und_batch=8,
-                            lm_warmup=5, save_every=20, bf16=False, rank_images=2, aux_weight=1.0, vq_edge_weight=1.0),
+                            lm_warmup=5, save_every=20, bf16=False, rank_images=2, aux_weight=1.0, vq_edge_weight=1.0,
+                            vis_steps=10, vis_batch=8, vis_warmup=2),
 }
 
 
@@ -401,18 +411,81 @@ class PatchProbe(torch.nn.Module):
         self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, len(v) + 1) for v in (SHAPES, COLOR_NAMES, SIZES))
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """features [B, N, H], labels [B, 3, N] -> (mean cross-entropy, shape accuracy on object patches)."""
+        """features [B, N, H], labels [B, 3, N] -> (loss, shape accuracy on object patches).
+
+        Per head: cross-entropy over all patches (object or background) plus cross-entropy over object patches only;
+        most patches are background, and without the second term the loss hardly asks for shapes."""
         import torch.nn.functional as F
 
-        losses = [F.cross_entropy(h(features).float().flatten(0, 1), labels[:, k].flatten()) for k, h in enumerate(self.heads)]
-        with torch.no_grad():
-            obj = labels[:, 0] > 0
-            pred = self.heads[0](features).argmax(-1)
-            acc = (pred[obj] == labels[:, 0][obj]).float().mean().item() if obj.any() else float("nan")
-        return sum(losses) / len(losses), acc
+        obj = labels[:, 0] > 0
+        losses, acc = [], float("nan")
+        for k, h in enumerate(self.heads):
+            logits = h(features).float()
+            losses.append(F.cross_entropy(logits.flatten(0, 1), labels[:, k].flatten()))
+            if obj.any():
+                losses.append(F.cross_entropy(logits[obj], labels[:, k][obj]))
+                if k == 0:
+                    acc = (logits[obj].argmax(-1) == labels[:, 0][obj]).float().mean().item()
+        return sum(losses) / len(self.heads), acc
 
 
-def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict):
+def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
+    """Stage 1b: pretrain the understanding encoder (the SigLIP-style vision model) alone, with the patch probe:
+    each patch's shape, colour and size. Returns {"vision": state dict, "probe": state dict}, or None when
+    cfg.vis_steps is 0.
+
+    Why: trained only through the language model, the from-scratch ViT learnt colours and positions but hardly
+    shapes (v1: patch shape accuracy ~0.3 after 2,400 joint steps; true caption beat a wrong-shape one 60%). Alone,
+    with warmup and cosine, it reaches ~0.85 patch shape accuracy after 1,000 steps (a sudden rise after ~700)."""
+    from transformers.models.janus.modeling_janus import JanusVisionModel
+
+    if not cfg.vis_steps:
+        return None
+    path = os.path.join(out, "vision.pt")
+    state = torch.load(path, weights_only=False, map_location=cfg.device) if os.path.exists(path) else None
+    if state is not None and state["step"] >= cfg.vis_steps:
+        return _split_vision_state(state["model"])
+    torch.manual_seed(cfg.seed + 4)
+    dev = torch.device(cfg.device)
+    both = torch.nn.ModuleDict({"vision": JanusVisionModel(config.vision_config), "probe": PatchProbe(config.vision_config.hidden_size)}).to(dev)
+    both.train()
+    opt = torch.optim.AdamW(both.parameters(), lr=cfg.vis_lr, weight_decay=0.01)
+    rng = random.Random(cfg.seed + 5)
+    step = restore(state, both, opt, rng) if state is not None else 0
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    bar = tqdm(total=cfg.vis_steps, initial=step, desc="stage 1b: vision", unit="step")
+    t0 = time.time()
+    while step < cfg.vis_steps:
+        scenes = [train_scene(rng)[1] for _ in range(cfg.vis_batch)]
+        pixels = to_pixels([render(sc) for sc in scenes]).to(dev)
+        labels = torch.stack([patch_labels(sc, grid) for sc in scenes]).to(dev)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.vis_steps, cfg.vis_lr, cfg.vis_warmup)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, acc = both["probe"](both["vision"](pixels).last_hidden_state, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(both.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", shape_acc=f"{acc:.2f}")
+        if step % 20 == 0 or step == cfg.vis_steps:
+            log(out, {"stage": "1b", "step": step, "time": time.time() - t0, "loss/vision": loss.item(),
+                      "vision/shape_acc": acc, "lr": opt.param_groups[0]["lr"]})
+        if step % cfg.save_every == 0 or step == cfg.vis_steps:
+            atomic_save({"model": both.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng_state(),
+                         "data_rng": rng.getstate()}, path)
+    bar.close()
+    return _split_vision_state(both.state_dict())
+
+
+def _split_vision_state(sd: dict) -> dict:
+    """ModuleDict(vision, probe) state dict -> {"vision": ..., "probe": ...}."""
+    return {part: {k[len(part) + 1:]: v for k, v in sd.items() if k.startswith(part + ".")} for part in ("vision", "probe")}
+
+
+def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict, vision_state: dict | None = None):
     """Train the language model (vision encoder, aligners, LLM, generation embeddings and head); VQ frozen."""
     import torch.nn.functional as F
     from transformers import JanusForConditionalGeneration
@@ -431,6 +504,10 @@ def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict):
     with torch.no_grad():  # image-token input embeddings start as the VQ codes themselves (JANUS-NOTES pitfall 9)
         model.model.generation_embeddings.weight.copy_(vq.quantize.embedding.weight)
     probe = PatchProbe(config.vision_config.hidden_size).to(dev) if cfg.aux_weight else None
+    if vision_state is not None:  # stage 1b's encoder (and its probe, which keeps the shape features in place)
+        model.model.vision_model.load_state_dict(vision_state["vision"])
+        if probe is not None:
+            probe.load_state_dict(vision_state["probe"])
     params = [p for p in model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     opt = torch.optim.AdamW(params, lr=cfg.lm_lr, weight_decay=0.01, betas=(0.9, 0.95))
     step = 0
@@ -520,7 +597,8 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
     torch.set_num_threads(cfg.threads)
     spec, tok, config = stage0(cfg, out)
     vq_state = stage1(cfg, out, config)
-    model = stage2(cfg, out, spec, tok, config, vq_state)
+    vision_state = stage_vision(cfg, out, config)
+    model = stage2(cfg, out, spec, tok, config, vq_state, vision_state)
     model_dir = os.path.join(out, "model")
     save_model(model, tok, spec, model_dir)
     return model_dir
