@@ -105,7 +105,7 @@ def reference_logprobs(backend, ref_model, adapter_off, prompts, tokens, tempera
             backend.model = live
 
 
-def update(policy, backend, ro, adv, cfg, params, optimizer, refs: list | None) -> dict:
+def update(policy, ro, adv, cfg, params, optimizer, refs: list | None) -> dict:
     """mu inner passes of GRPO over this rank's rows (grad_accum micro-batches each); returns metrics.
     policy: backend.image_token_logprobs wrapped as a module (DDP or FSDP under torchrun).
     refs: the KL reference's log-probs per micro-batch (reference_batches), or None when beta is 0."""
@@ -236,7 +236,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         d = dist.global_advantages(rew.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
         zero_var = zero_variance_groups(d.rewards, cfg.group_size)
         # 4. update
-        metrics = update(policy, backend, ro, d.advantages, cfg, params, optimizer, refs)
+        metrics = update(policy, ro, d.advantages, cfg, params, optimizer, refs)
         if judge is not None:
             with dist.full_params(policy):
                 judge.update()

@@ -156,13 +156,15 @@ def rng_state() -> dict:
     return {"python": random.getstate(), "torch": torch.get_rng_state()}
 
 
-def restore(state: dict, model, opt, data_rng: random.Random) -> int:
-    """Resume a stage from its checkpoint dict: weights, optimiser, RNGs; returns the step."""
+def restore(state: dict, model, opt, data_rng: random.Random | None = None) -> int:
+    """Resume a stage from its checkpoint dict: weights, optimiser, RNGs (data_rng: the stage's data stream, when it
+    has one; stage 2 seeds its data per step instead); returns the step."""
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
-    data_rng.setstate(state["data_rng"])
+    if data_rng is not None:
+        data_rng.setstate(state["data_rng"])
     return state["step"]
 
 
@@ -322,9 +324,12 @@ class Stage2Data:
         labels = torch.full_like(batch.ids, -100)
         for i, k in enumerate(answer_lens):
             labels[i, -k:] = batch.ids[i, -k:]
-        images = {id(sc): render(sc) for sc in scenes}
+        images = {id(sc): render(sc) for sc in scenes}  # ranking rows share their scene: draw each once
         grid = int(round(self.spec.num_image_tokens ** 0.5))
-        aux = torch.stack([patch_labels(sc, grid) for sc in scenes]) if self.cfg.aux_weight else None
+        aux = None
+        if self.cfg.aux_weight:
+            labels_of = {id(sc): patch_labels(sc, grid) for sc in scenes}
+            aux = torch.stack([labels_of[id(sc)] for sc in scenes])
         return batch, labels, to_pixels([images[id(sc)] for sc in scenes]), aux
 
 
@@ -512,7 +517,7 @@ def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict, vis
     opt = torch.optim.AdamW(params, lr=cfg.lm_lr, weight_decay=0.01, betas=(0.9, 0.95))
     step = 0
     if state is not None:
-        step = restore(state, model, opt, random.Random())  # stage-2 data are seeded per step (Stage2Data.step)
+        step = restore(state, model, opt)  # stage-2 data are seeded per step (Stage2Data.step)
         if probe is not None:
             probe.load_state_dict(state["probe"])
     data = Stage2Data(tok, spec, cfg, random.Random())
@@ -557,8 +562,7 @@ def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict, vis
                       "loss/und": und_loss.item(), **record, "lr": opt.param_groups[0]["lr"]})
         if step % cfg.save_every == 0 or step == cfg.lm_steps:
             atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "probe": probe.state_dict() if probe else None,
-                         "rng": rng_state(), "data_rng": random.getstate()}, path)
+                         "probe": probe.state_dict() if probe else None, "rng": rng_state()}, path)
     hook.remove()
     bar.close()
     return model
