@@ -179,9 +179,10 @@ def main() -> None:
     ap.add_argument("--cfg-scale", type=float, default=None)
     ap.add_argument("--out", default=None, help="write results.json here")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (scores match within sampling noise, not bit for bit)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    b = JanusBackend.from_pretrained(args.model)
+    b = JanusBackend.from_pretrained(args.model, device=args.device)
     sampling = SamplingConfig(cfg_scale=args.cfg_scale, seed=1234)
     pairs = eval_scenes(args.prompts, seed=99)
     results, t0 = {}, time.time()
@@ -204,7 +205,7 @@ def main() -> None:
         results[name]["seconds"] = round(time.time() - t, 1)
     results["machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}"
     results["settings"] = {"model": args.model, "prompts": args.prompts, "cfg_scale": sampling.cfg_scale or b.default_cfg_scale,
-                           "threads": args.threads, "wall_s": round(time.time() - t0, 1)}
+                           "threads": args.threads, "device": args.device, "wall_s": round(time.time() - t0, 1)}
     print(json.dumps(results, indent=1))
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -5,7 +5,7 @@ same compute budget), then is evaluated on the eval and ood splits (4 images per
 understanding (choose the true caption among 4 minimal edits). Each row runs with several training seeds;
 the table shows mean and spread (half the max-min range).
 
-Usage: python experiments/compare_rewards.py [--seeds 0 1] [--rows base,gvu_policy,...] [--steps N] [--out runs/compare]
+Usage: python experiments/compare_rewards.py [--seeds 0 1] [--rows base,gvu_policy,...] [--steps N] [--threads 2] [--out runs/compare]
 Long: about (steps x step time + 2 evaluations) per run; run it in the background and read OUT/table.md.
 """
 
@@ -46,7 +46,7 @@ def run_row(name: str, seed: int, args) -> dict:
         with open(done) as f:
             return json.load(f)
     sets = (ROWS[name] or []) + [f"seed={seed}", f"steps={args.steps}", "final_eval=false", "eval_every=0",
-                                 "grid_every=0", f"model={args.model}"]
+                                 "grid_every=0", f"model={args.model}", f"threads={args.threads}"]
     if args.eval_prompts:
         sets.append(f"final_eval_prompts={args.eval_prompts}")
     cfg = resolve_train_config("nano", None, sets)
@@ -74,7 +74,10 @@ def main() -> None:
     ap.add_argument("--understanding-prompts", type=int, default=200)
     ap.add_argument("--eval-prompts", type=int, default=None, help="prompts per split in the final evaluation (default: all)")
     ap.add_argument("--out", default="runs/compare")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 lets two row lists run side by side on 2 cores)")
     args = ap.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
     results = {}
     for name in args.rows.split(","):
         for seed in (args.seeds if ROWS[name] is not None else [0]):

@@ -97,3 +97,43 @@ def test_stage2_batches_are_the_same_with_worker_processes(tmp_path):
         assert torch.equal(a["prompt"].ids, b["prompt"].ids) and torch.equal(a["patch"], b["patch"])
         assert a["groups"] == b["groups"]
     assert not torch.equal(inline[0]["pixels"], inline[1]["pixels"])  # steps differ from each other
+
+
+def test_spatial_prompts_come_only_from_spatial_train_prompts():
+    from gvu.models.pretrain import SPATIAL_TAGS, train_prompt
+
+    rng = random.Random(3)
+    for _ in range(40):
+        suite, m = train_prompt(rng, SPATIAL_TAGS)
+        assert m["tag"] in SPATIAL_TAGS[suite]
+        assert "train" in split_of(m, suite)
+        # every spatial prompt says where things are: a pairwise relation or a region of the image
+        assert any("position" in r or "region" in r for r in m["include"])
+
+
+def test_spatial_share_changes_understanding_rows_and_zero_leaves_the_data_as_before(tmp_path):
+    from dataclasses import replace
+
+    from gvu.models import nano
+    from gvu.models.pretrain import PRESETS, Stage2Data
+    from gvu.world.captions import REWARD_QUERY
+
+    spec = nano.SPECS["smoke"]
+    tok = nano.build_tokenizer(spec, nano.corpus(n_scenes=200, seed=0))
+    base = replace(PRESETS["smoke"], und_batch=6, rank_images=0, aux_weight=0.0)
+    # share 0: spatial() draws nothing from the data stream, so older recipes (v0-v2) see exactly their old data
+    data = Stage2Data(tok, spec, replace(base, spatial_share=0.0), random.Random(5))
+    before = data.rng.getstate()
+    assert data.spatial() is False and data.rng.getstate() == before
+    data = Stage2Data(tok, spec, replace(base, spatial_share=0.5), random.Random(5))
+    hits = [data.spatial() for _ in range(400)]
+    assert 160 < sum(hits) < 240  # about half (binomial sd 10)
+    # share 1: every row is the reward's query answered by a spatial prompt that is true of its scene
+    data = Stage2Data(tok, spec, replace(base, spatial_share=1.0), random.Random(5))
+    seqs, lens, scenes = data.understanding()
+    prefix = data.prefix(REWARD_QUERY)
+    for seq, k, scene in zip(seqs, lens, scenes):
+        assert seq[: len(prefix)] == prefix
+        answer = tok.decode(seq[-k:-1]).strip()  # the answer without its end-of-sentence token
+        assert any(w in answer for w in (" left", " right", " above", " below"))
+        assert len(scene.objects) >= 2

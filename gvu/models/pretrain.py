@@ -59,6 +59,8 @@ class PretrainConfig:
     lm_lr: float = 1e-3
     lm_warmup: int = 200
     prompt_dropout: float = 0.1  # fraction of generation prompts replaced by the unconditional layout (for CFG)
+    gen_weight: float = 1.0  # weight of the generation loss against the understanding losses
+    spatial_share: float = 0.0  # share of understanding rows and ranking groups drawn from spatial prompts (v3)
     # understanding aids (v1; both off reproduces v0's stage 2)
     rank_images: int = 0  # images per step whose true prompt must out-score 3 minimal edits of it (hard negatives)
     rank_weight: float = 1.0
@@ -67,9 +69,14 @@ class PretrainConfig:
 
 
 PRESETS = {
-    # v1: longer VQ with an edge loss; stage 2 with hard-negative ranking and the patch probe (see the model card)
-    "nano": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=32,
-                           und_batch=32, rank_images=8, aux_weight=1.0),
+    # v3 (the shipped model): v2's stages 1 and 1b; stage 2 spends its batch on generation (64 generation rows, 16
+    # understanding rows, 6 ranking groups), weighs the generation loss 3x, and draws 30% of the understanding rows
+    # and ranking groups from spatial prompts (see the model card)
+    "nano": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=64,
+                           und_batch=16, rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3),
+    # v2: longer VQ with an edge loss, stage 1b, stage 2 with hard-negative ranking and the patch probe
+    "nano-v2": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=32,
+                              und_batch=32, rank_images=8, aux_weight=1.0),
     # v1: as nano without stage 1b
     "nano-v1": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, lm_steps=2400, gen_batch=32, und_batch=32,
                               rank_images=8, aux_weight=1.0),
@@ -77,25 +84,32 @@ PRESETS = {
     "nano-v0": PretrainConfig(),
     "smoke": PretrainConfig(spec="smoke", vq_steps=30, vq_batch=8, lm_steps=30, gen_batch=8, und_batch=8,
                             lm_warmup=5, save_every=20, bf16=False, rank_images=2, aux_weight=1.0, vq_edge_weight=1.0,
-                            vis_steps=10, vis_batch=8, vis_warmup=2),
+                            vis_steps=10, vis_batch=8, vis_warmup=2, gen_weight=3.0, spatial_share=0.3),
 }
 
 
 # ----------------------------------------------------------------------------------------------- data
 
-def train_prompt(rng: random.Random) -> tuple[str, dict]:
-    """(suite, a random prompt from that suite's train split); held-out compositions never appear."""
+# the tags whose prompts state where objects are (a relation between two objects, or regions of the image)
+SPATIAL_TAGS: dict[str, tuple[str, ...]] = {"geneval": ("position",),
+                                            "genevalpp": ("color_spatial_attr", "size_spatial_attr", "spatial_count_attr")}
+
+
+def train_prompt(rng: random.Random, tags: dict[str, tuple[str, ...]] | None = None) -> tuple[str, dict]:
+    """(suite, a random prompt from that suite's train split); held-out compositions never appear.
+    tags: draw only from these {suite: tags} (default: every tag of every suite)."""
+    pool = tags or SUITES
     while True:
-        suite = rng.choice(list(SUITES))
-        m = make_prompt(suite, rng.choice(SUITES[suite]), rng)
+        suite = rng.choice(list(pool))
+        m = make_prompt(suite, rng.choice(pool[suite]), rng)
         if "train" in split_of(m, suite):
             return suite, m
 
 
-def train_scene(rng: random.Random, with_suite: bool = False):
+def train_scene(rng: random.Random, with_suite: bool = False, spatial: bool = False):
     """(prompt metadata, scene) for training: scenes avoid held-out colour-shape pairs altogether.
-    with_suite: (suite, metadata, scene)."""
-    suite, m = train_prompt(rng)
+    with_suite: (suite, metadata, scene). spatial: the prompt comes from SPATIAL_TAGS."""
+    suite, m = train_prompt(rng, SPATIAL_TAGS if spatial else None)
     scene = sample_scene(m, rng, forbid=HELD_OUT_PAIRS)
     return (suite, m, scene) if with_suite else (m, scene)
 
@@ -276,12 +290,25 @@ class Stage2Data:
             self.und_prefix[query] = self.encode(self.template.understanding(query, self.spec.num_image_tokens))
         return self.und_prefix[query]
 
+    def spatial(self) -> bool:
+        """Whether the next row draws a spatial prompt (spatial_share); draws nothing when the share is 0, so
+        recipes without it see the same data as before."""
+        return bool(self.cfg.spatial_share) and self.rng.random() < self.cfg.spatial_share
+
     def understanding(self) -> tuple[list, list, list]:
         """-> (sequences, answer lengths, scenes): image + query -> answer rows."""
         from gvu.world.captions import REWARD_QUERY, describe, questions
 
         seqs, answer_lens, scenes = [], [], []
         for _ in range(self.cfg.und_batch):
+            if self.spatial():  # a spatial prompt, answered to the reward's query by the prompt itself
+                m, scene = train_scene(self.rng, spatial=True)
+                query, ans = REWARD_QUERY, m["prompt"]
+                a = self.answer(ans)
+                seqs.append(self.prefix(query) + a)
+                answer_lens.append(len(a))
+                scenes.append(scene)
+                continue
             _, scene = train_scene(self.rng)
             u = self.rng.random()
             if u < 0.5:  # the reward's own query, with varied true answers
@@ -304,7 +331,7 @@ class Stage2Data:
 
         seqs, answer_lens, scenes, groups = [], [], [], []
         while len(groups) < self.cfg.rank_images:
-            suite, m, scene = train_scene(self.rng, with_suite=True)
+            suite, m, scene = train_scene(self.rng, with_suite=True, spatial=self.spatial())
             edits = hard_negatives(suite, m, scene, self.rng)
             if not edits:
                 continue
@@ -540,7 +567,7 @@ def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict, vis
             gen_loss = F.cross_entropy(gen_logits.float().flatten(0, 1), tokens.flatten())
             logits = text_logits(model, und, pixels)
             und_loss = F.cross_entropy(logits[:n_und, :-1].float().flatten(0, 1), labels[:n_und, 1:].flatten(), ignore_index=-100)
-            loss = gen_loss + und_loss
+            loss = cfg.gen_weight * gen_loss + und_loss
             if groups:
                 rank_loss, record["rank/acc"] = ranking_loss(sequence_logprobs(logits[n_und:], labels[n_und:]), groups)
                 record["loss/rank"] = rank_loss.item()
