@@ -304,19 +304,15 @@ class Stage2Data:
             if self.spatial():  # a spatial prompt, answered to the reward's query by the prompt itself
                 m, scene = train_scene(self.rng, spatial=True)
                 query, ans = REWARD_QUERY, m["prompt"]
-                a = self.answer(ans)
-                seqs.append(self.prefix(query) + a)
-                answer_lens.append(len(a))
-                scenes.append(scene)
-                continue
-            _, scene = train_scene(self.rng)
-            u = self.rng.random()
-            if u < 0.5:  # the reward's own query, with varied true answers
-                query, ans = REWARD_QUERY, describe(scene, self.rng, self.rng.choice(("geneval", "geneval", "full", "partial")))
-            elif u < 0.6:
-                query, ans = self.rng.choice(UNDERSTANDING_QUERIES), describe(scene, self.rng, "full")
             else:
-                _, query, ans = questions(scene, self.rng, 1)[0]
+                _, scene = train_scene(self.rng)
+                u = self.rng.random()
+                if u < 0.5:  # the reward's own query, with varied true answers
+                    query, ans = REWARD_QUERY, describe(scene, self.rng, self.rng.choice(("geneval", "geneval", "full", "partial")))
+                elif u < 0.6:
+                    query, ans = self.rng.choice(UNDERSTANDING_QUERIES), describe(scene, self.rng, "full")
+                else:
+                    _, query, ans = questions(scene, self.rng, 1)[0]
             a = self.answer(ans)
             seqs.append(self.prefix(query) + a)
             answer_lens.append(len(a))

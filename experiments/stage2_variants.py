@@ -1,0 +1,105 @@
+"""Stage-2 recipe variants of nano-Janus, trained from one finished stage 1 (VQ) and stage 1b (vision encoder).
+
+How v3's stage 2 was chosen: each variant is `PRESETS[--preset]` plus JSON overrides, trained from the same
+stage1.pt and vision.pt (copied from --base, a `gvu pretrain` output folder), saved as a model directory, and
+scored with benchmarks/nano_model_eval.py (understanding, QA, generation, groups). Variants run side by side, one
+process each (a GPU box with many cores runs three at once; on a 2-core CPU run them one at a time).
+
+Usage:
+  python experiments/stage2_variants.py --base runs/pretrain-nano --out runs/variants --device cuda \\
+      --variant a '{"gen_batch": 64, "und_batch": 16, "rank_images": 6, "spatial_share": 0.3}' \\
+      --variant d '{"gen_batch": 64, "und_batch": 16, "rank_images": 6, "spatial_share": 0.3, "gen_weight": 3.0}'
+Writes OUT/<name>/model, OUT/<name>/eval/results.json and OUT/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..")
+sys.path.insert(0, ROOT)
+
+
+def train_variant(base: str, out: str, preset: str, overrides: dict, device: str) -> None:
+    """One stage-2 run in its own folder (resumable: stage2.pt is kept), then the model directory."""
+    from dataclasses import asdict, replace
+
+    import torch
+
+    from gvu.models.pretrain import PRESETS, save_model, stage0, stage1, stage2, stage_vision
+
+    os.makedirs(out, exist_ok=True)
+    for f in ("config.json", "tokenizer", "stage1.pt", "vision.pt"):
+        src, dst = os.path.join(base, f), os.path.join(out, f)
+        if not os.path.exists(src):
+            raise SystemExit(f"{base} has no {f}: give --base a `gvu pretrain` folder whose stages 1 and 1b are done")
+        if not os.path.exists(dst):
+            (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
+    cfg = replace(PRESETS[preset], device=device, **overrides)
+    with open(os.path.join(out, "pretrain_config.json"), "w") as f:
+        json.dump(asdict(cfg), f, indent=1)
+    torch.set_num_threads(cfg.threads)
+    spec, tok, config = stage0(cfg, out)
+    model = stage2(cfg, out, spec, tok, config, stage1(cfg, out, config), stage_vision(cfg, out, config))
+    save_model(model, tok, spec, os.path.join(out, "model"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="a `gvu pretrain` folder with stage1.pt and vision.pt")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--preset", default="nano")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
+    ap.add_argument("--eval-threads", type=int, default=2)
+    ap.add_argument("--eval-prompts", type=int, default=None, help="eval prompts per benchmark (default: all 553)")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: train one variant in this process
+    args = ap.parse_args()
+    variants = {}
+    for name, text in args.variant:
+        try:
+            variants[name] = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"variant {name!r}: overrides must be a JSON object ({e})")
+    if args.one:
+        train_variant(args.base, os.path.join(args.out, args.one), args.preset, variants[args.one], args.device)
+        return
+    me = [sys.executable, os.path.abspath(__file__), "--base", args.base, "--out", args.out, "--preset", args.preset,
+          "--device", args.device] + [x for n, t in args.variant for x in ("--variant", n, t)]
+    procs = {n: subprocess.Popen(me + ["--one", n]) for n in variants}
+    failed = [n for n, p in procs.items() if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"variants failed: {failed}")
+    evals = {n: subprocess.Popen([sys.executable, os.path.join(ROOT, "benchmarks", "nano_model_eval.py"),
+                                  "--model", os.path.join(args.out, n, "model"), "--device", args.device,
+                                  "--threads", str(args.eval_threads), "--only", "understanding,qa,generation,groups",
+                                  "--out", os.path.join(args.out, n, "eval")]
+                                 + (["--prompts", str(args.eval_prompts), "--group-prompts", "4"] if args.eval_prompts else []),
+                                 stdout=subprocess.DEVNULL)
+             for n in variants}
+    for n, p in evals.items():
+        if p.wait() != 0:
+            raise SystemExit(f"evaluation of {n} failed")
+    lines = ["| variant | overrides | understanding (1 of 4) | relation edits caught | generation | mixed groups |",
+             "|---|---|---|---|---|---|"]
+    for n, o in variants.items():
+        with open(os.path.join(args.out, n, "eval", "results.json")) as f:
+            r = json.load(f)
+        u = r["understanding"]
+        lines.append(f"| {n} | `{json.dumps(o)}` | {u['choose_1_of_4_sum_logp']['overall']:.3f} | "
+                     f"{u['true_beats_edit_by_kind'].get('relation', float('nan')):.2f} | {r['generation']['overall']:.3f} | "
+                     f"{r['groups']['mixed_fraction']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
