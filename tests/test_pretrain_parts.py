@@ -111,7 +111,7 @@ def test_spatial_prompts_come_only_from_spatial_train_prompts():
         assert any("position" in r or "region" in r for r in m["include"])
 
 
-def test_spatial_share_changes_understanding_rows_and_zero_leaves_the_data_as_before(tmp_path):
+def test_spatial_share_changes_understanding_rows_and_zero_leaves_the_data_as_before():
     from dataclasses import replace
 
     from gvu.models import nano
@@ -128,7 +128,7 @@ def test_spatial_share_changes_understanding_rows_and_zero_leaves_the_data_as_be
     data = Stage2Data(tok, spec, replace(base, spatial_share=0.5), random.Random(5))
     hits = [data.spatial() for _ in range(400)]
     assert 160 < sum(hits) < 240  # about half (binomial sd 10)
-    # share 1: every row is the reward's query answered by a spatial prompt that is true of its scene
+    # share 1: every row is the reward's query answered by a spatial prompt (one that says where things are)
     data = Stage2Data(tok, spec, replace(base, spatial_share=1.0), random.Random(5))
     seqs, lens, scenes = data.understanding()
     prefix = data.prefix(REWARD_QUERY)
