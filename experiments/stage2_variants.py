@@ -27,12 +27,9 @@ sys.path.insert(0, ROOT)
 
 
 def train_variant(base: str, out: str, preset: str, overrides: dict, device: str) -> None:
-    """One stage-2 run in its own folder (resumable: stage2.pt is kept), then the model directory."""
-    from dataclasses import asdict, replace
-
-    import torch
-
-    from gvu.models.pretrain import PRESETS, save_model, stage0, stage1, stage2, stage_vision
+    """One stage-2 run in its own folder, then its model directory: gvu.models.pretrain.pretrain, which finds stages
+    1 and 1b done (copied from base) and resumes stage 2 from its own checkpoint if it was stopped."""
+    from gvu.models.pretrain import pretrain
 
     os.makedirs(out, exist_ok=True)
     for f in ("config.json", "tokenizer", "stage1.pt", "vision.pt"):
@@ -41,13 +38,7 @@ def train_variant(base: str, out: str, preset: str, overrides: dict, device: str
             raise SystemExit(f"{base} has no {f}: give --base a `gvu pretrain` folder whose stages 1 and 1b are done")
         if not os.path.exists(dst):
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
-    cfg = replace(PRESETS[preset], device=device, **overrides)
-    with open(os.path.join(out, "pretrain_config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=1)
-    torch.set_num_threads(cfg.threads)
-    spec, tok, config = stage0(cfg, out)
-    model = stage2(cfg, out, spec, tok, config, stage1(cfg, out, config), stage_vision(cfg, out, config))
-    save_model(model, tok, spec, os.path.join(out, "model"))
+    pretrain(preset, out, device=device, **overrides)
 
 
 def main() -> None:

@@ -105,20 +105,23 @@ def reference_logprobs(backend, ref_model, adapter_off, prompts, tokens, tempera
             backend.model = live
 
 
+def micro_batches(rows: int, grad_accum: int) -> list[slice]:
+    """The row slices of update()'s micro-batches (grad_accum of them; the config checks that it divides the rows)."""
+    size = rows // grad_accum
+    return [slice(s, s + size) for s in range(0, rows, size)]
+
+
 def update(policy, ro, adv, cfg, params, optimizer, refs: list | None) -> dict:
     """mu inner passes of GRPO over this rank's rows (grad_accum micro-batches each); returns metrics.
     policy: backend.image_token_logprobs wrapped as a module (DDP or FSDP under torchrun).
     refs: the KL reference's log-probs per micro-batch (reference_batches), or None when beta is 0."""
     rows = ro.row_prompts
-    m = len(rows)
-    size = m // cfg.grad_accum
     temp = cfg.sampling.temperature
     metrics: dict = {}
     for _ in range(cfg.mu):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for i, s in enumerate(range(0, m, size)):
-            sl = slice(s, s + size)
+        for i, sl in enumerate(micro_batches(len(rows), cfg.grad_accum)):
             logp = policy(rows[sl], ro.tokens[sl], temp)
             old = ro.old_logprobs[sl] if ro.old_logprobs is not None else logp.detach()  # mu = 1: ratio 1
             ref = refs[i] if refs is not None else None
@@ -142,9 +145,8 @@ def reference_batches(backend, ref_model, adapter_off, ro, cfg) -> list | None:
     does not change while the policy updates); None when beta is 0."""
     if cfg.beta <= 0:
         return None
-    size = len(ro.row_prompts) // cfg.grad_accum
-    return [reference_logprobs(backend, ref_model, adapter_off, ro.row_prompts[s:s + size], ro.tokens[s:s + size],
-                               cfg.sampling.temperature) for s in range(0, len(ro.row_prompts), size)]
+    return [reference_logprobs(backend, ref_model, adapter_off, ro.row_prompts[sl], ro.tokens[sl], cfg.sampling.temperature)
+            for sl in micro_batches(len(ro.row_prompts), cfg.grad_accum)]
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -254,15 +256,15 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
                                 "no learning signal (check the reward, the sampling temperature, or the group size)")
             dist.print0(f"\n[gvu] warning at step {step + 1}: {metrics['alarm']}")
         s = step + 1
-        evaluate_now = cfg.eval_every and s % cfg.eval_every == 0 or (cfg.grid_every and s % cfg.grid_every == 0) or s == cfg.steps
+        eval_now = bool(cfg.eval_every) and (s % cfg.eval_every == 0 or s == cfg.steps)
+        evaluate_now = eval_now or (cfg.grid_every and s % cfg.grid_every == 0) or s == cfg.steps
         save_now = s % cfg.checkpoint_every == 0 or s == cfg.steps
         optim_state = dist.full_optimizer_state(policy, optimizer) if save_now else None  # collective under FSDP
         with dist.full_params(policy) if (evaluate_now or save_now) else contextlib.nullcontext():
             if info.is_main:
                 log.write(metrics)
                 if evaluate_now:
-                    periodic(backend, cfg, s, eval_md if (cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps)) else None,
-                             grid_md, run_dir, log)
+                    periodic(backend, cfg, s, eval_md if eval_now else None, grid_md, run_dir, log)
                 if save_now:
                     tensors = {"ema." + n: p for n, p in judge.copy.model.named_parameters()} if judge and judge.mode == "ema" else None
                     checkpoint.save(run_dir, s, backend.model, optimizer, extra_tensors=tensors, optimizer_state=optim_state)
