@@ -2,7 +2,11 @@
 generated image is correct", over images the model itself generated for eval-split prompts, overall and per tag;
 also per reduction (geometric_mean, product, min) and within prompt groups (what GRPO actually uses).
 
-Usage: python benchmarks/reward_auc.py [--model models/nano-janus] [--prompts 553] [--images 4]
+Usage: python benchmarks/reward_auc.py [--model models/nano-janus] [--prompts 553] [--images 4] [--dump tokens.npz]
+
+--dump saves the per-token log-probs, token ids, verdicts and tags, plus each prompt's per-token log-probs under
+a blank grey image (a text-only prior), so token-weighting variants can be studied without regenerating
+(experiments/token_weighting.py reads it).
 """
 
 from __future__ import annotations
@@ -38,6 +42,23 @@ def auc(scores, labels) -> float | None:
     return float(greater / (len(pos) * len(neg)))
 
 
+@torch.no_grad()
+def dump_tokens(path, b, md, images, lp, mk, ids, y, partial, tags) -> None:
+    """Save what token-weighting studies need; the prior is each prompt scored under a blank grey image."""
+    texts = [m["prompt"] for m in md]
+    prior = torch.zeros(len(texts), lp.shape[1])
+    for s in range(0, len(texts), 64):
+        chunk = texts[s:s + 64]
+        blank = torch.zeros(len(chunk), 3, b.image_size, b.image_size)
+        tl = b.text_logprobs(blank, RewardConfig().query, chunk)
+        prior[s:s + len(chunk), : tl.logprobs.shape[1]] = tl.logprobs.cpu()
+    vocab = {int(i): b.tokenizer.decode([int(i)]) for i in ids[mk].unique()}
+    np.savez_compressed(path, logprobs=lp.numpy(), mask=mk.numpy(), token_ids=ids.numpy(), correct=y,
+                        partial=partial, tags=tags, images_per_prompt=images,
+                        prior=np.repeat(prior.numpy(), images, axis=0),
+                        vocab_ids=np.array(list(vocab)), vocab_text=np.array(list(vocab.values())))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/nano-janus")
@@ -45,13 +66,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--dump", default=None, help="save per-token log-probs etc. to this .npz")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
     b = JanusBackend.from_pretrained(args.model)
     md = make_suite("geneval", "eval", seed=0)[: args.prompts]
     rows = [m for m in md for _ in range(args.images)]
-    lps, masks, correct = [], [], []
+    lps, masks, ids, correct, partial = [], [], [], [], []
     for s in tqdm(range(0, len(rows), 64), desc="generate + score"):
         chunk = rows[s:s + 64]
         texts = [m["prompt"] for m in chunk]
@@ -60,10 +82,15 @@ def main() -> None:
         width = 48
         lp = torch.zeros(len(chunk), width)
         mk = torch.zeros(len(chunk), width, dtype=torch.bool)
-        lp[:, : tl.logprobs.shape[1]], mk[:, : tl.mask.shape[1]] = tl.logprobs.cpu(), tl.mask.cpu()
+        tid = torch.zeros(len(chunk), width, dtype=torch.long)
+        k = tl.logprobs.shape[1]
+        lp[:, :k], mk[:, :k], tid[:, :k] = tl.logprobs.cpu(), tl.mask.cpu(), tl.token_ids.cpu()
         lps.append(lp)
         masks.append(mk)
-        correct += [evaluate_image(m, img).correct for m, img in zip(chunk, to_uint8(px))]
+        ids.append(tid)
+        verdicts = [evaluate_image(m, img) for m, img in zip(chunk, to_uint8(px))]
+        correct += [v.correct for v in verdicts]
+        partial += [v.partial for v in verdicts]
     lp, mk, y = torch.cat(lps), torch.cat(masks), np.array(correct)
     tags = np.array([m["tag"] for m in rows])
     res = {"images": len(rows), "correct_rate": float(y.mean())}
@@ -85,6 +112,8 @@ def main() -> None:
         x = res[red]
         print(f"| {red} | {fmt(x['auc'])} | {fmt(x['within_group_auc'])} ({x['mixed_groups']} groups) | "
               + " | ".join(fmt(x["per_tag"][t]) for t in sorted(set(tags))) + " |")
+    if args.dump:
+        dump_tokens(args.dump, b, md, args.images, lp, mk, torch.cat(ids), y, np.array(partial), tags)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "auc.json"), "w") as f:

@@ -26,6 +26,7 @@ ROWS = {
     "gvu_policy": ["reward.reduction=geometric_mean", "reward.judge=policy"],
     "gvu_frozen": ["reward.reduction=geometric_mean", "reward.judge=frozen"],
     "gvu_product": ["reward.reduction=product", "reward.judge=policy"],
+    "gvu_surprisal": ["reward.reduction=geometric_mean", "reward.judge=policy", "reward.token_weights=surprisal"],
     "oracle": ["reward.kind=oracle"],
 }
 

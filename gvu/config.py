@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 REDUCTIONS = ("geometric_mean", "product", "min")
 JUDGES = ("policy", "frozen", "ema")
+TOKEN_WEIGHTS = ("uniform", "surprisal")
 REWARD_KINDS = ("gvu", "oracle")
 
 
@@ -48,6 +49,7 @@ class RewardConfig:
     kind: str = "gvu"  # "gvu" (the paper's) or "oracle" (exact evaluator; nano world only)
     query: str = "Describe the image in detail."  # the paper's query to the understanding branch
     reduction: str = "geometric_mean"  # per-token log p -> reward: geometric_mean = exp(mean log p) (paper), product = exp(sum), min
+    token_weights: str = "uniform"  # "uniform" (paper: every prompt token counts alike) or "surprisal" (see gvu.reward)
     judge: str = "policy"  # whose understanding scores: "policy" (live model, as the official code does), "frozen" (start weights), "ema"
     ema_decay: float = 0.99  # for judge="ema": judge <- decay * judge + (1 - decay) * policy after every update
 
@@ -56,6 +58,11 @@ class RewardConfig:
             raise ConfigError(f"reward kind must be one of {REWARD_KINDS} (got {self.kind!r})")
         if self.reduction not in REDUCTIONS:
             raise ConfigError(f"reward reduction must be one of {REDUCTIONS} (got {self.reduction!r})")
+        if self.token_weights not in TOKEN_WEIGHTS:
+            raise ConfigError(f"reward token_weights must be one of {TOKEN_WEIGHTS} (got {self.token_weights!r})")
+        if self.token_weights != "uniform" and self.reduction != "geometric_mean":
+            raise ConfigError(f"reward token_weights={self.token_weights!r} weights the mean of log-probs, so it needs "
+                              f"reduction=geometric_mean (got {self.reduction!r}); or set token_weights=uniform")
         if self.judge not in JUDGES:
             raise ConfigError(f"reward judge must be one of {JUDGES} (got {self.judge!r})")
         if not 0 <= self.ema_decay < 1:

@@ -48,6 +48,8 @@ def register_score(sub) -> None:
     p.add_argument("--model", default="models/nano-janus")
     p.add_argument("--query", default=None, help='the understanding query (default: "Describe the image in detail.")')
     p.add_argument("--reduction", default="geometric_mean", choices=["geometric_mean", "product", "min"])
+    p.add_argument("--token-weights", default="uniform", choices=["uniform", "surprisal"],
+                   help="uniform (the paper's) or surprisal: weigh each prompt token by -log p(token | blank image)")
     p.add_argument("--out", default=None, help="write per-image results (jsonl) here")
     p.set_defaults(func=cmd_score)
 
@@ -177,8 +179,12 @@ def cmd_score(args) -> None:
     size = backend.image_size
     for _, path in items:
         gio.check_image(path, size)
-    cfg = RewardConfig(reduction=args.reduction, **({"query": args.query} if args.query else {}))
-    cfg.validate()
+    cfg = RewardConfig(reduction=args.reduction, token_weights=args.token_weights,
+                       **({"query": args.query} if args.query else {}))
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
     rows = []
     for s in range(0, len(items), 32):
         chunk = items[s:s + 32]

@@ -8,6 +8,12 @@ gvu     the paper's intrinsic reward. The understanding branch reads each decode
           min             exp(min_j log p_j)    (the worst-supported token)
         The official code runs one forward per prompt token, one image at a time, and multiplies raw
         probabilities before the L-th root; here it is one pass in log space (equal within 1e-5, tested).
+        token_weights="surprisal" (ours, not the paper's) makes geometric_mean a weighted mean: token j weighs
+        -log q_j, its log-prob when the same judge reads the prompt under a blank mid-grey image. Template words
+        the text alone predicts ("a photo of") then count for little, and the words an image can get wrong count
+        most. A per-prompt prior cannot simply be subtracted instead: sum_j log q_j is the same for every image of
+        a group, so group-normalised advantages would not change. On nano-Janus v3 this lifts the within-group
+        AUC from 0.604 to 0.640 (experiments/token_weighting.py); it costs one extra pass per distinct prompt.
 oracle  the nano world's exact evaluator: 1 when the image is correct, else the fraction of the prompt's
         constraints it meets. For comparisons only: it is the labelled reward GvU does without.
 """
@@ -29,14 +35,23 @@ class RewardOutput:
     rewards: torch.Tensor  # [M] float32
     token_logprobs: TokenLogprobs | None = None  # [M, L] per-token diagnostics (gvu reward only)
     correct: torch.Tensor | None = None  # [M] bool, exact-evaluator verdicts (oracle only)
+    token_weights: torch.Tensor | None = None  # [M, L] per-token weights (token_weights="surprisal" only)
 
 
-def reduce_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Per-token log-probs [M, L] with mask [M, L] -> rewards [M] (see module docstring)."""
+def reduce_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, reduction: str,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token log-probs [M, L] with mask [M, L] -> rewards [M] (see module docstring).
+
+    weights [M, L] (>= 0, geometric_mean only): exp(sum_j w_j log p_j / sum_j w_j) over the masked tokens."""
     mask = mask.bool()
     if not mask.any(dim=1).all():
         raise ValueError("every row needs at least one scored token")
     lp = logprobs.float().masked_fill(~mask, 0.0)
+    if weights is not None:
+        if reduction != "geometric_mean":
+            raise ValueError(f"token weights apply to geometric_mean only, not {reduction!r}")
+        w = weights.float().masked_fill(~mask, 0.0)
+        return torch.exp((w * lp).sum(1) / w.sum(1))
     if reduction == "geometric_mean":
         return torch.exp(lp.sum(1) / mask.sum(1))
     if reduction == "product":
@@ -50,7 +65,27 @@ def reduce_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, reduction: str) 
 def gvu_reward(judge: UnifiedModel, pixels: torch.Tensor, prompts: list[str], cfg: RewardConfig) -> RewardOutput:
     """pixels [M, 3, H, W] in [-1, 1], M prompts -> rewards [M] and per-token log-probs [M, L]."""
     tl = judge.text_logprobs(pixels, cfg.query, prompts)
-    return RewardOutput(reduce_logprobs(tl.logprobs, tl.mask, cfg.reduction).cpu(), tl)
+    weights = surprisal_weights(judge, prompts, cfg.query, tl) if cfg.token_weights == "surprisal" else None
+    return RewardOutput(reduce_logprobs(tl.logprobs, tl.mask, cfg.reduction, weights).cpu(), tl,
+                        token_weights=None if weights is None else weights.cpu())
+
+
+SURPRISAL_FLOOR = 1e-6  # so a prompt the text alone predicts fully still averages all its tokens equally
+
+
+def surprisal_weights(judge: UnifiedModel, prompts: list[str], query: str, tl: TokenLogprobs) -> torch.Tensor:
+    """-log q_j per prompt token: the judge's log-prob of the prompt under a blank mid-grey image, [M, L]
+    aligned with tl. One pass per distinct prompt; rows of one group share it."""
+    distinct = list(dict.fromkeys(prompts))
+    blank = torch.zeros(len(distinct), 3, judge.image_size, judge.image_size)
+    prior = judge.text_logprobs(blank, query, distinct)
+    row = {p: i for i, p in enumerate(distinct)}
+    idx = torch.tensor([row[p] for p in prompts], device=prior.logprobs.device)
+    width = tl.logprobs.shape[1]
+    if prior.logprobs.shape[1] < width:
+        raise RuntimeError("prior and reward scored prompts of different lengths; the tokenizer is not deterministic")
+    q = prior.logprobs[idx, :width].to(tl.logprobs.device)
+    return (-q).clamp_min(SURPRISAL_FLOOR).masked_fill(~tl.mask.bool(), 0.0)
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -44,6 +44,38 @@ def test_reductions_match_hand_computed_values():
     assert torch.allclose(reduce_logprobs(lp, mask, "min"), torch.tensor([0.25, 0.1]))
 
 
+def test_weighted_geometric_mean_matches_hand_computed_values():
+    lp = torch.log(torch.tensor([[0.5, 0.25, 1.0], [0.1, 1.0, 1.0]]))
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    w = torch.tensor([[3.0, 1.0, 7.0], [2.0, 5.0, 5.0]])  # masked weights must not count
+    # row 0: exp((3 log 0.5 + log 0.25) / 4) = (0.125 * 0.25) ** 0.25 = 0.420448; row 1: 0.1
+    assert torch.allclose(reduce_logprobs(lp, mask, "geometric_mean", w), torch.tensor([0.420448, 0.1]), atol=1e-6)
+    # equal weights give back the plain geometric mean
+    assert torch.allclose(reduce_logprobs(lp, mask, "geometric_mean", torch.ones(2, 3)),
+                          reduce_logprobs(lp, mask, "geometric_mean"))
+    with pytest.raises(ValueError, match="geometric_mean only"):
+        reduce_logprobs(lp, mask, "min", w)
+
+
+def test_surprisal_weights_are_the_blank_image_surprisal(backend, pixels):
+    cfg = RewardConfig(token_weights="surprisal")
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]  # a repeated prompt, as in a group
+    out = gvu_reward(backend, pixels[:3], prompts, cfg)
+    blank = torch.zeros(2, 3, backend.image_size, backend.image_size)
+    prior = backend.text_logprobs(blank, QUERY, PROMPTS[:2])
+    tl = out.token_logprobs
+    for row, src in enumerate([0, 1, 0]):
+        k = int(tl.mask[row].sum())
+        assert torch.allclose(out.token_weights[row, :k], -prior.logprobs[src, :k], atol=1e-5)
+        assert (out.token_weights[row, k:] == 0).all()
+        manual = math.exp(float((-prior.logprobs[src, :k] * tl.logprobs[row, :k]).sum() / -prior.logprobs[src, :k].sum()))
+        assert out.rewards[row].item() == pytest.approx(manual, rel=1e-5)
+    # the weighting changes the reward (a random model's prior is not uniform) but not the token log-probs
+    plain = gvu_reward(backend, pixels[:3], prompts, RewardConfig())
+    assert torch.equal(plain.token_logprobs.logprobs, tl.logprobs)
+    assert not torch.allclose(plain.rewards, out.rewards)
+
+
 def test_batched_reward_equals_slow_reference(backend, pixels):
     fast = gvu_reward(backend, pixels, PROMPTS, RewardConfig()).rewards.double()
     slow = reference_reward(backend, pixels, QUERY, PROMPTS)

@@ -127,6 +127,9 @@ def test_bad_config_and_existing_run_are_refused_before_work(model_dir, tmp_path
         train_mod.train(tiny(model_dir, group_size=1), str(tmp_path / "a"), progress=False)
     with pytest.raises(ConfigError, match="judge"):
         train_mod.train(tiny(model_dir, reward=RewardConfig(judge="teacher")), str(tmp_path / "a"), progress=False)
+    with pytest.raises(ConfigError, match="needs reduction=geometric_mean"):
+        train_mod.train(tiny(model_dir, reward=RewardConfig(token_weights="surprisal", reduction="min")),
+                        str(tmp_path / "a"), progress=False)
     os.makedirs(tmp_path / "b")
     (tmp_path / "b" / "keep.txt").write_text("user data")
     with pytest.raises(ValueError, match="already holds a run"):
