@@ -166,6 +166,12 @@ def cmd_score(args) -> None:
 
     if bool(args.folder) == bool(args.image):
         raise UserError("give either a GenEval FOLDER or --image with --prompt")
+    cfg = RewardConfig(reduction=args.reduction, token_weights=args.token_weights,
+                       **({"query": args.query} if args.query else {}))
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if args.image and not args.prompt:
         raise UserError("--image needs --prompt")
     if not os.path.isdir(args.model):
@@ -179,12 +185,6 @@ def cmd_score(args) -> None:
     size = backend.image_size
     for _, path in items:
         gio.check_image(path, size)
-    cfg = RewardConfig(reduction=args.reduction, token_weights=args.token_weights,
-                       **({"query": args.query} if args.query else {}))
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise UserError(str(e)) from None
     rows = []
     for s in range(0, len(items), 32):
         chunk = items[s:s + 32]
@@ -194,10 +194,16 @@ def cmd_score(args) -> None:
         tl = out.token_logprobs
         for i, (prompt, path) in enumerate(chunk):
             toks = list(zip(tl.tokens_as_text(backend.tokenizer, i), tl.logprobs[i][tl.mask[i]].tolist()))
-            rows.append({"image": str(path), "prompt": prompt, "reward": float(out.rewards[i]),
-                         "tokens": [[t, round(lp, 3)] for t, lp in toks]})
+            row = {"image": str(path), "prompt": prompt, "reward": float(out.rewards[i]),
+                   "tokens": [[t, round(lp, 3)] for t, lp in toks]}
+            weights = [] if out.token_weights is None else out.token_weights[i][tl.mask[i]].tolist()
+            if weights:
+                row["token_weights"] = [round(w, 3) for w in weights]
+            rows.append(row)
             worst = min(toks, key=lambda x: x[1])
             print(f"{out.rewards[i]:.4f}  {path}  {prompt!r}")
-            print("        " + "  ".join(f"{t.strip() or repr(t)}:{lp:.2f}" for t, lp in toks) + f"   (weakest: {worst[0].strip()!r})")
+            shown = [f"{t.strip() or repr(t)}:{lp:.2f}" + (f" (w {weights[j]:.2f})" if weights else "")
+                     for j, (t, lp) in enumerate(toks)]
+            print("        " + "  ".join(shown) + f"   (weakest: {worst[0].strip()!r})")
     if args.out:
         gio.write_files_atomic({Path(args.out): gio.jsonl_text(rows)})

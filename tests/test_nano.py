@@ -1,6 +1,7 @@
 """nano-Janus: tokenizer, the smoke pretraining preset, offline save/load, decoding, and (when shipped) the
 trained model's understanding on a handful of scenes."""
 
+import json
 import os
 import random
 from pathlib import Path
@@ -107,3 +108,31 @@ def test_shipped_model_prefers_the_true_caption_to_a_wrong_shape():
                                        "(benchmarks/nano_model_eval.py); strict, so an improved model must update this")
 def test_shipped_model_prefers_the_true_caption_to_a_mirrored_relation():
     assert _true_vs_edited("relation") >= 11
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped nano-Janus (models/nano-janus) is not in this checkout")
+def test_gvu_score_reports_rewards_tokens_and_weights(tmp_path, capsys):
+    from PIL import Image
+
+    from gvu.cli import main
+
+    img = np.full((64, 64, 3), 128, dtype=np.uint8)
+    img[20:40, 20:40] = (220, 30, 30)  # a red square on the world's grey background
+    Image.fromarray(img).save(tmp_path / "x.png")
+    rows = {}
+    for weights in ("uniform", "surprisal"):
+        out = tmp_path / f"{weights}.jsonl"
+        assert main(["score", "--model", str(SHIPPED), "--image", str(tmp_path / "x.png"), "--prompt",
+                     "a photo of a red square", "--token-weights", weights, "--out", str(out)]) == 0
+        rows[weights] = json.loads(out.read_text())
+    lp = np.array([t[1] for t in rows["uniform"]["tokens"]])
+    assert [t[0] for t in rows["uniform"]["tokens"]] == [" a", " photo", " of", " a", " red", " square"]
+    assert rows["uniform"]["reward"] == pytest.approx(np.exp(lp.mean()), rel=1e-2)  # log-probs are rounded to 1e-3
+    w = np.array(rows["surprisal"]["token_weights"])
+    assert len(w) == len(lp) and (w > 0).all()
+    assert rows["surprisal"]["reward"] == pytest.approx(np.exp((w * lp).sum() / w.sum()), rel=1e-2)
+    # bad combination: refused before the model is even looked for
+    capsys.readouterr()
+    assert main(["score", "--model", "no/such/model", "--image", "x.png", "--prompt", "a", "--reduction", "min",
+                 "--token-weights", "surprisal"]) == 2
+    assert "needs reduction=geometric_mean" in capsys.readouterr().err
