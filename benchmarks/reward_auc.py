@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from gvu.config import REDUCTIONS, RewardConfig, SamplingConfig  # noqa: E402
 from gvu.models.janus import JanusBackend  # noqa: E402
-from gvu.reward import gvu_reward, reduce_logprobs, to_uint8  # noqa: E402
+from gvu.reward import blank_image_logprobs, gvu_reward, reduce_logprobs, to_uint8  # noqa: E402
 from gvu.world.evaluator import evaluate_image  # noqa: E402
 from gvu.world.prompts import make_suite  # noqa: E402
 
@@ -45,13 +45,9 @@ def auc(scores, labels) -> float | None:
 @torch.no_grad()
 def dump_tokens(path, b, md, images, lp, mk, ids, y, partial, tags) -> None:
     """Save what token-weighting studies need; the prior is each prompt scored under a blank grey image."""
-    texts = [m["prompt"] for m in md]
-    prior = torch.zeros(len(texts), lp.shape[1])
-    for s in range(0, len(texts), 64):
-        chunk = texts[s:s + 64]
-        blank = torch.zeros(len(chunk), 3, b.image_size, b.image_size)
-        tl = b.text_logprobs(blank, RewardConfig().query, chunk)
-        prior[s:s + len(chunk), : tl.logprobs.shape[1]] = tl.logprobs.cpu()
+    prior = torch.zeros(len(md), lp.shape[1])
+    tl, _ = blank_image_logprobs(b, [m["prompt"] for m in md], RewardConfig().query)
+    prior[:, : tl.logprobs.shape[1]] = tl.logprobs.cpu()
     vocab = {int(i): b.tokenizer.decode([int(i)]) for i in ids[mk].unique()}
     np.savez_compressed(path, logprobs=lp.numpy(), mask=mk.numpy(), token_ids=ids.numpy(), correct=y,
                         partial=partial, tags=tags, images_per_prompt=images,

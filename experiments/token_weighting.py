@@ -36,7 +36,7 @@ from gvu.world.vocab import COLORS, NUMBER_WORDS, RELATIONS, SHAPES  # noqa: E40
 
 
 def masked_mean(lp: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted mean of log-probs per row; rows with no weight fall back to the plain mean of scored tokens."""
+    """Weighted mean of log-probs per row; NaN for a row with no weight (callers fall back to the plain mean)."""
     total = w.sum(1)
     return np.where(total > 0, (lp * w).sum(1) / np.maximum(total, 1e-12), np.nan)
 

@@ -8,6 +8,7 @@ import os
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
+from gvu.config import REDUCTIONS, TOKEN_WEIGHTS
 from gvu.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -47,8 +48,8 @@ def register_score(sub) -> None:
     p.add_argument("--prompt", help="its prompt")
     p.add_argument("--model", default="models/nano-janus")
     p.add_argument("--query", default=None, help='the understanding query (default: "Describe the image in detail.")')
-    p.add_argument("--reduction", default="geometric_mean", choices=["geometric_mean", "product", "min"])
-    p.add_argument("--token-weights", default="uniform", choices=["uniform", "surprisal"],
+    p.add_argument("--reduction", default="geometric_mean", choices=REDUCTIONS)
+    p.add_argument("--token-weights", default="uniform", choices=TOKEN_WEIGHTS,
                    help="uniform (the paper's) or surprisal: weigh each prompt token by -log p(token | blank image)")
     p.add_argument("--out", default=None, help="write per-image results (jsonl) here")
     p.set_defaults(func=cmd_score)

@@ -73,18 +73,20 @@ def gvu_reward(judge: UnifiedModel, pixels: torch.Tensor, prompts: list[str], cf
 SURPRISAL_FLOOR = 1e-6  # so a prompt the text alone predicts fully still averages all its tokens equally
 
 
-def surprisal_weights(judge: UnifiedModel, prompts: list[str], query: str, tl: TokenLogprobs) -> torch.Tensor:
-    """-log q_j per prompt token: the judge's log-prob of the prompt under a blank mid-grey image, [M, L]
-    aligned with tl. One pass per distinct prompt; rows of one group share it."""
+def blank_image_logprobs(judge: UnifiedModel, prompts: list[str], query: str) -> tuple[TokenLogprobs, torch.Tensor]:
+    """The judge's per-token log-probs of each distinct prompt under a blank mid-grey image (a text-only prior),
+    and for every row of `prompts` the index of its distinct prompt."""
     distinct = list(dict.fromkeys(prompts))
     blank = torch.zeros(len(distinct), 3, judge.image_size, judge.image_size)
-    prior = judge.text_logprobs(blank, query, distinct)
     row = {p: i for i, p in enumerate(distinct)}
-    idx = torch.tensor([row[p] for p in prompts], device=prior.logprobs.device)
-    width = tl.logprobs.shape[1]
-    if prior.logprobs.shape[1] < width:
-        raise RuntimeError("prior and reward scored prompts of different lengths; the tokenizer is not deterministic")
-    q = prior.logprobs[idx, :width].to(tl.logprobs.device)
+    return judge.text_logprobs(blank, query, distinct), torch.tensor([row[p] for p in prompts])
+
+
+def surprisal_weights(judge: UnifiedModel, prompts: list[str], query: str, tl: TokenLogprobs) -> torch.Tensor:
+    """-log q_j per prompt token, q from blank_image_logprobs, [M, L] aligned with tl. One pass per distinct
+    prompt; rows of one group share it."""
+    prior, idx = blank_image_logprobs(judge, prompts, query)
+    q = prior.logprobs[idx.to(prior.logprobs.device)].to(tl.logprobs.device)  # same prompts, so the same width
     return (-q).clamp_min(SURPRISAL_FLOOR).masked_fill(~tl.mask.bool(), 0.0)
 
 
