@@ -4,6 +4,9 @@
   understanding  choose the true prompt among 4 (3 minimal edits: colour, count, shape or relation) by the
                  model's log p(prompt | image, "Describe the image in detail."), summed and length-normalised
                  (target >= 90%)
+  understanding_recon
+                 the same choice on VQ reconstructions of the renderings (encode -> decode: the decoder that makes
+                 generated images, so these are the pixels the reward's judge sees)
   qa             question answering, the answer chosen by likelihood among its type's answers, per type
   generation     nano-GenEval on the eval split: 4 images per prompt, fixed seeds, default sampling (0.25-0.65)
   features       how far apart the vision encoder puts objects differing only in shape, position or colour
@@ -78,13 +81,21 @@ def score_texts(b, px, query, texts) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def bench_understanding(b, pairs, seed: int) -> dict:
+def reconstruct(b: JanusBackend, px: torch.Tensor) -> torch.Tensor:
+    """Renderings through the VQ (encode, quantize, decode), as pixels in [-1, 1]."""
+    idx = b.model.model.vqmodel.encode(px).image_tokens.view(len(px), -1)
+    return b.decode_images(idx).float().cpu()
+
+
+@torch.no_grad()
+def bench_understanding(b, pairs, seed: int, recon: bool = False) -> dict:
     rng = random.Random(seed)
     hits_sum, hits_mean, by_kind = defaultdict(list), defaultdict(list), defaultdict(list)
-    for m, sc in tqdm(pairs, desc="understanding"):
+    for m, sc in tqdm(pairs, desc="understanding" + (" (recon)" if recon else "")):
         ds = distractors(m, sc, 3, rng)
         texts = [m["prompt"]] + [d["prompt"] for d in ds]
-        px = pixels_of([render(sc)]).repeat(len(texts), 1, 1, 1)
+        px = pixels_of([render(sc)])
+        px = (reconstruct(b, px) if recon else px).repeat(len(texts), 1, 1, 1)
         total, mean = score_texts(b, px, REWARD_QUERY, texts)
         hits_sum[m["tag"]].append(bool(total.argmax() == 0))
         hits_mean[m["tag"]].append(bool(mean.argmax() == 0))
@@ -192,6 +203,8 @@ def main() -> None:
             results[name] = bench_vq(b, pairs)
         elif name == "understanding":
             results[name] = bench_understanding(b, pairs, seed=5)
+        elif name == "understanding_recon":
+            results[name] = bench_understanding(b, pairs, seed=5, recon=True)
         elif name == "qa":
             results[name] = bench_qa(b, pairs, seed=6)
         elif name == "generation":

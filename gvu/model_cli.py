@@ -22,6 +22,9 @@ def register_pretrain(sub) -> None:
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu (default) or cuda; data are made on the CPU either way")
+    p.add_argument("--from-model", default=None, metavar="DIR",
+                   help="run only stage 3 of the preset, starting from this saved model directory (how v4 was made "
+                        "from the shipped v3; see the model card)")
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -125,7 +128,7 @@ def cmd_pretrain(args) -> None:
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     try:
-        over = {k: v for k, v in (("threads", args.threads), ("device", args.device)) if v}
+        over = {k: v for k, v in (("threads", args.threads), ("device", args.device), ("from_model", args.from_model)) if v}
         path = pretrain(args.preset, args.out, **over)
     except ValueError as e:
         raise UserError(str(e)) from e

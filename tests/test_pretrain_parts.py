@@ -88,12 +88,13 @@ def test_stage2_batches_are_the_same_with_worker_processes(tmp_path):
     spec = nano.SPECS["smoke"]
     tok = nano.build_tokenizer(spec, nano.corpus(n_scenes=200, seed=0))
     tok.save_pretrained(tmp_path / "tok")
-    data = Stage2Data(tok, spec, cfg, random.Random())
-    inline = list(stage2_batches(data, str(tmp_path / "tok"), cfg, start=1))
-    workers = list(stage2_batches(data, str(tmp_path / "tok"), replace(cfg, data_workers=2), start=1))
+    data = Stage2Data(tok, spec, cfg, random.Random(), recon=0.5, seed_base=7)  # stage 3's data: workers get both
+    inline = list(stage2_batches(data, str(tmp_path / "tok"), cfg, start=1, steps=3))
+    workers = list(stage2_batches(data, str(tmp_path / "tok"), replace(cfg, data_workers=2), start=1, steps=3))
     assert len(inline) == len(workers) == 2
     for a, b in zip(inline, workers):
         assert torch.equal(a["und"].ids, b["und"].ids) and torch.equal(a["pixels"], b["pixels"])
+        assert torch.equal(a["recon"], b["recon"]) and a["objects"] == b["objects"]
         assert torch.equal(a["prompt"].ids, b["prompt"].ids) and torch.equal(a["patch"], b["patch"])
         assert a["groups"] == b["groups"]
     assert not torch.equal(inline[0]["pixels"], inline[1]["pixels"])  # steps differ from each other
@@ -137,3 +138,29 @@ def test_spatial_share_changes_understanding_rows_and_zero_leaves_the_data_as_be
         answer = tok.decode(seq[-k:-1]).strip()  # the answer without its end-of-sentence token
         assert any(w in answer for w in (" left", " right", " above", " below"))
         assert len(scene.objects) >= 2
+
+
+def test_stage3_reconstruction_flags_are_drawn_per_image_after_the_data_and_leave_stage2_data_as_before():
+    from dataclasses import replace
+
+    from gvu.models import nano
+    from gvu.models.pretrain import PRESETS, Stage2Data
+
+    spec = nano.SPECS["smoke"]
+    tok = nano.build_tokenizer(spec, nano.corpus(n_scenes=200, seed=0))
+    cfg = replace(PRESETS["smoke"], und_batch=6, rank_images=4)
+    plain = Stage2Data(tok, spec, cfg, random.Random()).step(2)
+    recon = Stage2Data(tok, spec, cfg, random.Random(), recon=0.5).step(2)
+    assert plain["recon"] is None and plain["objects"] is None  # stage 2 draws no flags
+    for key in ("pixels", "patch", "labels"):  # flags are drawn last: the rows themselves are unchanged
+        assert torch.equal(plain[key], recon[key])
+    assert torch.equal(plain["und"].ids, recon["und"].ids) and plain["groups"] == recon["groups"]
+    flags, start = recon["recon"], plain["n_und"]
+    for g in recon["groups"]:  # a ranking group shows one image: one flag for all its rows
+        assert len(set(flags[start:start + g].tolist())) == 1
+        start += g
+    every = Stage2Data(tok, spec, cfg, random.Random(), recon=1.0).step(2)
+    assert every["recon"].all() and len(every["objects"]) == len(every["labels"])
+    # a different seed base gives stage 3 data of its own
+    other = Stage2Data(tok, spec, cfg, random.Random(), seed_base=7).step(2)
+    assert not torch.equal(other["pixels"], plain["pixels"])
