@@ -2,6 +2,7 @@
 
   stage 0  tokenizer (BPE on the world's texts), processor and JanusConfig -> <out>/tokenizer, <out>/config.json
   stage 1  VQ tokenizer (gvu.models.vq_train) on world images                 -> <out>/stage1.pt
+  stage 1c (v4) the VQ decoder alone, on the frozen encoder's codes             -> <out>/decoder.pt
   stage 1b understanding encoder (vision model) alone, with a patch probe       -> <out>/vision.pt
   stage 2  language model, jointly on understanding (image -> caption, image + question -> answer) and
            generation (prompt -> image tokens, prompt dropout for guidance)   -> <out>/stage2.pt
@@ -68,6 +69,11 @@ class PretrainConfig:
     rank_weight: float = 1.0
     aux_weight: float = 0.0  # dense per-patch shape/colour/size labels on the vision features (a probe head)
     data_workers: int = 0  # processes making stage-2 batches ahead (for a GPU; the batches are the same either way)
+    # stage 1c (v4): the VQ decoder alone, on the frozen encoder's codes (the image tokens do not change; 0 skips it)
+    dec_steps: int = 0
+    dec_batch: int = 32
+    dec_lr: float = 5e-4
+    dec_warmup: int = 50
     # stage 3 (v4): stage 2's mix continued, with part of the understanding images shown as their VQ reconstructions,
     # the pixels the reward's judge sees (0 steps skips it)
     s3_steps: int = 0
@@ -98,7 +104,7 @@ PRESETS = {
     "smoke": PretrainConfig(spec="smoke", vq_steps=30, vq_batch=8, lm_steps=30, gen_batch=8, und_batch=8,
                             lm_warmup=5, save_every=20, bf16=False, rank_images=2, aux_weight=1.0, vq_edge_weight=1.0,
                             vis_steps=10, vis_batch=8, vis_warmup=2, gen_weight=3.0, spatial_share=0.3,
-                            s3_steps=6, s3_warmup=2),
+                            s3_steps=6, s3_warmup=2, dec_steps=4, dec_batch=8, dec_warmup=1),
 }
 
 
@@ -531,6 +537,53 @@ def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
     return _split_vision_state(both.state_dict())
 
 
+def stage_decoder(cfg: PretrainConfig, out: str, config, vq_state: dict) -> dict:
+    """Stage 1c (v4): fine-tune the VQ decoder (and post_quant_conv) alone, with stage 1's loss, on the codes of the
+    frozen encoder and codebook. The image tokens of every image stay exactly as they were, so a language model
+    trained on them is unaffected; only the pixels decoded from tokens change. Returns the VQ state dict."""
+    from transformers import JanusVQVAE
+
+    if not cfg.dec_steps:
+        return vq_state
+    path = os.path.join(out, "decoder.pt")
+    state = torch.load(path, weights_only=False, map_location=cfg.device) if os.path.exists(path) else None
+    if state is not None and state["step"] >= cfg.dec_steps:
+        return state["model"]
+    torch.manual_seed(cfg.seed + 8)
+    dev = torch.device(cfg.device)
+    vq = JanusVQVAE(config.vq_config).to(dev)
+    vq.load_state_dict(vq_state)
+    vq.requires_grad_(False)
+    trained = [*vq.decoder.parameters(), *vq.post_quant_conv.parameters()]
+    for p in trained:
+        p.requires_grad_(True)
+    vq.train()
+    opt = torch.optim.Adam(trained, lr=cfg.dec_lr)
+    rng = random.Random(cfg.seed + 9)
+    step = restore(state, vq, opt, rng) if state is not None else 0
+    bar = tqdm(total=cfg.dec_steps, initial=step, desc="stage 1c: VQ decoder", unit="step")
+    t0 = time.time()
+    while step < cfg.dec_steps:
+        pixels = to_pixels([render(train_scene(rng)[1]) for _ in range(cfg.dec_batch)]).to(dev)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.dec_steps, cfg.dec_lr, cfg.dec_warmup)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, metrics, _, _ = vq_loss(vq, pixels, fg_weight=cfg.vq_fg_weight, edge_weight=cfg.vq_edge_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(mse=f"{metrics['vq/mse']:.4f}")
+        if step % 20 == 0 or step == cfg.dec_steps:
+            log(out, {"stage": "1c", "step": step, "time": time.time() - t0, **metrics, "lr": opt.param_groups[0]["lr"]})
+        if step % cfg.save_every == 0 or step == cfg.dec_steps:
+            atomic_save({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng_state(),
+                         "data_rng": rng.getstate()}, path)
+    bar.close()
+    return vq.state_dict()
+
+
 def _split_vision_state(sd: dict) -> dict:
     """ModuleDict(vision, probe) state dict -> {"vision": ..., "probe": ...}."""
     return {part: {k[len(part) + 1:]: v for k, v in sd.items() if k.startswith(part + ".")} for part in ("vision", "probe")}
@@ -683,8 +736,8 @@ def from_saved(cfg: PretrainConfig, out: str):
     if missing:
         raise ValueError(f"--from-model {src!r} is not a saved nano-Janus directory (missing {', '.join(missing)}); "
                          "give a directory written by `gvu pretrain` (its OUT/model), e.g. models/nano-janus")
-    if not cfg.s3_steps:
-        raise ValueError(f"preset has s3_steps=0: --from-model runs only stage 3, and this recipe has none")
+    if not cfg.s3_steps and not cfg.dec_steps:
+        raise ValueError("this preset has no stage 1c or 3 (dec_steps=0, s3_steps=0): --from-model runs only those")
     spec = nano.SPECS[cfg.spec]
     config = JanusConfig.from_pretrained(src)
     if config.vq_config.num_patches ** 2 != spec.num_image_tokens:
@@ -716,9 +769,11 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
     torch.set_num_threads(cfg.threads)
     if cfg.from_model:
         spec, tok, config, model = from_saved(cfg, out)
+        vq = model.model.vqmodel
+        vq.load_state_dict(stage_decoder(cfg, out, config, {k: v.clone() for k, v in vq.state_dict().items()}))
     else:
         spec, tok, config = stage0(cfg, out)
-        vq_state = stage1(cfg, out, config)
+        vq_state = stage_decoder(cfg, out, config, stage1(cfg, out, config))
         vision_state = stage_vision(cfg, out, config)
         model = stage2(cfg, out, spec, tok, config, vq_state, vision_state)
     model = stage3(cfg, out, spec, tok, model)
