@@ -46,9 +46,10 @@ def auc(scores, labels) -> float | None:
 def dump_tokens(path, b, md, images, lp, mk, ids, y, partial, tags) -> None:
     """Save what token-weighting studies need; the prior is each prompt scored under a blank grey image."""
     prior = torch.zeros(len(md), lp.shape[1])
-    tl, _ = blank_image_logprobs(b, [m["prompt"] for m in md], RewardConfig().query)
-    prior[:, : tl.logprobs.shape[1]] = tl.logprobs.cpu()
+    tl, row = blank_image_logprobs(b, [m["prompt"] for m in md], RewardConfig().query)  # one row per distinct prompt
+    prior[:, : tl.logprobs.shape[1]] = tl.logprobs.cpu()[row]
     vocab = {int(i): b.tokenizer.decode([int(i)]) for i in ids[mk].unique()}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     np.savez_compressed(path, logprobs=lp.numpy(), mask=mk.numpy(), token_ids=ids.numpy(), correct=y,
                         partial=partial, tags=tags, images_per_prompt=images,
                         prior=np.repeat(prior.numpy(), images, axis=0),

@@ -193,3 +193,27 @@ def test_row_uniforms_are_uniform():
     assert 0 <= float(u.min()) and float(u.max()) < 1
     counts = torch.histc(u.float(), bins=10, min=0, max=1)
     assert (counts - 20_000).abs().max() < 600  # ~4.5 sigma of a binomial(200000, 0.1)
+
+
+def test_reward_auc_dump_gives_every_image_its_own_prompts_blank_image_prior(backend, tmp_path):
+    import numpy as np
+    from reward_auc import dump_tokens
+
+    from gvu.reward import blank_image_logprobs
+
+    # repeated prompts, as in the eval split (553 prompts, 235 distinct texts): the regression was a shape error
+    md = [{"prompt": p} for p in (PROMPTS[0], PROMPTS[1], PROMPTS[0])]
+    images = 2
+    rows = [m["prompt"] for m in md for _ in range(images)]
+    tl = backend.text_logprobs(torch.zeros(len(rows), 3, backend.image_size, backend.image_size), QUERY, rows)
+    ids = backend.tokenizer([" " + p for p in rows], add_special_tokens=False, padding=True, return_tensors="pt").input_ids
+    n = len(rows)
+    path = tmp_path / "sub" / "tokens.npz"
+    dump_tokens(str(path), backend, md, images, tl.logprobs.cpu(), tl.mask.cpu().bool(), ids[:, : tl.logprobs.shape[1]],
+                np.zeros(n, bool), np.zeros(n), np.array(["t"] * n))
+    prior = np.load(path)["prior"]
+    assert prior.shape == (n, tl.logprobs.shape[1])
+    want, _ = blank_image_logprobs(backend, [PROMPTS[0], PROMPTS[1]], QUERY)
+    for r, k in ((0, 0), (1, 0), (2, 1), (4, 0), (5, 0)):  # image row -> distinct prompt
+        w = want.logprobs[k][want.mask[k].bool()].detach().numpy()
+        assert np.allclose(prior[r][: len(w)], w, atol=1e-5)
