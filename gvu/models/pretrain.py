@@ -84,15 +84,16 @@ class PretrainConfig:
 
 
 PRESETS = {
-    # v3 (the shipped model): v2's stages 1 and 1b; stage 2 spends its batch on generation (64 generation rows, 16
-    # understanding rows, 6 ranking groups), weighs the generation loss 3x, and draws 30% of the understanding rows
-    # and ranking groups from spatial prompts (see the model card)
+    # v4 (the shipped model): v3's stages 1, 1b and 2, then stage 1c (the VQ decoder alone, 800 steps) and stage 3
+    # (400 steps of stage 2's mix with half the understanding images shown as VQ reconstructions); see the model card
     "nano": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=64,
-                           und_batch=16, rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3),
-    # v4 candidate: v3, then stage 3 (400 steps; half the understanding images shown as VQ reconstructions)
-    "nano-v4": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=64,
-                              und_batch=16, rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3,
-                              s3_steps=400),
+                           und_batch=16, rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3,
+                           dec_steps=800, s3_steps=400),
+    # v3: v2's stages 1 and 1b; stage 2 spends its batch on generation (64 generation rows, 16 understanding rows, 6
+    # ranking groups), weighs the generation loss 3x, and draws 30% of the understanding rows and ranking groups from
+    # spatial prompts
+    "nano-v3": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=64,
+                              und_batch=16, rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3),
     # v2: longer VQ with an edge loss, stage 1b, stage 2 with hard-negative ranking and the patch probe
     "nano-v2": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=32,
                               und_batch=32, rank_images=8, aux_weight=1.0),
