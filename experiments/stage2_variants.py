@@ -45,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="a `gvu pretrain` folder with stage1.pt and vision.pt")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--preset", default="nano")
+    ap.add_argument("--preset", default="nano-v3", help="the recipe the variants change (nano-v3: stage 2 as v3 trained it, no stages 1c or 3)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
     ap.add_argument("--eval-threads", type=int, default=2)
