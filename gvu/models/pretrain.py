@@ -759,8 +759,8 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
     os.makedirs(out, exist_ok=True)
     meta = os.path.join(out, "pretrain_config.json")
     if os.path.exists(meta):
-        with open(meta) as f:
-            saved = json.load(f)
+        with open(meta) as f:  # fields added since the run began take their defaults, which keep the old recipe
+            saved = {**asdict(PretrainConfig()), **json.load(f)}
         if saved != asdict(cfg):
             raise ValueError(f"{out} holds a pretraining run with a different config; pick another --out "
                              f"or delete it. Differences: { {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v} }")
