@@ -23,8 +23,8 @@ def register_pretrain(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu (default) or cuda; data are made on the CPU either way")
     p.add_argument("--from-model", default=None, metavar="DIR",
-                   help="run only stage 3 of the preset, starting from this saved model directory (how v4 was made "
-                        "from the shipped v3; see the model card)")
+                   help="run only stages 1c and 3 of the preset, starting from this saved model directory (how v4 "
+                        "was made from v3; see the model card)")
     p.set_defaults(func=cmd_pretrain)
 
 

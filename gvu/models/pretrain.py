@@ -80,7 +80,7 @@ class PretrainConfig:
     s3_lr: float = 3e-4
     s3_warmup: int = 50
     und_recon: float = 0.5  # share of stage-3 understanding and ranking images replaced by their VQ reconstruction
-    from_model: str = ""  # a saved model directory to run stage 3 from, instead of stages 0-2 (gvu pretrain --from-model)
+    from_model: str = ""  # a saved model directory to run stages 1c and 3 from, instead of stages 0-2 (--from-model)
 
 
 PRESETS = {
@@ -653,7 +653,7 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
     state = torch.load(path, weights_only=False, map_location=cfg.device) if os.path.exists(path) else None
     dev = torch.device(cfg.device)
     vq = model.model.vqmodel
-    vq.eval().requires_grad_(False)
+    vq.requires_grad_(False)  # frozen; put in eval mode below, after model.train()
     params = [p for p in model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     step = 0
@@ -771,7 +771,7 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
     if cfg.from_model:
         spec, tok, config, model = from_saved(cfg, out)
         vq = model.model.vqmodel
-        vq.load_state_dict(stage_decoder(cfg, out, config, {k: v.clone() for k, v in vq.state_dict().items()}))
+        vq.load_state_dict(stage_decoder(cfg, out, config, vq.state_dict()))  # stage 1c trains a copy
     else:
         spec, tok, config = stage0(cfg, out)
         vq_state = stage_decoder(cfg, out, config, stage1(cfg, out, config))
