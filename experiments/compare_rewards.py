@@ -6,6 +6,10 @@ understanding (choose the true caption among 4 minimal edits). Each row runs wit
 the table shows mean and spread (half the max-min range).
 
 Usage: python experiments/compare_rewards.py [--seeds 0 1] [--rows base,gvu_policy,...] [--steps N] [--threads 2] [--out runs/compare]
+       [--set lr=4e-5 ...] [--eval-at 150 ...]
+--set overrides the preset for every training row (the same budget for all rows; use a new --out per setting).
+--eval-at also evaluates each training row's checkpoints at those steps (multiples of checkpoint_every), shown
+as rows "name@step": one run of N steps gives the table at several budgets.
 Long: about (steps x step time + 2 evaluations) per run; run it in the background and read OUT/table.md.
 """
 
@@ -36,31 +40,42 @@ def understanding(backend, n_prompts: int) -> float:
     return bench_understanding(backend, eval_scenes(n_prompts, seed=99), seed=5)["choose_1_of_4_sum_logp"]["overall"]
 
 
-def run_row(name: str, seed: int, args) -> dict:
-    from gvu.models.janus import JanusBackend
+def row_config(name: str, seed: int, args):
     from gvu.model_cli import resolve_train_config
+
+    sets = (ROWS[name] or []) + list(args.set) + [
+        f"seed={seed}", f"steps={args.steps}", "final_eval=false", "eval_every=0", "grid_every=0",
+        f"model={args.model}", f"threads={args.threads}"]
+    if args.eval_prompts:
+        sets.append(f"final_eval_prompts={args.eval_prompts}")
+    return resolve_train_config("nano", None, sets)
+
+
+def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
+    """Train (or resume) one row and evaluate its final policy, or its checkpoint at `step`. Cached in the row's
+    folder; a cached result made with other --set overrides is refused rather than mixed into the table."""
+    from gvu.models.janus import JanusBackend
     from gvu.train import final_tables, load_trained, train
 
     out = os.path.join(args.out, f"{name}-s{seed}")
-    done = os.path.join(out, "result.json")
+    done = os.path.join(out, f"result-step{step}.json" if step else "result.json")
     if os.path.exists(done):
         with open(done) as f:
-            return json.load(f)
-    sets = (ROWS[name] or []) + [f"seed={seed}", f"steps={args.steps}", "final_eval=false", "eval_every=0",
-                                 "grid_every=0", f"model={args.model}", f"threads={args.threads}"]
-    if args.eval_prompts:
-        sets.append(f"final_eval_prompts={args.eval_prompts}")
-    cfg = resolve_train_config("nano", None, sets)
+            res = json.load(f)
+        if res.get("sets", []) != list(args.set):
+            sys.exit(f"{done} was made with --set {res.get('sets', [])}, not {list(args.set)}: use another --out")
+        return res
+    cfg = row_config(name, seed, args)
     if ROWS[name] is None:
         backend = JanusBackend.from_pretrained(cfg.model)
         os.makedirs(out, exist_ok=True)
     else:
         train(cfg, out, resume=os.path.exists(os.path.join(out, "config.json")), progress=True)
-        backend = load_trained(out)
+        backend = load_trained(out, step)
     tables = final_tables(backend, cfg)
     res = {"eval": tables["eval"]["overall"], "ood": tables["ood"]["overall"],
            "eval_reward": tables["eval"]["reward"], "per_tag": tables["eval"]["per_tag"],
-           "understanding": understanding(backend, args.understanding_prompts)}
+           "understanding": understanding(backend, args.understanding_prompts), "sets": list(args.set)}
     with open(done, "w") as f:
         json.dump(res, f, indent=1)
     return res
@@ -76,13 +91,28 @@ def main() -> None:
     ap.add_argument("--eval-prompts", type=int, default=None, help="prompts per split in the final evaluation (default: all)")
     ap.add_argument("--out", default="runs/compare")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 lets two row lists run side by side on 2 cores)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the preset for every training row (e.g. --set lr=4e-5); use a new --out per setting")
+    ap.add_argument("--eval-at", type=int, nargs="*", default=[],
+                    help="also evaluate each training row at these earlier steps (multiples of checkpoint_every)")
     args = ap.parse_args()
+    rows = args.rows.split(",")
+    bad = [r for r in rows if r not in ROWS]
+    if bad:
+        ap.error(f"unknown rows {bad}; choose from {list(ROWS)}")
+    every = row_config(rows[0], 0, args).checkpoint_every  # also validates --set before any work
+    for s in args.eval_at:
+        if not 0 < s < args.steps or s % every:
+            ap.error(f"--eval-at {s}: steps must lie in (0, {args.steps}) and be multiples of checkpoint_every ({every})")
     import torch
     torch.set_num_threads(args.threads)
     results = {}
-    for name in args.rows.split(","):
+    for name in rows:
         for seed in (args.seeds if ROWS[name] is not None else [0]):
             results.setdefault(name, []).append(run_row(name, seed, args))
+            if ROWS[name] is not None:
+                for s in args.eval_at:
+                    results.setdefault(f"{name}@{s}", []).append(run_row(name, seed, args, s))
     lines = ["| run | nano-GenEval eval | ood | understanding (caption choice) | GvU reward (eval) | seeds |",
              "|---|---|---|---|---|---|"]
     for name, rs in results.items():
@@ -93,7 +123,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + f"\n\nsteps {args.steps}, preset configs/nano.json, model {args.model}\n")
+        f.write(table + f"\n\nsteps {args.steps}, preset configs/nano.json, model {args.model}, --set {args.set}\n")
 
 
 if __name__ == "__main__":

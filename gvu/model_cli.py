@@ -67,6 +67,8 @@ def _coerce(value: str, current):
         if value.lower() in ("false", "0", "no"):
             return False
         raise UserError(f"expected true or false, got {value!r}")
+    if isinstance(current, str):
+        return value
     if value.lower() in ("none", "null"):
         return None
     try:
@@ -75,8 +77,30 @@ def _coerce(value: str, current):
         return value
 
 
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def _check_type(value, annotation: str, where: str):
+    """value checked against a field annotation such as "float | None"; an int is accepted for a float."""
+    allowed = [a.strip() for a in str(annotation).split("|")]
+    if value is None:
+        if "None" in allowed:
+            return value
+    else:
+        for a in allowed:
+            t = _TYPES.get(a)
+            if t is None:  # a type this check does not know: leave it to the dataclass's own validation
+                return value
+            if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if type(value) is t:
+                return value
+    raise UserError(f"{where}: expected {' or '.join(allowed)}, got {value!r}")
+
+
 def apply_dict(cfg, d: dict, where: str):
-    """Return cfg with the fields of d (nested dicts for nested dataclasses); unknown keys are errors."""
+    """Return cfg with the fields of d (nested dicts for nested dataclasses); unknown keys and values of the wrong
+    type are errors."""
     names = {f.name: f for f in fields(cfg)}
     changes = {}
     for k, v in d.items():
@@ -85,7 +109,12 @@ def apply_dict(cfg, d: dict, where: str):
         if k not in names:
             raise UserError(f"{where}: unknown setting {k!r}; known: {', '.join(sorted(names))}")
         cur = getattr(cfg, k)
-        changes[k] = apply_dict(cur, v, f"{where}.{k}") if is_dataclass(cur) and isinstance(v, dict) else v
+        if is_dataclass(cur):
+            if not isinstance(v, dict):
+                raise UserError(f"{where}: {k!r} is a settings group; give its fields (e.g. --set {k}.FIELD=VALUE)")
+            changes[k] = apply_dict(cur, v, f"{where}.{k}")
+        else:
+            changes[k] = _check_type(v, names[k].type, f"{where}: {k}")
     return replace(cfg, **changes)
 
 

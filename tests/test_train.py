@@ -135,3 +135,23 @@ def test_bad_config_and_existing_run_are_refused_before_work(model_dir, tmp_path
     with pytest.raises(ValueError, match="already holds a run"):
         train_mod.train(tiny(model_dir), str(tmp_path / "b"), progress=False)
     assert (tmp_path / "b" / "keep.txt").read_text() == "user data"
+
+
+def test_set_overrides_are_typed_and_badly_typed_values_are_clear_errors(tmp_path):
+    from gvu.errors import UserError
+    from gvu.model_cli import resolve_train_config
+
+    cfg = resolve_train_config("nano", None, ["lr=3", "steps=7", "reward.judge=frozen", "final_eval_prompts=none",
+                                              "model=123", "sampling.cfg_scale=2.5"])
+    assert (cfg.lr, cfg.steps, cfg.reward.judge, cfg.final_eval_prompts, cfg.model) == (3.0, 7, "frozen", None, "123")
+    assert isinstance(cfg.lr, float) and cfg.sampling.cfg_scale == 2.5
+    for bad, msg in [("lr=abc", "lr: expected float, got 'abc'"), ("steps=1.5", "steps: expected int, got 1.5"),
+                     ("final_eval=maybe", "expected true or false"), ("sampling=3", "'sampling' is a settings group"),
+                     ("reward.nope=1", "unknown setting 'nope'"), ("lr", "expected KEY=VALUE")]:
+        with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(".", r"\.")):
+            resolve_train_config("nano", None, [bad])
+    # the same check covers config files
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"group_size": "eight"}))
+    with pytest.raises(UserError, match="group_size: expected int"):
+        resolve_train_config("nano", str(f), [])
