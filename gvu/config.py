@@ -12,6 +12,7 @@ REDUCTIONS = ("geometric_mean", "product", "min")
 JUDGES = ("policy", "frozen", "ema")
 TOKEN_WEIGHTS = ("uniform", "surprisal")
 REWARD_KINDS = ("gvu", "oracle")
+LOSS_LOGPROBS = ("conditional", "guided")
 
 
 class ConfigError(ValueError):
@@ -95,6 +96,7 @@ class TrainConfig:
     eps_high: float = 0.2  # ratio clipping above 1
     beta: float = 0.0  # k3 KL coefficient to the reference policy (official GvU: 0.03)
     aggregation: str = "sequence_mean"  # sequence_mean | token_mean | constant (Dr.GRPO)
+    loss_logprobs: str = "conditional"  # the policy the loss scores: conditional (the branch guidance is applied to) | guided (what sampling draws from)
     # optimisation
     lora_r: int = 0  # LoRA rank; 0 = full fine-tuning
     lora_alpha: int = 16
@@ -136,6 +138,7 @@ class TrainConfig:
             (self.steps >= 1, f"steps must be >= 1 (got {self.steps})"),
             (self.mu >= 1, f"mu must be >= 1 (got {self.mu})"),
             (self.advantage_scale in SCALES, f"advantage_scale must be one of {SCALES} (got {self.advantage_scale!r})"),
+            (self.loss_logprobs in LOSS_LOGPROBS, f"loss_logprobs must be one of {LOSS_LOGPROBS} (got {self.loss_logprobs!r})"),
             (self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS} (got {self.aggregation!r})"),
             (self.beta >= 0, f"beta must be >= 0 (got {self.beta})"),
             (self.lr > 0, f"lr must be > 0 (got {self.lr})"),

@@ -46,10 +46,12 @@ def check_group_size(group_size: int) -> None:
 
 
 def rollout(model: UnifiedModel, metadata: list[dict], group_size: int, sampling: SamplingConfig,
-            with_old_logprobs: bool = False, micro_batch: int | None = None, rank: int = 0, world: int = 1) -> Rollout:
+            with_old_logprobs: bool = False, micro_batch: int | None = None, rank: int = 0, world: int = 1,
+            old_logprobs_guidance: float | None = None) -> Rollout:
     """Sample G images per prompt (this rank's rows) and decode them. Reproducible from sampling.seed.
 
     micro_batch: rows sampled per call (memory bound); None samples all of this rank's rows at once.
+    old_logprobs_guidance: the guidance of the old log-probs (None: the conditional branch; see loss_logprobs).
     """
     check_group_size(group_size)
     sampling.validate()
@@ -64,5 +66,6 @@ def rollout(model: UnifiedModel, metadata: list[dict], group_size: int, sampling
     old = None
     if with_old_logprobs:
         with torch.no_grad():
-            old = torch.cat([model.image_token_logprobs(rows[sp], tokens[sp], sampling.temperature) for sp in spans])
+            old = torch.cat([model.image_token_logprobs(rows[sp], tokens[sp], sampling.temperature, old_logprobs_guidance)
+                             for sp in spans])
     return Rollout(list(metadata), group_size, row_ids, tokens, pixels, old)

@@ -1,14 +1,17 @@
 """`gvu train`: GvU self-training with GRPO. Read top to bottom: rollout -> reward -> advantages -> update -> log.
 
-Which log-probs the loss uses: the conditional branch's log p(image tokens | prompt) at the sampling temperature,
-recomputed by teacher forcing (JanusBackend.image_token_logprobs). Sampling used classifier-free guidance, so
-the policy being optimised is the conditional branch, and guidance is applied on top of it at sampling time.
+Which log-probs the loss uses (loss_logprobs): by default the conditional branch's log p(image tokens | prompt) at
+the sampling temperature, recomputed by teacher forcing (JanusBackend.image_token_logprobs). Sampling used
+classifier-free guidance, so the policy being optimised is the conditional branch, and guidance is applied on top
+of it at sampling time. loss_logprobs=guided scores the guided distribution that sampling draws from instead (one
+pass over conditional and unconditional rows), which makes mu = 1 exactly on-policy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -92,15 +95,22 @@ def block_types(model) -> tuple[type, ...]:
     return tuple(found)
 
 
-def reference_logprobs(backend, ref_model, adapter_off, prompts, tokens, temperature):
+def loss_guidance(backend, cfg: TrainConfig) -> float | None:
+    """The guidance scale of the distribution the loss scores: None for the conditional branch."""
+    if cfg.loss_logprobs == "conditional":
+        return None
+    return cfg.sampling.cfg_scale if cfg.sampling.cfg_scale is not None else backend.default_cfg_scale
+
+
+def reference_logprobs(backend, ref_model, adapter_off, prompts, tokens, temperature, guidance=None):
     with torch.no_grad():
         if adapter_off is not None:
             with adapter_off():
-                return backend.image_token_logprobs(prompts, tokens, temperature)
+                return backend.image_token_logprobs(prompts, tokens, temperature, guidance)
         live = backend.model
         backend.model = ref_model
         try:
-            return backend.image_token_logprobs(prompts, tokens, temperature)
+            return backend.image_token_logprobs(prompts, tokens, temperature, guidance)
         finally:
             backend.model = live
 
@@ -145,7 +155,8 @@ def reference_batches(backend, ref_model, adapter_off, ro, cfg) -> list | None:
     does not change while the policy updates); None when beta is 0."""
     if cfg.beta <= 0:
         return None
-    return [reference_logprobs(backend, ref_model, adapter_off, ro.row_prompts[sl], ro.tokens[sl], cfg.sampling.temperature)
+    g = loss_guidance(backend, cfg)
+    return [reference_logprobs(backend, ref_model, adapter_off, ro.row_prompts[sl], ro.tokens[sl], cfg.sampling.temperature, g)
             for sl in micro_batches(len(ro.row_prompts), cfg.grad_accum)]
 
 
@@ -197,7 +208,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             log.truncate(start)
 
     # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
-    policy = dist.PolicyForward(backend.model, backend.image_token_logprobs)
+    policy = dist.PolicyForward(backend.model, functools.partial(backend.image_token_logprobs,
+                                                                 guidance=loss_guidance(backend, cfg)))
     if cfg.parallel == "fsdp":
         policy = dist.fsdp2(policy, info, block_types(backend.model))
         params = [p for p in policy.parameters() if p.requires_grad]
@@ -228,7 +240,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         # (under FSDP the full weights are gathered for rollout, reward and the KL reference, then sharded again)
         with dist.full_params(policy):
             ro = rollout(backend, md, cfg.group_size, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * 7919),
-                         with_old_logprobs=cfg.mu > 1, micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
+                         with_old_logprobs=cfg.mu > 1, old_logprobs_guidance=loss_guidance(backend, cfg),
+                         micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
             t_roll = time.time()
             # 2. reward: the model's own understanding branch scores its images (or the oracle, for comparisons)
             rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata)

@@ -126,6 +126,33 @@ def test_sampler_follows_guided_logits_u_plus_s_times_c_minus_u(backend):
     assert torch.equal(guide(c, u, scale), guided)
 
 
+def test_loss_logprobs_score_the_conditional_branch_or_the_guided_distribution_sampling_draws_from(backend):
+    """image_token_logprobs: guidance None -> log_softmax(c / T); guidance s -> log_softmax((u + s (c - u)) / T),
+    the distribution whose argmax greedy sampling picks (the test above), so the greedy tokens have the top
+    guided log-prob at every position; the guided gradient reaches the model too."""
+    scale, temp = 4.0, 0.7
+    tokens = backend.sample_image_tokens(PROMPTS, SamplingConfig(cfg_scale=scale, top_k=1, seed=0))
+    cond = backend.prompt_batch(PROMPTS)
+    ids = backend.ids
+    uncond = type(cond)(unconditional(cond.ids, cond.mask, ids["bos"], ids["boi"], ids["pad"]), cond.mask, cond.positions)
+    with torch.no_grad():
+        c = image_token_logits(backend.model, cond, tokens).float()
+        u = image_token_logits(backend.model, uncond, tokens).float()
+        want_cond = torch.log_softmax(c / temp, -1).gather(-1, tokens[..., None])[..., 0]
+        guided = torch.log_softmax((u + scale * (c - u)) / temp, -1)
+        want_guided = guided.gather(-1, tokens[..., None])[..., 0]
+        got_cond = backend.image_token_logprobs(PROMPTS, tokens, temp)
+        got_guided = backend.image_token_logprobs(PROMPTS, tokens, temp, guidance=scale)
+    assert torch.allclose(got_cond, want_cond, atol=1e-5) and torch.allclose(got_guided, want_guided, atol=1e-5)
+    assert torch.allclose(got_guided, guided.max(-1).values, atol=1e-5)  # greedy guided tokens: the guided mode
+    assert not torch.allclose(got_cond, torch.log_softmax(c / temp, -1).max(-1).values, atol=1e-3)
+    backend.model.zero_grad()
+    backend.image_token_logprobs(PROMPTS[:1], tokens[:1], temp, guidance=scale).sum().backward()
+    grads = [p.grad for p in backend.model.model.generation_head.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    backend.model.zero_grad()
+
+
 def test_filters_keep_the_right_tokens():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = lambda s: torch.isfinite(filter_logits(logits, s))[0].tolist()  # noqa: E731

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import gvu.train as train_mod
-from gvu.config import ConfigError, RewardConfig, TrainConfig
+from gvu.config import ConfigError, RewardConfig, SamplingConfig, TrainConfig
 from gvu.models.nano import SPECS, build_random
 from gvu.models.pretrain import save_model
 from gvu.reward import RewardOutput
@@ -155,3 +155,22 @@ def test_set_overrides_are_typed_and_badly_typed_values_are_clear_errors(tmp_pat
     f.write_text(json.dumps({"group_size": "eight"}))
     with pytest.raises(UserError, match="group_size: expected int"):
         resolve_train_config("nano", str(f), [])
+
+
+@pytest.mark.parametrize("branch", ["conditional", "guided"])
+def test_old_and_reference_logprobs_score_the_same_distribution_as_the_loss(model_dir, tmp_path, monkeypatch, branch):
+    """mu = 2 and beta > 0: on the first inner pass of step 1 the policy is the rollout's policy and the reference,
+    so old and reference log-probs must equal the loss's log-probs exactly when all three score the same branch."""
+    seen = []
+    real = train_mod.grpo_loss
+
+    def spy(logp, old, adv, mask, ref, *a):
+        seen.append((logp.detach().clone(), old.clone(), ref.clone()))
+        return real(logp, old, adv, mask, ref, *a)
+
+    monkeypatch.setattr(train_mod, "grpo_loss", spy)
+    train_mod.train(tiny(model_dir, steps=1, eval_every=0, mu=2, beta=0.1, loss_logprobs=branch,
+                         sampling=SamplingConfig(cfg_scale=3.0)), str(tmp_path / "run"), progress=False)
+    logp, old, ref = seen[0]
+    assert torch.allclose(logp, old, atol=1e-5) and torch.allclose(logp, ref, atol=1e-5)
+    assert not torch.allclose(seen[1][0], old, atol=1e-4)  # the second inner pass sees the updated policy

@@ -43,8 +43,10 @@ class UnifiedModel(Protocol):
         """One image per prompt (repeat prompts for groups): tokens [M, N], seeded by sampling.seed; row_ids [M]
         (default 0..M-1) make each row's draws independent of its batch and rank."""
 
-    def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Differentiable log p(tokens | prompt) under the conditional generation branch: [M, N]."""
+    def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0,
+                             guidance: float | None = None) -> torch.Tensor:
+        """Differentiable log p(tokens | prompt) [M, N] under the conditional generation branch, or, with
+        guidance s, under the guided distribution softmax((u + s (c - u)) / temperature)."""
 
     def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [M, N] -> pixels [M, 3, H, W] in [-1, 1]."""

@@ -356,16 +356,29 @@ class JanusBackend:
             hidden = self._lm_step(embeds, mask, positions, cache)
         return tokens
 
-    def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """log p(tokens | prompt) [M, N] under the conditional branch (no guidance), differentiable.
+    def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0,
+                             guidance: float | None = None) -> torch.Tensor:
+        """log p(tokens | prompt) [M, N], differentiable, at the sampling temperature.
 
-        The policy that GRPO optimises is the conditional branch; sampling used guidance, so the ratio at the
-        first inner step is exp(0) only up to that difference (as in the official GvU code, which trains the
-        conditional branch with CFG off)."""
+        guidance None: the conditional branch's log-probs (the default policy that GRPO optimises; sampling adds
+        guidance on top of it, so the ratio at the first inner step is exp(0) only up to that difference, as in the
+        official GvU code, which trains the conditional branch with CFG off).
+        guidance s: the log-probs of the guided distribution softmax((u + s (c - u)) / T) that sampling draws
+        from (before any top-k / top-p / min-p filter): the conditional and unconditional rows share one pass, so
+        the gradient reaches the unconditional branch too, with weight -(s - 1)."""
         self.check_tokens(tokens)
-        logits = image_token_logits(self.model, self.prompt_batch(prompts), tokens.to(self.device))
+        tokens = tokens.to(self.device)
+        cond = self.prompt_batch(prompts)
+        if guidance is None:
+            logits = image_token_logits(self.model, cond, tokens)
+        else:
+            uncond = unconditional(cond.ids, cond.mask, self.ids["bos"], self.ids["boi"], self.ids["pad"])
+            both = Batch(torch.cat([cond.ids, uncond]), torch.cat([cond.mask, cond.mask]),
+                         torch.cat([cond.positions, cond.positions]))
+            logits = image_token_logits(self.model, both, tokens.repeat(2, 1)).float()
+            logits = guide(logits[: len(prompts)], logits[len(prompts):], guidance)
         logp = F.log_softmax(logits.float() / temperature, dim=-1)
-        return logp.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1)
+        return logp.gather(-1, tokens[..., None]).squeeze(-1)
 
     @torch.no_grad()
     def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
