@@ -62,7 +62,7 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     if os.path.exists(done):
         with open(done) as f:
             res = json.load(f)
-        if res.get("sets", []) != list(args.set):
+        if sorted(res.get("sets", [])) != sorted(args.set):
             sys.exit(f"{done} was made with --set {res.get('sets', [])}, not {list(args.set)}: use another --out")
         return res
     cfg = row_config(name, seed, args)
@@ -70,7 +70,8 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
         backend = JanusBackend.from_pretrained(cfg.model)
         os.makedirs(out, exist_ok=True)
     else:
-        train(cfg, out, resume=os.path.exists(os.path.join(out, "config.json")), progress=True)
+        if not (step and os.path.exists(os.path.join(out, "checkpoints", f"step_{step:06d}"))):
+            train(cfg, out, resume=os.path.exists(os.path.join(out, "config.json")), progress=True)
         backend = load_trained(out, step)
     tables = final_tables(backend, cfg)
     res = {"eval": tables["eval"]["overall"], "ood": tables["ood"]["overall"],
@@ -101,6 +102,7 @@ def main() -> None:
     if bad:
         ap.error(f"unknown rows {bad}; choose from {list(ROWS)}")
     every = row_config(rows[0], 0, args).checkpoint_every  # also validates --set before any work
+    args.eval_at = sorted(set(args.eval_at))
     for s in args.eval_at:
         if not 0 < s < args.steps or s % every:
             ap.error(f"--eval-at {s}: steps must lie in (0, {args.steps}) and be multiples of checkpoint_every ({every})")

@@ -60,17 +60,20 @@ def register_score(sub) -> None:
 
 # ----------------------------------------------------------------------------------------------- config resolution
 
-def _coerce(value: str, current):
-    if isinstance(current, bool):
+def _coerce(value: str, annotation: str, where: str):
+    """A --set value, read by the field's annotation (e.g. "str | None"): none/null -> None where None is allowed,
+    the raw text for strings, true/false for bools, else JSON (numbers); _check_type then checks the result."""
+    allowed = [a.strip() for a in str(annotation).split("|")]
+    if "None" in allowed and value.lower() in ("none", "null"):
+        return None
+    if "str" in allowed:
+        return value
+    if "bool" in allowed:
         if value.lower() in ("true", "1", "yes"):
             return True
         if value.lower() in ("false", "0", "no"):
             return False
-        raise UserError(f"expected true or false, got {value!r}")
-    if isinstance(current, str):
-        return value
-    if value.lower() in ("none", "null"):
-        return None
+        raise UserError(f"{where}: expected true or false, got {value!r}")
     try:
         return json.loads(value)
     except json.JSONDecodeError:
@@ -140,9 +143,10 @@ def resolve_train_config(preset: str | None, config: str | None, sets: list[str]
             obj = getattr(obj, p, None)
             if not is_dataclass(obj):
                 raise UserError(f"--set {key}: {p!r} is not a settings group")
-        if parts[-1] not in {f.name for f in fields(obj)}:
+        known = {f.name: f for f in fields(obj)}
+        if parts[-1] not in known:
             raise UserError(f"--set {key}: unknown setting {parts[-1]!r}")
-        nested: dict = {parts[-1]: _coerce(value, getattr(obj, parts[-1]))}
+        nested: dict = {parts[-1]: _coerce(value, known[parts[-1]].type, f"--set {key}")}
         for p in reversed(parts[:-1]):
             nested = {p: nested}
         cfg = apply_dict(cfg, nested, "--set")

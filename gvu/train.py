@@ -4,7 +4,8 @@ Which log-probs the loss uses (loss_logprobs): by default the conditional branch
 the sampling temperature, recomputed by teacher forcing (JanusBackend.image_token_logprobs). Sampling used
 classifier-free guidance, so the policy being optimised is the conditional branch, and guidance is applied on top
 of it at sampling time. loss_logprobs=guided scores the guided distribution that sampling draws from instead (one
-pass over conditional and unconditional rows), which makes mu = 1 exactly on-policy.
+pass over conditional and unconditional rows, so twice the rows), which makes mu = 1 on-policy up to the top-k /
+top-p / min-p filters (exactly so with none, as in the nano preset).
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def micro_batches(rows: int, grad_accum: int) -> list[slice]:
 
 def update(policy, ro, adv, cfg, params, optimizer, refs: list | None) -> dict:
     """mu inner passes of GRPO over this rank's rows (grad_accum micro-batches each); returns metrics.
-    policy: backend.image_token_logprobs wrapped as a module (DDP or FSDP under torchrun).
+    policy: backend.image_token_logprobs (with the loss's guidance bound, see loss_guidance) wrapped as a module
+    (DDP or FSDP under torchrun).
     refs: the KL reference's log-probs per micro-batch (reference_batches), or None when beta is 0."""
     rows = ro.row_prompts
     temp = cfg.sampling.temperature
@@ -310,13 +312,24 @@ def finish(backend, cfg: TrainConfig, run_dir: str) -> dict:
 
 # ----------------------------------------------------------------------------------------------- helpers
 
+def with_defaults(saved: dict) -> dict:
+    """A run's saved config with the fields added to TrainConfig since the run began set to their defaults (which
+    is what the run used), so that older runs still resume."""
+    full = json.loads(json.dumps(asdict(TrainConfig())))
+    out = {**full, **saved}
+    for k, v in full.items():
+        if isinstance(v, dict) and isinstance(saved.get(k), dict):
+            out[k] = {**v, **saved[k]}
+    return out
+
+
 def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     cfg_path = os.path.join(run_dir, "config.json")
     if resume:
         if not os.path.exists(cfg_path):
             raise ValueError(f"--resume: {run_dir} holds no run (no config.json)")
         with open(cfg_path) as f:
-            saved = json.load(f)
+            saved = with_defaults(json.load(f))
         if saved != json.loads(json.dumps(asdict(cfg))):
             diff = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(asdict(cfg))).items() if saved.get(k) != v}
             raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same settings")

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import gvu.train as train_mod
 from gvu.config import ConfigError, RewardConfig, SamplingConfig, TrainConfig
+from gvu.models.janus import JanusBackend
 from gvu.models.nano import SPECS, build_random
 from gvu.models.pretrain import save_model
 from gvu.reward import RewardOutput
@@ -142,11 +143,13 @@ def test_set_overrides_are_typed_and_badly_typed_values_are_clear_errors(tmp_pat
     from gvu.model_cli import resolve_train_config
 
     cfg = resolve_train_config("nano", None, ["lr=3", "steps=7", "reward.judge=frozen", "final_eval_prompts=none",
-                                              "model=123", "sampling.cfg_scale=2.5"])
+                                              "model=123", "sampling.cfg_scale=2.5", "prompts_file=2024", "final_eval=no"])
     assert (cfg.lr, cfg.steps, cfg.reward.judge, cfg.final_eval_prompts, cfg.model) == (3.0, 7, "frozen", None, "123")
     assert isinstance(cfg.lr, float) and cfg.sampling.cfg_scale == 2.5
+    assert cfg.prompts_file == "2024" and cfg.final_eval is False  # a str field keeps the text; none means None
+    assert resolve_train_config("janus-pro-1b", None, ["prompts_file=none"]).prompts_file is None
     for bad, msg in [("lr=abc", "lr: expected float, got 'abc'"), ("steps=1.5", "steps: expected int, got 1.5"),
-                     ("final_eval=maybe", "expected true or false"), ("sampling=3", "'sampling' is a settings group"),
+                     ("final_eval=maybe", "--set final_eval: expected true or false"), ("sampling=3", "'sampling' is a settings group"),
                      ("reward.nope=1", "unknown setting 'nope'"), ("lr", "expected KEY=VALUE")]:
         with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(".", r"\.")):
             resolve_train_config("nano", None, [bad])
@@ -161,16 +164,45 @@ def test_set_overrides_are_typed_and_badly_typed_values_are_clear_errors(tmp_pat
 def test_old_and_reference_logprobs_score_the_same_distribution_as_the_loss(model_dir, tmp_path, monkeypatch, branch):
     """mu = 2 and beta > 0: on the first inner pass of step 1 the policy is the rollout's policy and the reference,
     so old and reference log-probs must equal the loss's log-probs exactly when all three score the same branch."""
-    seen = []
-    real = train_mod.grpo_loss
+    seen, prompts, tokens = [], [], []
+    real, real_rollout = train_mod.grpo_loss, train_mod.rollout
+
+    def spy_rollout(model, md, *a, **k):
+        ro = real_rollout(model, md, *a, **k)
+        prompts.append([m["prompt"] for m in md])
+        tokens.append(ro.tokens.clone())
+        return ro
 
     def spy(logp, old, adv, mask, ref, *a):
         seen.append((logp.detach().clone(), old.clone(), ref.clone()))
         return real(logp, old, adv, mask, ref, *a)
 
     monkeypatch.setattr(train_mod, "grpo_loss", spy)
+    monkeypatch.setattr(train_mod, "rollout", spy_rollout)
     train_mod.train(tiny(model_dir, steps=1, eval_every=0, mu=2, beta=0.1, loss_logprobs=branch,
                          sampling=SamplingConfig(cfg_scale=3.0)), str(tmp_path / "run"), progress=False)
     logp, old, ref = seen[0]
     assert torch.allclose(logp, old, atol=1e-5) and torch.allclose(logp, ref, atol=1e-5)
     assert not torch.allclose(seen[1][0], old, atol=1e-4)  # the second inner pass sees the updated policy
+    # ...and it is the branch asked for, at the sampling's guidance scale (3, not the backend default)
+    backend = JanusBackend.from_pretrained(model_dir)
+    rows = [p for p in prompts[0] for _ in range(2)]
+    with torch.no_grad():
+        cond = backend.image_token_logprobs(rows, tokens[0], 1.0)
+        guided = backend.image_token_logprobs(rows, tokens[0], 1.0, guidance=3.0)
+    want, other = (cond, guided) if branch == "conditional" else (guided, cond)
+    assert torch.allclose(old, want, atol=1e-5) and not torch.allclose(old, other, atol=1e-3)
+
+
+def test_a_run_saved_before_newer_config_fields_still_resumes_but_a_changed_setting_is_refused(model_dir, tmp_path):
+    cfg = tiny(model_dir)
+    run = str(tmp_path / "old")
+    train_mod.prepare_run_dir(run, cfg, resume=False, overwrite=False)
+    saved = json.load(open(os.path.join(run, "config.json")))
+    del saved["loss_logprobs"], saved["reward"]["token_weights"]  # fields that an older version did not write
+    json.dump(saved, open(os.path.join(run, "config.json"), "w"))
+    train_mod.prepare_run_dir(run, cfg, resume=True, overwrite=False)  # their defaults are what the run used
+    with pytest.raises(ValueError, match="loss_logprobs"):
+        train_mod.prepare_run_dir(run, tiny(model_dir, loss_logprobs="guided"), resume=True, overwrite=False)
+    with pytest.raises(ValueError, match="'lr'"):
+        train_mod.prepare_run_dir(run, tiny(model_dir, lr=0.5), resume=True, overwrite=False)
