@@ -60,10 +60,15 @@ def register_score(sub) -> None:
 
 # ----------------------------------------------------------------------------------------------- config resolution
 
+def _allowed(annotation) -> list[str]:
+    """The type names of a field annotation such as "float | None" (config.py's annotations are strings)."""
+    return [a.strip() for a in str(annotation).split("|")]
+
+
 def _coerce(value: str, annotation: str, where: str):
     """A --set value, read by the field's annotation (e.g. "str | None"): none/null -> None where None is allowed,
     the raw text for strings, true/false for bools, else JSON (numbers); _check_type then checks the result."""
-    allowed = [a.strip() for a in str(annotation).split("|")]
+    allowed = _allowed(annotation)
     if "None" in allowed and value.lower() in ("none", "null"):
         return None
     if "str" in allowed:
@@ -85,7 +90,7 @@ _TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
 def _check_type(value, annotation: str, where: str):
     """value checked against a field annotation such as "float | None"; an int is accepted for a float."""
-    allowed = [a.strip() for a in str(annotation).split("|")]
+    allowed = _allowed(annotation)
     if value is None:
         if "None" in allowed:
             return value

@@ -152,13 +152,13 @@ def update(policy, ro, adv, cfg, params, optimizer, refs: list | None) -> dict:
     return metrics
 
 
-def reference_batches(backend, ref_model, adapter_off, ro, cfg) -> list | None:
+def reference_batches(backend, ref_model, adapter_off, ro, cfg, guidance: float | None) -> list | None:
     """The KL reference's log-probs for each of update()'s micro-batches, computed once per step (the reference
     does not change while the policy updates); None when beta is 0."""
     if cfg.beta <= 0:
         return None
-    g = loss_guidance(backend, cfg)
-    return [reference_logprobs(backend, ref_model, adapter_off, ro.row_prompts[sl], ro.tokens[sl], cfg.sampling.temperature, g)
+    return [reference_logprobs(backend, ref_model, adapter_off, ro.row_prompts[sl], ro.tokens[sl], cfg.sampling.temperature,
+                               guidance)
             for sl in micro_batches(len(ro.row_prompts), cfg.grad_accum)]
 
 
@@ -210,8 +210,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             log.truncate(start)
 
     # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
-    policy = dist.PolicyForward(backend.model, functools.partial(backend.image_token_logprobs,
-                                                                 guidance=loss_guidance(backend, cfg)))
+    guidance = loss_guidance(backend, cfg)
+    policy = dist.PolicyForward(backend.model, functools.partial(backend.image_token_logprobs, guidance=guidance))
     if cfg.parallel == "fsdp":
         policy = dist.fsdp2(policy, info, block_types(backend.model))
         params = [p for p in policy.parameters() if p.requires_grad]
@@ -242,13 +242,13 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         # (under FSDP the full weights are gathered for rollout, reward and the KL reference, then sharded again)
         with dist.full_params(policy):
             ro = rollout(backend, md, cfg.group_size, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * 7919),
-                         with_old_logprobs=cfg.mu > 1, old_logprobs_guidance=loss_guidance(backend, cfg),
+                         with_old_logprobs=cfg.mu > 1, old_logprobs_guidance=guidance,
                          micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
             t_roll = time.time()
             # 2. reward: the model's own understanding branch scores its images (or the oracle, for comparisons)
             rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata)
             t_rew = time.time()
-            refs = reference_batches(backend, ref_model, adapter_off, ro, cfg)
+            refs = reference_batches(backend, ref_model, adapter_off, ro, cfg, guidance)
         # 3. advantages, group-relative, over whole groups (rewards gathered across ranks first)
         d = dist.global_advantages(rew.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
         zero_var = zero_variance_groups(d.rewards, cfg.group_size)
@@ -330,8 +330,9 @@ def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: boo
             raise ValueError(f"--resume: {run_dir} holds no run (no config.json)")
         with open(cfg_path) as f:
             saved = with_defaults(json.load(f))
-        if saved != json.loads(json.dumps(asdict(cfg))):
-            diff = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(asdict(cfg))).items() if saved.get(k) != v}
+        want = json.loads(json.dumps(asdict(cfg)))
+        if saved != want:
+            diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
             raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same settings")
         return
     if os.path.exists(run_dir) and os.listdir(run_dir):
