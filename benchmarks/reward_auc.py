@@ -62,12 +62,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=None)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (AUCs match within sampling noise, not bit for bit)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--dump", default=None, help="save per-token log-probs etc. to this .npz")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    b = JanusBackend.from_pretrained(args.model)
+    b = JanusBackend.from_pretrained(args.model, device=args.device)
     md = make_suite("geneval", "eval", seed=0)[: args.prompts]
     rows = [m for m in md for _ in range(args.images)]
     lps, masks, ids, correct, partial = [], [], [], [], []
@@ -99,7 +100,7 @@ def main() -> None:
         within = [w for w in within if w is not None]
         res[red] = {"auc": auc(r, y), "per_tag": per_tag,
                     "within_group_auc": float(np.mean(within)) if within else None, "mixed_groups": len(within)}
-    res["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads"
+    res["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, {args.device}"
     res["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps(res, indent=1))
     print("\n| reduction | ROC-AUC (all) | within-group AUC | " + " | ".join(sorted(set(tags))) + " |")

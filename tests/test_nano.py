@@ -80,6 +80,32 @@ def test_stage3_from_a_saved_model_trains_it_further_and_refuses_bad_sources(smo
         pretrain("smoke", str(tmp_path / "bad2"), threads=1, from_model=smoke_model, s3_steps=0, dec_steps=0)
 
 
+def test_position_probe_trains_in_stage3_logs_and_resumes(smoke_model, tmp_path):
+    out = tmp_path / "pos"
+    pretrain("smoke", str(out), threads=1, from_model=smoke_model, s3_steps=4, dec_steps=0, pos_weight=1.0, save_every=2)
+    records = [r for r in map(json.loads, open(out / "log.jsonl")) if r["stage"] == 3]
+    assert records and all(0 <= r["aux/pos_acc"] <= 1 and r["loss/pos"] > 0 for r in records)
+    state = torch.load(out / "stage3.pt", weights_only=False)
+    assert state["step"] == 4 and set(state["pos_probe"]) == {"heads.0.weight", "heads.0.bias", "heads.1.weight", "heads.1.bias"}
+    state["step"] = 2  # as if stopped at the step-2 save: resuming must load the probe and run steps 3-4 only
+    torch.save(state, out / "stage3.pt")
+    pretrain("smoke", str(out), threads=1, from_model=smoke_model, s3_steps=4, dec_steps=0, pos_weight=1.0, save_every=2)
+    assert torch.load(out / "stage3.pt", weights_only=False)["step"] == 4
+
+
+def test_stage1b_with_the_position_probe_logs_its_accuracy(tmp_path):
+    from dataclasses import replace
+
+    from gvu.models.pretrain import PRESETS, stage0, stage_vision
+
+    cfg = replace(PRESETS["smoke"], pos_weight=1.0, vis_steps=2, threads=1)
+    _, _, config = stage0(cfg, str(tmp_path))
+    state = stage_vision(cfg, str(tmp_path), config)
+    last = [json.loads(line) for line in open(tmp_path / "log.jsonl")][-1]
+    assert last["stage"] == "1b" and last["step"] == 2 and 0 <= last["vision/pos_acc"] <= 1
+    assert set(state) == {"vision", "probe"}  # the position heads are not part of what stage 2 receives
+
+
 def test_generated_tokens_decode_to_pixels_of_the_right_shape_and_range(smoke_model):
     b = JanusBackend.from_pretrained(smoke_model)
     tokens = b.sample_image_tokens(["a photo of a red circle", "a photo of two stars"], SamplingConfig(seed=0))

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from gvu.models.pretrain import PatchProbe, hard_negatives, patch_labels, ranking_loss, sequence_logprobs, train_scene
+from gvu.models.pretrain import PatchProbe, PositionProbe, hard_negatives, patch_labels, ranking_loss, sequence_logprobs, train_scene
 from gvu.world.prompts import split_of
 from gvu.world.scene import Obj, Scene
 
@@ -40,6 +40,25 @@ def test_patch_probe_learns_nothing_from_background_only_accuracy():
     probe = PatchProbe(hidden=4)
     loss, acc = probe(torch.randn(2, 6, 4), torch.zeros(2, 3, 6, dtype=torch.long))
     assert loss.item() > 0 and math.isnan(acc)  # no object patches: shape accuracy undefined
+
+
+def test_position_probe_targets_are_each_patch_column_and_row():
+    probe = PositionProbe(hidden=4, grid=2)  # 4 patches: (col, row) = (0, 0), (1, 0), (0, 1), (1, 1)
+    features = torch.eye(4).expand(3, 4, 4)  # patch i's feature is the one-hot of i
+    with torch.no_grad():
+        for h in probe.heads:
+            h.weight.zero_()
+            h.bias.zero_()
+    loss, acc = probe(features)
+    # zero heads: uniform over 2 columns and 2 rows, cross-entropy log 2 for each; ties pick column 0, right for 2 of 4
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and acc == 0.5
+    with torch.no_grad():  # column head: logit 5 on the true column; row head: logit 5 on the wrong row
+        probe.heads[0].weight.copy_(5 * torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1]]))
+        probe.heads[1].weight.copy_(5 * torch.tensor([[0.0, 0, 1, 1], [1, 1, 0, 0]]))
+    loss, acc = probe(features)
+    # column: -log(e^5 / (e^5 + 1)) = log(1 + e^-5); row: log(1 + e^5); the loss is their mean
+    assert loss.item() == pytest.approx((math.log(1 + math.exp(-5)) + math.log(1 + math.exp(5))) / 2, abs=1e-5)
+    assert acc == 1.0
 
 
 def test_hard_negatives_are_false_for_the_scene_and_never_eval_or_held_out_prompts():

@@ -68,6 +68,10 @@ class PretrainConfig:
     rank_images: int = 0  # images per step whose true prompt must out-score 3 minimal edits of it (hard negatives)
     rank_weight: float = 1.0
     aux_weight: float = 0.0  # dense per-patch shape/colour/size labels on the vision features (a probe head)
+    # stages 2 and 3 (v5): each aligned image feature (the language model's input) must tell its patch's column and
+    # row through a linear head. Without it the aligned features hardly say where a patch is (a linear probe reads an
+    # object patch's column 18% of the time, chance 12.5%; experiments/relation_probe.py), so relations cannot be read.
+    pos_weight: float = 0.0
     data_workers: int = 0  # processes making stage-2 batches ahead (for a GPU; the batches are the same either way)
     # stage 1c (v4): the VQ decoder alone, on the frozen encoder's codes (the image tokens do not change; 0 skips it)
     dec_steps: int = 0
@@ -487,10 +491,33 @@ class PatchProbe(torch.nn.Module):
         return sum(losses) / len(self.heads), acc
 
 
+class PositionProbe(torch.nn.Module):
+    """Linear heads on the aligned image features [B, N, H] (what the language model reads) predicting each patch's
+    column and row in the grid x grid layout (auxiliary; not saved)."""
+
+    def __init__(self, hidden: int, grid: int):
+        super().__init__()
+        self.grid = grid
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, grid) for _ in range(2))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """-> (mean cross-entropy of column and row over every patch, column accuracy)."""
+        import torch.nn.functional as F
+
+        b, n, _ = features.shape
+        idx = torch.arange(n, device=features.device)
+        targets = (idx % self.grid, idx // self.grid)
+        logits = [h(features).float() for h in self.heads]
+        loss = sum(F.cross_entropy(lg.flatten(0, 1), t.repeat(b)) for lg, t in zip(logits, targets)) / 2
+        return loss, (logits[0].argmax(-1) == targets[0]).float().mean().item()
+
+
 def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
     """Stage 1b: pretrain the understanding encoder (the SigLIP-style vision model) alone, with the patch probe:
     each patch's shape, colour and size. Returns {"vision": state dict, "probe": state dict}, or None when
     cfg.vis_steps is 0.
+
+    With cfg.pos_weight, a position probe (each patch's column and row) trains beside it.
 
     Why: trained only through the language model, the from-scratch ViT learnt colours and positions but hardly
     shapes (v1: patch shape accuracy ~0.3 after 2,400 joint steps; true caption beat a wrong-shape one 60%). Alone,
@@ -505,12 +532,15 @@ def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
         return _split_vision_state(state["model"])
     torch.manual_seed(cfg.seed + 4)
     dev = torch.device(cfg.device)
-    both = torch.nn.ModuleDict({"vision": JanusVisionModel(config.vision_config), "probe": PatchProbe(config.vision_config.hidden_size)}).to(dev)
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    parts = {"vision": JanusVisionModel(config.vision_config), "probe": PatchProbe(config.vision_config.hidden_size)}
+    if cfg.pos_weight:  # v5: the encoder's output must also say where each patch is
+        parts["pos"] = PositionProbe(config.vision_config.hidden_size, grid)
+    both = torch.nn.ModuleDict(parts).to(dev)
     both.train()
     opt = torch.optim.AdamW(both.parameters(), lr=cfg.vis_lr, weight_decay=0.01)
     rng = random.Random(cfg.seed + 5)
     step = restore(state, both, opt, rng) if state is not None else 0
-    grid = config.vision_config.image_size // config.vision_config.patch_size
     bar = tqdm(total=cfg.vis_steps, initial=step, desc="stage 1b: vision", unit="step")
     t0 = time.time()
     while step < cfg.vis_steps:
@@ -520,7 +550,12 @@ def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.vis_steps, cfg.vis_lr, cfg.vis_warmup)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, acc = both["probe"](both["vision"](pixels).last_hidden_state, labels)
+            features = both["vision"](pixels).last_hidden_state
+            loss, acc = both["probe"](features, labels)
+            record = {}
+            if cfg.pos_weight:
+                pos_loss, record["vision/pos_acc"] = both["pos"](features)
+                loss = loss + cfg.pos_weight * pos_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(both.parameters(), 1.0)
@@ -530,7 +565,7 @@ def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
         bar.set_postfix(loss=f"{loss.item():.3f}", shape_acc=f"{acc:.2f}")
         if step % 20 == 0 or step == cfg.vis_steps:
             log(out, {"stage": "1b", "step": step, "time": time.time() - t0, "loss/vision": loss.item(),
-                      "vision/shape_acc": acc, "lr": opt.param_groups[0]["lr"]})
+                      "vision/shape_acc": acc, **record, "lr": opt.param_groups[0]["lr"]})
         if step % cfg.save_every == 0 or step == cfg.vis_steps:
             atomic_save({"model": both.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng_state(),
                          "data_rng": rng.getstate()}, path)
@@ -654,15 +689,21 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
     dev = torch.device(cfg.device)
     vq = model.model.vqmodel
     vq.requires_grad_(False)  # frozen; put in eval mode below, after model.train()
-    params = [p for p in model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
+    grid = int(model.config.vision_config.num_image_tokens ** 0.5)
+    pos_probe = PositionProbe(model.config.text_config.hidden_size, grid).to(dev) if cfg.pos_weight else None
+    params = [p for p in model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else []) \
+        + (list(pos_probe.parameters()) if pos_probe else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     step = 0
     if state is not None:
         step = restore(state, model, opt)  # stage-2 data are seeded per step (Stage2Data.step)
         if probe is not None:
             probe.load_state_dict(state["probe"])
-    features = {}  # the vision features of the current understanding pass, for the probe
-    hook = model.model.aligner.register_forward_pre_hook(lambda mod, args: features.__setitem__("v", args[0]))
+        if pos_probe is not None:
+            pos_probe.load_state_dict(state["pos_probe"])
+    features = {}  # the vision features of the current understanding pass (aligner input and output), for the probes
+    hooks = [model.model.aligner.register_forward_pre_hook(lambda mod, args: features.__setitem__("v", args[0])),
+             model.model.aligner.register_forward_hook(lambda mod, args, out: features.__setitem__("aligned", out))]
     model.train()
     vq.eval()
     bar = tqdm(total=steps, initial=step, desc=f"stage {name}: LM", unit="step")
@@ -694,6 +735,11 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
                 aux_loss, record["aux/shape_acc"] = probe(features.pop("v"), b["patch"].to(dev))
                 record["loss/aux"] = aux_loss.item()
                 loss = loss + cfg.aux_weight * aux_loss
+            if pos_probe is not None:
+                pos_loss, record["aux/pos_acc"] = pos_probe(features["aligned"])
+                record["loss/pos"] = pos_loss.item()
+                loss = loss + cfg.pos_weight * pos_loss
+            features.clear()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -707,8 +753,10 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
                       "loss/und": und_loss.item(), **record, "lr": opt.param_groups[0]["lr"]})
         if step % cfg.save_every == 0 or step == steps:
             atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "probe": probe.state_dict() if probe else None, "rng": rng_state()}, path)
-    hook.remove()
+                         "probe": probe.state_dict() if probe else None,
+                          "pos_probe": pos_probe.state_dict() if pos_probe else None, "rng": rng_state()}, path)
+    for h in hooks:
+        h.remove()
     bar.close()
     return model
 

@@ -1,0 +1,168 @@
+"""Where does a nano-Janus lose spatial relations? Linear probes on its own features, no training of the model.
+
+The 4-way caption choice catches a mirrored relation ("left of" -> "right of") only about as often as chance, in every
+stage-2 variant tried so far. This script asks which link of the chain drops the information:
+
+  vision   does the aligned image feature of a patch (the language model's input) say where the patch is? And the
+           vision encoder's output before the aligner?
+           A least-squares probe from each object patch's feature to its column and row, fitted on scenes of one
+           half of the data and tested on the other (chance: 1/8).
+  lm       does the language model's hidden state, just before it must write the relation word, know the relation?
+           For "a photo of a cross right of a circle" the state at "... a cross" is probed for the prompt's relation
+           (left of / right of / above / below; chance 1/4), at every layer. Control: the same probe with every
+           text paired with another scene's image, which keeps the text and removes the image's evidence.
+  model    how often the model itself puts more probability on the true relation word than on its mirror, at that
+           same position (what the caption choice measures for relation edits).
+
+Prompts are train-split geneval position prompts ("a photo of a A <relation> a B") with freshly sampled scenes.
+
+  --encoder random|VISION_PT   only the vision part, on a bare vision encoder: freshly initialised (random), or the
+           one saved by pretraining stage 1b (OUT/vision.pt), with the model's vision config.
+
+Usage: python experiments/relation_probe.py [--model models/nano-janus] [--scenes 1000] [--encoder ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gvu.models.janus import JanusBackend, left_pad  # noqa: E402
+from gvu.models.pretrain import patch_labels, train_prompt  # noqa: E402
+from gvu.world.captions import REWARD_QUERY  # noqa: E402
+from gvu.world.prompts import MIRROR  # noqa: E402
+from gvu.world.sampler import sample_scene  # noqa: E402
+from gvu.world.scene import render  # noqa: E402
+
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+def ridge_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, classes: int, lam: float = 1.0) -> float:
+    """Least-squares probe onto one-hot targets (ridge lam), argmax; accuracy on the rows not in `train`."""
+    x = np.concatenate([x, np.ones((len(x), 1), x.dtype)], 1)
+    onehot = np.eye(classes)[y]
+    a = x[train]
+    w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ onehot[train])
+    test = ~train
+    return float(((x[test] @ w).argmax(1) == y[test]).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="models/nano-janus")
+    ap.add_argument("--scenes", type=int, default=1000)
+    ap.add_argument("--encoder", default=None, help="random, or a stage-1b vision.pt: probe that encoder alone")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write results.json here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    b = JanusBackend.from_pretrained(args.model)
+    model = b.model.eval()
+    rng = random.Random(args.seed)
+    items = []  # (prompt text before the relation, relation, scene)
+    while len(items) < args.scenes:
+        _, m = train_prompt(rng, {"geneval": ("position",)})
+        rel = m["include"][1]["position"][0]
+        cut = m["prompt"].index(" " + rel + " ")
+        items.append((m["prompt"][:cut], rel, m["prompt"][cut + 1:], sample_scene(m, rng)))
+    y = np.array([RELATIONS.index(r) for _, r, _, _ in items])
+    train = np.zeros(len(items), bool)
+    train[: len(items) // 2] = True
+    px = torch.stack([torch.from_numpy(np.asarray(render(sc), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+                      for *_, sc in items])
+    pv = b.pixel_values(px)
+    grid = int(b.num_image_tokens ** 0.5)
+    res = {"model": args.model, "scenes": len(items)}
+    lab = np.stack([patch_labels(sc, grid)[0].numpy() for *_, sc in items])  # [S, N] shape class, 0 = background
+    s_idx, p_idx = np.nonzero(lab)  # object patches only (an empty patch has nothing to locate)
+    cols, rows = p_idx % grid, p_idx // grid
+    patch_train = train[s_idx]
+
+    if args.encoder:
+        from transformers.models.janus.modeling_janus import JanusVisionModel
+
+        from gvu.models.pretrain import _split_vision_state
+
+        torch.manual_seed(args.seed)
+        enc = JanusVisionModel(model.config.vision_config).eval()
+        if args.encoder != "random":
+            enc.load_state_dict(_split_vision_state(torch.load(args.encoder, weights_only=False, map_location="cpu")["model"])["vision"])
+        with torch.no_grad():
+            x = enc(pv.float()).last_hidden_state.float().numpy()[s_idx, p_idx]
+        res["encoder_only"] = {"encoder": args.encoder, "column_acc": ridge_accuracy(x, cols, patch_train, grid),
+                               "row_acc": ridge_accuracy(x, rows, patch_train, grid), "chance": 1 / grid}
+        print(json.dumps(res, indent=1))
+        print(f"encoder {args.encoder}: object patch column {res['encoder_only']['column_acc']:.3f}, "
+              f"row {res['encoder_only']['row_acc']:.3f} (chance {1 / grid:.3f})")
+        save(res, args.out)
+        return
+
+    with torch.no_grad():
+        feats = model.model.get_image_features(pv).pooler_output.float().numpy()  # [S, N, H], the LM's input
+        encoder = model.model.vision_model(pv).last_hidden_state.float().numpy()  # before the aligner
+    res["vision"] = {"object_patches": int(len(p_idx)), "chance": 1 / grid}
+    for name, f in (("aligned", feats), ("encoder", encoder)):
+        x = f[s_idx, p_idx]
+        res["vision"][name] = {"column_acc": ridge_accuracy(x, cols, patch_train, grid),
+                               "row_acc": ridge_accuracy(x, rows, patch_train, grid)}
+
+    def lm_states(images: torch.Tensor):
+        prefix = b._understanding_prefix(REWARD_QUERY)
+        batch = left_pad([prefix + b.answer_ids(t) for t, *_ in items], b.ids["pad"])
+        out = []
+        for s in range(0, len(items), 64):
+            with torch.no_grad():
+                o = model.model(input_ids=batch.ids[s:s + 64], attention_mask=batch.mask[s:s + 64],
+                                position_ids=batch.positions[s:s + 64], pixel_values=images[s:s + 64],
+                                use_cache=False, output_hidden_states=True)
+            logits = model.lm_head(o.last_hidden_state[:, -1]).float().log_softmax(-1)
+            out.append(([h[:, -1].float().numpy() for h in o.hidden_states], logits))
+        layers = [np.concatenate([o[0][k] for o in out]) for k in range(len(out[0][0]))]
+        return layers, torch.cat([o[1] for o in out])
+
+    layers, logp = lm_states(pv)
+    shuffled, _ = lm_states(pv[torch.from_numpy(np.roll(np.arange(len(items)), 1))])
+    res["lm"] = {"layers": len(layers) - 1, "chance": 0.25,
+                 "relation_acc_by_layer": [ridge_accuracy(h, y, train, 4) for h in layers],
+                 "relation_acc_by_layer_shuffled_images": [ridge_accuracy(h, y, train, 4) for h in shuffled]}
+    # the model's own choice between the true relation word and its mirror (first token of each)
+    first = lambda text: b.answer_ids(text)[0]  # noqa: E731
+    true_tok = torch.tensor([first(r) for _, r, _, _ in items])
+    mirror_tok = torch.tensor([first(MIRROR[r]) for _, r, _, _ in items])
+    distinct = true_tok != mirror_tok
+    rows_ = torch.arange(len(items))
+    wins = (logp[rows_, true_tok] > logp[rows_, mirror_tok])[distinct]
+    res["model"] = {"true_word_beats_mirror": float(wins.float().mean()), "pairs": int(distinct.sum())}
+    res["wall_s"] = round(time.time() - t0, 1)
+    print(json.dumps(res, indent=1))
+    v, lm = res["vision"], res["lm"]
+    for name in ("aligned", "encoder"):
+        print(f"vision ({name}): object patch column {v[name]['column_acc']:.3f}, row {v[name]['row_acc']:.3f} "
+              f"(chance {v['chance']:.3f})")
+    print("lm, relation before its word, by layer (0 = embeddings): "
+          + ", ".join(f"{a:.2f}" for a in lm["relation_acc_by_layer"])
+          + "; images shuffled: " + ", ".join(f"{a:.2f}" for a in lm["relation_acc_by_layer_shuffled_images"]))
+    print(f"model: true relation word beats its mirror {res['model']['true_word_beats_mirror']:.3f}")
+    save(res, args.out)
+
+
+def save(res: dict, out: str | None) -> None:
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
