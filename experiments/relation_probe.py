@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gvu.models.janus import JanusBackend, left_pad  # noqa: E402
-from gvu.models.pretrain import patch_labels, train_prompt  # noqa: E402
+from gvu.models.pretrain import patch_labels, to_pixels, train_prompt  # noqa: E402
 from gvu.world.captions import REWARD_QUERY  # noqa: E402
 from gvu.world.prompts import MIRROR  # noqa: E402
 from gvu.world.sampler import sample_scene  # noqa: E402
@@ -75,12 +75,11 @@ def main() -> None:
         _, m = train_prompt(rng, {"geneval": ("position",)})
         rel = m["include"][1]["position"][0]
         cut = m["prompt"].index(" " + rel + " ")
-        items.append((m["prompt"][:cut], rel, m["prompt"][cut + 1:], sample_scene(m, rng)))
-    y = np.array([RELATIONS.index(r) for _, r, _, _ in items])
+        items.append((m["prompt"][:cut], rel, sample_scene(m, rng)))
+    y = np.array([RELATIONS.index(r) for _, r, _ in items])
     train = np.zeros(len(items), bool)
     train[: len(items) // 2] = True
-    px = torch.stack([torch.from_numpy(np.asarray(render(sc), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
-                      for *_, sc in items])
+    px = to_pixels([render(sc) for *_, sc in items])
     pv = b.pixel_values(px)
     grid = int(b.num_image_tokens ** 0.5)
     res = {"model": args.model, "scenes": len(items)}
@@ -138,8 +137,8 @@ def main() -> None:
                  "relation_acc_by_layer_shuffled_images": [ridge_accuracy(h, y, train, 4) for h in shuffled]}
     # the model's own choice between the true relation word and its mirror (first token of each)
     first = lambda text: b.answer_ids(text)[0]  # noqa: E731
-    true_tok = torch.tensor([first(r) for _, r, _, _ in items])
-    mirror_tok = torch.tensor([first(MIRROR[r]) for _, r, _, _ in items])
+    true_tok = torch.tensor([first(r) for _, r, _ in items])
+    mirror_tok = torch.tensor([first(MIRROR[r]) for _, r, _ in items])
     distinct = true_tok != mirror_tok
     rows_ = torch.arange(len(items))
     wins = (logp[rows_, true_tok] > logp[rows_, mirror_tok])[distinct]

@@ -68,9 +68,10 @@ class PretrainConfig:
     rank_images: int = 0  # images per step whose true prompt must out-score 3 minimal edits of it (hard negatives)
     rank_weight: float = 1.0
     aux_weight: float = 0.0  # dense per-patch shape/colour/size labels on the vision features (a probe head)
-    # stages 2 and 3 (v5): each aligned image feature (the language model's input) must tell its patch's column and
-    # row through a linear head. Without it the aligned features hardly say where a patch is (a linear probe reads an
-    # object patch's column 18% of the time, chance 12.5%; experiments/relation_probe.py), so relations cannot be read.
+    # stages 1b, 2 and 3 (v5): a linear head must read each patch's column and row from the encoder's output (1b)
+    # and from the aligned image features, the language model's input (2, 3). Without it the aligned features hardly
+    # say where a patch is (a linear probe reads an object patch's column 18% of the time, chance 12.5%;
+    # experiments/relation_probe.py), so relations cannot be read.
     pos_weight: float = 0.0
     data_workers: int = 0  # processes making stage-2 batches ahead (for a GPU; the batches are the same either way)
     # stage 1c (v4): the VQ decoder alone, on the frozen encoder's codes (the image tokens do not change; 0 skips it)
@@ -754,7 +755,7 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
         if step % cfg.save_every == 0 or step == steps:
             atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                          "probe": probe.state_dict() if probe else None,
-                          "pos_probe": pos_probe.state_dict() if pos_probe else None, "rng": rng_state()}, path)
+                         "pos_probe": pos_probe.state_dict() if pos_probe else None, "rng": rng_state()}, path)
     for h in hooks:
         h.remove()
     bar.close()
