@@ -6,7 +6,8 @@ stage-2 variant tried so far. This script asks which link of the chain drops the
   vision   does the aligned image feature of a patch (the language model's input) say where the patch is? And the
            vision encoder's output before the aligner?
            A least-squares probe from each object patch's feature to its column and row, fitted on scenes of one
-           half of the data and tested on the other (chance: 1/8).
+           half of the data and tested on the other (chance: 1/8). The same probes for the patch's colour and
+           shape are a control: they say whether the feature lost everything or only position.
   lm       does the language model's hidden state, just before it must write the relation word, know the relation?
            For "a photo of a cross right of a circle" the state at "... a cross" is probed for the prompt's relation
            (left of / right of / above / below; chance 1/4), at every layer. Control: the same probe with every
@@ -42,6 +43,7 @@ from gvu.world.captions import REWARD_QUERY  # noqa: E402
 from gvu.world.prompts import MIRROR  # noqa: E402
 from gvu.world.sampler import sample_scene  # noqa: E402
 from gvu.world.scene import render  # noqa: E402
+from gvu.world.vocab import COLOR_NAMES, SHAPES  # noqa: E402
 
 RELATIONS = ("left of", "right of", "above", "below")
 
@@ -87,6 +89,14 @@ def main() -> None:
     s_idx, p_idx = np.nonzero(lab)  # object patches only (an empty patch has nothing to locate)
     cols, rows = p_idx % grid, p_idx // grid
     patch_train = train[s_idx]
+    # what is in an object patch, as a control: a feature that lost position may still say what the object is
+    colours = np.stack([patch_labels(sc, grid)[1].numpy() for *_, sc in items])[s_idx, p_idx] - 1
+    shapes = lab[s_idx, p_idx] - 1
+
+    def probes(x: np.ndarray) -> dict:
+        return {"column_acc": ridge_accuracy(x, cols, patch_train, grid), "row_acc": ridge_accuracy(x, rows, patch_train, grid),
+                "colour_acc": ridge_accuracy(x, colours, patch_train, len(COLOR_NAMES)),
+                "shape_acc": ridge_accuracy(x, shapes, patch_train, len(SHAPES))}
 
     if args.encoder:
         from transformers.models.janus.modeling_janus import JanusVisionModel
@@ -99,11 +109,11 @@ def main() -> None:
             enc.load_state_dict(_split_vision_state(torch.load(args.encoder, weights_only=False, map_location="cpu")["model"])["vision"])
         with torch.no_grad():
             x = enc(pv.float()).last_hidden_state.float().numpy()[s_idx, p_idx]
-        res["encoder_only"] = {"encoder": args.encoder, "column_acc": ridge_accuracy(x, cols, patch_train, grid),
-                               "row_acc": ridge_accuracy(x, rows, patch_train, grid), "chance": 1 / grid}
+        res["encoder_only"] = {"encoder": args.encoder, **probes(x), "chance": 1 / grid}
         print(json.dumps(res, indent=1))
-        print(f"encoder {args.encoder}: object patch column {res['encoder_only']['column_acc']:.3f}, "
-              f"row {res['encoder_only']['row_acc']:.3f} (chance {1 / grid:.3f})")
+        e = res["encoder_only"]
+        print(f"encoder {args.encoder}: object patch column {e['column_acc']:.3f}, row {e['row_acc']:.3f} "
+              f"(chance {1 / grid:.3f}); colour {e['colour_acc']:.3f}, shape {e['shape_acc']:.3f}")
         save(res, args.out)
         return
 
@@ -113,8 +123,7 @@ def main() -> None:
     res["vision"] = {"object_patches": int(len(p_idx)), "chance": 1 / grid}
     for name, f in (("aligned", feats), ("encoder", encoder)):
         x = f[s_idx, p_idx]
-        res["vision"][name] = {"column_acc": ridge_accuracy(x, cols, patch_train, grid),
-                               "row_acc": ridge_accuracy(x, rows, patch_train, grid)}
+        res["vision"][name] = probes(x)
 
     def lm_states(images: torch.Tensor):
         prefix = b._understanding_prefix(REWARD_QUERY)
@@ -148,7 +157,7 @@ def main() -> None:
     v, lm = res["vision"], res["lm"]
     for name in ("aligned", "encoder"):
         print(f"vision ({name}): object patch column {v[name]['column_acc']:.3f}, row {v[name]['row_acc']:.3f} "
-              f"(chance {v['chance']:.3f})")
+              f"(chance {v['chance']:.3f}); colour {v[name]['colour_acc']:.3f}, shape {v[name]['shape_acc']:.3f}")
     print("lm, relation before its word, by layer (0 = embeddings): "
           + ", ".join(f"{a:.2f}" for a in lm["relation_acc_by_layer"])
           + "; images shuffled: " + ", ".join(f"{a:.2f}" for a in lm["relation_acc_by_layer_shuffled_images"]))
