@@ -85,12 +85,13 @@ def main() -> None:
     pv = b.pixel_values(px)
     grid = int(b.num_image_tokens ** 0.5)
     res = {"model": args.model, "scenes": len(items)}
-    lab = np.stack([patch_labels(sc, grid)[0].numpy() for *_, sc in items])  # [S, N] shape class, 0 = background
+    labels = np.stack([patch_labels(sc, grid).numpy() for *_, sc in items])  # [S, 3, N] shape, colour, size; 0 = background
+    lab = labels[:, 0]
     s_idx, p_idx = np.nonzero(lab)  # object patches only (an empty patch has nothing to locate)
     cols, rows = p_idx % grid, p_idx // grid
     patch_train = train[s_idx]
     # what is in an object patch, as a control: a feature that lost position may still say what the object is
-    colours = np.stack([patch_labels(sc, grid)[1].numpy() for *_, sc in items])[s_idx, p_idx] - 1
+    colours = labels[:, 1][s_idx, p_idx] - 1
     shapes = lab[s_idx, p_idx] - 1
 
     def probes(x: np.ndarray) -> dict:
