@@ -85,7 +85,8 @@ def main() -> None:
     pv = b.pixel_values(px)
     grid = int(b.num_image_tokens ** 0.5)
     res = {"model": args.model, "scenes": len(items)}
-    labels = np.stack([patch_labels(sc, grid).numpy() for *_, sc in items])  # [S, 3, N] shape, colour, size; 0 = background
+    # [S, 3, N]: each patch's shape, colour and size class, 0 = background
+    labels = np.stack([patch_labels(sc, grid).numpy() for *_, sc in items])
     lab = labels[:, 0]
     s_idx, p_idx = np.nonzero(lab)  # object patches only (an empty patch has nothing to locate)
     cols, rows = p_idx % grid, p_idx // grid
@@ -95,7 +96,8 @@ def main() -> None:
     shapes = lab[s_idx, p_idx] - 1
 
     def probes(x: np.ndarray) -> dict:
-        return {"column_acc": ridge_accuracy(x, cols, patch_train, grid), "row_acc": ridge_accuracy(x, rows, patch_train, grid),
+        return {"column_acc": ridge_accuracy(x, cols, patch_train, grid),
+                "row_acc": ridge_accuracy(x, rows, patch_train, grid),
                 "colour_acc": ridge_accuracy(x, colours, patch_train, len(COLOR_NAMES)),
                 "shape_acc": ridge_accuracy(x, shapes, patch_train, len(SHAPES))}
 
