@@ -202,7 +202,7 @@ def restore(state: dict, model, opt, data_rng: random.Random | None = None) -> i
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())  # a checkpoint loaded with map_location="cuda" moved it
     if data_rng is not None:
         data_rng.setstate(state["data_rng"])
     return state["step"]
