@@ -10,6 +10,11 @@ Usage:
       --variant a '{"gen_batch": 64, "und_batch": 16, "rank_images": 6, "spatial_share": 0.3}' \\
       --variant d '{"gen_batch": 64, "und_batch": 16, "rank_images": 6, "spatial_share": 0.3, "gen_weight": 3.0}'
 Writes OUT/<name>/model, OUT/<name>/eval/results.json and OUT/table.md.
+
+--vq-from MODEL_DIR takes the VQ tokenizer from a saved model (for example the shipped one, whose decoder stage 1c
+sharpened) instead of --base's stage1.pt; --base then needs only config.json, tokenizer and vision.pt:
+  python experiments/stage2_variants.py --base runs/cpu-repro-v3 --vq-from models/nano-janus --out runs/long \
+      --device cuda --variant L '{"lm_steps": 3600}'
 """
 
 from __future__ import annotations
@@ -26,18 +31,47 @@ ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, ROOT)
 
 
-def train_variant(base: str, out: str, preset: str, overrides: dict, device: str) -> None:
-    """One stage-2 run in its own folder, then its model directory: gvu.models.pretrain.pretrain, which finds stages
-    1 and 1b done (copied from base) and resumes stage 2 from its own checkpoint if it was stopped."""
-    from gvu.models.pretrain import pretrain
+def check_inputs(base: str, vq_from: str | None) -> None:
+    """Before any work: --base holds what the variants copy, and --vq-from is a saved model with a VQ."""
+    need = ("config.json", "tokenizer", "vision.pt") + (() if vq_from else ("stage1.pt",))
+    missing = [f for f in need if not os.path.exists(os.path.join(base, f))]
+    if missing:
+        raise SystemExit(f"{base} has no {', '.join(missing)}: give --base a `gvu pretrain` folder whose stage 1b "
+                         f"{'is' if vq_from else 'and stage 1 are'} done")
+    if vq_from and not os.path.exists(os.path.join(vq_from, "model.safetensors")):
+        raise SystemExit(f"--vq-from {vq_from!r} has no model.safetensors: give a saved model directory, "
+                         "e.g. models/nano-janus")
 
+
+def vq_checkpoint(vq_from: str, vq_steps: int) -> dict:
+    """A finished stage-1 checkpoint holding the VQ weights of the saved model vq_from (fp32)."""
+    from safetensors.torch import load_file
+
+    prefix = "model.vqmodel."
+    weights = load_file(os.path.join(vq_from, "model.safetensors"))
+    state = {k[len(prefix):]: v.float() for k, v in weights.items() if k.startswith(prefix)}
+    if not state:
+        raise SystemExit(f"{vq_from}/model.safetensors holds no {prefix}* weights: is it a Janus model?")
+    return {"model": state, "step": vq_steps}
+
+
+def train_variant(base: str, out: str, preset: str, overrides: dict, device: str, vq_from: str | None = None) -> None:
+    """One stage-2 run in its own folder, then its model directory: gvu.models.pretrain.pretrain, which finds stages
+    1 and 1b done (copied from base, or stage 1 made from vq_from) and resumes stage 2 from its own checkpoint if
+    it was stopped."""
+    import torch
+
+    from gvu.models.pretrain import PRESETS, pretrain
+
+    check_inputs(base, vq_from)
     os.makedirs(out, exist_ok=True)
-    for f in ("config.json", "tokenizer", "stage1.pt", "vision.pt"):
+    for f in ("config.json", "tokenizer", "vision.pt") + (() if vq_from else ("stage1.pt",)):
         src, dst = os.path.join(base, f), os.path.join(out, f)
-        if not os.path.exists(src):
-            raise SystemExit(f"{base} has no {f}: give --base a `gvu pretrain` folder whose stages 1 and 1b are done")
         if not os.path.exists(dst):
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
+    if vq_from and not os.path.exists(os.path.join(out, "stage1.pt")):
+        vq_steps = overrides.get("vq_steps", PRESETS[preset].vq_steps)
+        torch.save(vq_checkpoint(vq_from, vq_steps), os.path.join(out, "stage1.pt"))
     pretrain(preset, out, device=device, **overrides)
 
 
@@ -47,6 +81,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--preset", default="nano-v3", help="the recipe the variants change (nano-v3: stage 2 as v3 trained it, no stages 1c or 3)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--vq-from", default=None, metavar="MODEL_DIR",
+                    help="take the VQ from this saved model instead of --base's stage1.pt (e.g. models/nano-janus)")
     ap.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
     ap.add_argument("--eval-threads", type=int, default=2)
     ap.add_argument("--eval-prompts", type=int, default=None, help="eval prompts per benchmark (default: all 553)")
@@ -58,11 +94,14 @@ def main() -> None:
             variants[name] = json.loads(text)
         except json.JSONDecodeError as e:
             raise SystemExit(f"variant {name!r}: overrides must be a JSON object ({e})")
+    check_inputs(args.base, args.vq_from)
     if args.one:
-        train_variant(args.base, os.path.join(args.out, args.one), args.preset, variants[args.one], args.device)
+        train_variant(args.base, os.path.join(args.out, args.one), args.preset, variants[args.one], args.device,
+                      args.vq_from)
         return
     me = [sys.executable, os.path.abspath(__file__), "--base", args.base, "--out", args.out, "--preset", args.preset,
-          "--device", args.device] + [x for n, t in args.variant for x in ("--variant", n, t)]
+          "--device", args.device] + (["--vq-from", args.vq_from] if args.vq_from else []) \
+        + [x for n, t in args.variant for x in ("--variant", n, t)]
     procs = {n: subprocess.Popen(me + ["--one", n]) for n in variants}
     failed = [n for n, p in procs.items() if p.wait() != 0]
     if failed:

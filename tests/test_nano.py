@@ -208,3 +208,25 @@ def test_gvu_score_reports_rewards_tokens_and_weights(tmp_path, capsys):
     assert main(["score", "--model", "no/such/model", "--image", "x.png", "--prompt", "a", "--reduction", "min",
                  "--token-weights", "surprisal"]) == 2
     assert "needs reduction=geometric_mean" in capsys.readouterr().err
+
+
+def test_stage2_variant_takes_its_vq_from_a_saved_model(smoke_model, tmp_path):
+    """experiments/stage2_variants.py --vq-from: stage 2 runs on the saved model's VQ, copied bit for bit."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("stage2_variants", SHIPPED.parents[1] / "experiments" / "stage2_variants.py")
+    sv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sv)
+    base = os.path.dirname(smoke_model)
+    out = tmp_path / "v"
+    sv.train_variant(base, str(out), "smoke", {"lm_steps": 2, "dec_steps": 0, "s3_steps": 0}, "cpu", vq_from=smoke_model)
+    src, new = load_file(os.path.join(smoke_model, "model.safetensors")), load_file(out / "model" / "model.safetensors")
+    vq = [k for k in src if k.startswith("model.vqmodel.")]
+    assert vq and all(torch.equal(src[k], new[k]) for k in vq)
+    assert [json.loads(line)["step"] for line in open(out / "log.jsonl") if '"stage": 2' in line] == [2]
+    with pytest.raises(SystemExit, match="has no config.json, tokenizer, vision.pt"):
+        sv.check_inputs(str(tmp_path), smoke_model)
+    with pytest.raises(SystemExit, match="has no model.safetensors"):
+        sv.check_inputs(base, str(tmp_path))
