@@ -1,7 +1,7 @@
 """Stage-2 recipe variants of nano-Janus, trained from one finished stage 1 (VQ) and stage 1b (vision encoder).
 
 How v3's stage 2 was chosen: each variant is `PRESETS[--preset]` plus JSON overrides, trained from the same
-stage1.pt and vision.pt (copied from --base, a `gvu pretrain` output folder), saved as a model directory, and
+stage1.pt (or --vq-from's VQ) and vision.pt (copied from --base, a `gvu pretrain` output folder), saved as a model directory, and
 scored with benchmarks/nano_model_eval.py (understanding, QA, generation, groups). Variants run side by side, one
 process each (a GPU box with many cores runs three at once; on a 2-core CPU run them one at a time).
 
@@ -12,8 +12,9 @@ Usage:
 Writes OUT/<name>/model, OUT/<name>/eval/results.json and OUT/table.md.
 
 --vq-from MODEL_DIR takes the VQ tokenizer from a saved model (for example the shipped one, whose decoder stage 1c
-sharpened) instead of --base's stage1.pt; --base then needs only config.json, tokenizer and vision.pt:
-  python experiments/stage2_variants.py --base runs/cpu-repro-v3 --vq-from models/nano-janus --out runs/long \
+sharpened) instead of --base's stage1.pt; --base then needs only config.json, tokenizer and vision.pt. The default
+preset nano-v3 has no stage 1c; with --preset nano, add "dec_steps": 0, or stage 1c runs again on that decoder:
+  python experiments/stage2_variants.py --base runs/cpu-repro-v3 --vq-from models/nano-janus --out runs/long \\
       --device cuda --variant L '{"lm_steps": 3600}'
 """
 
@@ -32,15 +33,26 @@ sys.path.insert(0, ROOT)
 
 
 def check_inputs(base: str, vq_from: str | None) -> None:
-    """Before any work: --base holds what the variants copy, and --vq-from is a saved model with a VQ."""
+    """Before any work: --base holds what the variants copy, and --vq-from is a saved model whose VQ fits --base."""
     need = ("config.json", "tokenizer", "vision.pt") + (() if vq_from else ("stage1.pt",))
     missing = [f for f in need if not os.path.exists(os.path.join(base, f))]
     if missing:
         raise SystemExit(f"{base} has no {', '.join(missing)}: give --base a `gvu pretrain` folder whose stage 1b "
                          f"{'is' if vq_from else 'and stage 1 are'} done")
-    if vq_from and not os.path.exists(os.path.join(vq_from, "model.safetensors")):
-        raise SystemExit(f"--vq-from {vq_from!r} has no model.safetensors: give a saved model directory, "
+    if not vq_from:
+        return
+    missing = [f for f in ("model.safetensors", "config.json") if not os.path.exists(os.path.join(vq_from, f))]
+    if missing:
+        raise SystemExit(f"--vq-from {vq_from!r} has no {', '.join(missing)}: give a saved model directory, "
                          "e.g. models/nano-janus")
+    with open(os.path.join(base, "config.json")) as f, open(os.path.join(vq_from, "config.json")) as g:
+        want, got = json.load(f).get("vq_config"), json.load(g).get("vq_config")
+    keys = ("embed_dim", "num_embeddings", "base_channels", "channel_multiplier", "num_res_blocks", "latent_channels",
+            "num_patches")
+    diff = {k: (got.get(k), want.get(k)) for k in keys if got and want and got.get(k) != want.get(k)}
+    if not got or diff:
+        raise SystemExit(f"--vq-from {vq_from!r}: its VQ does not fit {base}'s config "
+                         f"({diff or 'no vq_config'}; theirs, --base's); give a model of the same spec")
 
 
 def vq_checkpoint(vq_from: str, vq_steps: int) -> dict:
@@ -52,7 +64,7 @@ def vq_checkpoint(vq_from: str, vq_steps: int) -> dict:
     state = {k[len(prefix):]: v.float() for k, v in weights.items() if k.startswith(prefix)}
     if not state:
         raise SystemExit(f"{vq_from}/model.safetensors holds no {prefix}* weights: is it a Janus model?")
-    return {"model": state, "step": vq_steps}
+    return {"model": state, "step": vq_steps, "vq_from": os.path.abspath(vq_from)}
 
 
 def train_variant(base: str, out: str, preset: str, overrides: dict, device: str, vq_from: str | None = None) -> None:
@@ -61,7 +73,7 @@ def train_variant(base: str, out: str, preset: str, overrides: dict, device: str
     it was stopped."""
     import torch
 
-    from gvu.models.pretrain import PRESETS, pretrain
+    from gvu.models.pretrain import PRESETS, atomic_save, pretrain
 
     check_inputs(base, vq_from)
     os.makedirs(out, exist_ok=True)
@@ -69,15 +81,22 @@ def train_variant(base: str, out: str, preset: str, overrides: dict, device: str
         src, dst = os.path.join(base, f), os.path.join(out, f)
         if not os.path.exists(dst):
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
-    if vq_from and not os.path.exists(os.path.join(out, "stage1.pt")):
+    stage1 = os.path.join(out, "stage1.pt")
+    if os.path.exists(stage1):  # a rerun: its VQ must come from where this run's did
+        had = torch.load(stage1, weights_only=False, map_location="cpu").get("vq_from")
+        now = os.path.abspath(vq_from) if vq_from else None
+        if had != now:
+            raise SystemExit(f"{out} was trained with its VQ from {had or '--base'}, not {now or '--base'}; "
+                             "pick another --out or delete it")
+    elif vq_from:
         vq_steps = overrides.get("vq_steps", PRESETS[preset].vq_steps)
-        torch.save(vq_checkpoint(vq_from, vq_steps), os.path.join(out, "stage1.pt"))
+        atomic_save(vq_checkpoint(vq_from, vq_steps), stage1)
     pretrain(preset, out, device=device, **overrides)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="a `gvu pretrain` folder with stage1.pt and vision.pt")
+    ap.add_argument("--base", required=True, help="a `gvu pretrain` folder with vision.pt (and stage1.pt, unless --vq-from)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--preset", default="nano-v3", help="the recipe the variants change (nano-v3: stage 2 as v3 trained it, no stages 1c or 3)")
     ap.add_argument("--device", default="cpu")

@@ -210,9 +210,10 @@ def test_gvu_score_reports_rewards_tokens_and_weights(tmp_path, capsys):
     assert "needs reduction=geometric_mean" in capsys.readouterr().err
 
 
-def test_stage2_variant_takes_its_vq_from_a_saved_model(smoke_model, tmp_path):
+def test_stage2_variant_takes_its_vq_from_a_saved_model(smoke_model, tmp_path, monkeypatch):
     """experiments/stage2_variants.py --vq-from: stage 2 runs on the saved model's VQ, copied bit for bit."""
     import importlib.util
+    import sys
 
     from safetensors.torch import load_file
 
@@ -220,13 +221,42 @@ def test_stage2_variant_takes_its_vq_from_a_saved_model(smoke_model, tmp_path):
     sv = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sv)
     base = os.path.dirname(smoke_model)
+    src = load_file(os.path.join(smoke_model, "model.safetensors"))
+    vq = [k for k in src if k.startswith("model.vqmodel.")]
+    base_vq = torch.load(os.path.join(base, "stage1.pt"), weights_only=False)["model"]
+    # the smoke model's decoder went through stage 1c, so its VQ differs from --base's stage 1: the check can fail
+    assert any(not torch.equal(src[k], base_vq[k[len("model.vqmodel."):]]) for k in vq)
     out = tmp_path / "v"
     sv.train_variant(base, str(out), "smoke", {"lm_steps": 2, "dec_steps": 0, "s3_steps": 0}, "cpu", vq_from=smoke_model)
-    src, new = load_file(os.path.join(smoke_model, "model.safetensors")), load_file(out / "model" / "model.safetensors")
-    vq = [k for k in src if k.startswith("model.vqmodel.")]
+    new = load_file(out / "model" / "model.safetensors")
     assert vq and all(torch.equal(src[k], new[k]) for k in vq)
     assert [json.loads(line)["step"] for line in open(out / "log.jsonl") if '"stage": 2' in line] == [2]
+    with pytest.raises(SystemExit, match="VQ from .* not --base"):  # a rerun into the same folder without --vq-from
+        sv.train_variant(base, str(out), "smoke", {"lm_steps": 2, "dec_steps": 0, "s3_steps": 0}, "cpu")
     with pytest.raises(SystemExit, match="has no config.json, tokenizer, vision.pt"):
         sv.check_inputs(str(tmp_path), smoke_model)
     with pytest.raises(SystemExit, match="has no model.safetensors"):
         sv.check_inputs(base, str(tmp_path))
+    smoke_cfg = json.load(open(os.path.join(smoke_model, "config.json")))["vq_config"]
+    bigger = tmp_path / "bigger"
+    bigger.mkdir()
+    (bigger / "model.safetensors").write_bytes(b"")
+    (bigger / "config.json").write_text(json.dumps({"vq_config": {**smoke_cfg, "base_channels": 2 * smoke_cfg["base_channels"]}}))
+    with pytest.raises(SystemExit, match="does not fit"):  # refused from the configs, before any weights are read
+        sv.check_inputs(base, str(bigger))
+    # main() hands --vq-from to each variant's process
+    launched = []
+
+    class Failed:
+        def __init__(self, cmd, **kw):
+            launched.append(cmd)
+
+        def wait(self):
+            return 1
+
+    monkeypatch.setattr(sv.subprocess, "Popen", Failed)
+    monkeypatch.setattr(sys, "argv", ["stage2_variants.py", "--base", base, "--vq-from", smoke_model, "--out",
+                                      str(tmp_path / "m"), "--variant", "a", "{}"])
+    with pytest.raises(SystemExit, match="variants failed"):
+        sv.main()
+    assert len(launched) == 1 and launched[0][launched[0].index("--vq-from") + 1] == smoke_model
