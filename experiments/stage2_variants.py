@@ -32,10 +32,14 @@ ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, ROOT)
 
 
+def from_base(vq_from: str | None) -> tuple[str, ...]:
+    """What each variant copies from --base: stage 1 too, unless its VQ comes from --vq-from."""
+    return ("config.json", "tokenizer", "vision.pt") + (() if vq_from else ("stage1.pt",))
+
+
 def check_inputs(base: str, vq_from: str | None) -> None:
     """Before any work: --base holds what the variants copy, and --vq-from is a saved model whose VQ fits --base."""
-    need = ("config.json", "tokenizer", "vision.pt") + (() if vq_from else ("stage1.pt",))
-    missing = [f for f in need if not os.path.exists(os.path.join(base, f))]
+    missing = [f for f in from_base(vq_from) if not os.path.exists(os.path.join(base, f))]
     if missing:
         raise SystemExit(f"{base} has no {', '.join(missing)}: give --base a `gvu pretrain` folder whose stage 1b "
                          f"{'is' if vq_from else 'and stage 1 are'} done")
@@ -77,7 +81,7 @@ def train_variant(base: str, out: str, preset: str, overrides: dict, device: str
 
     check_inputs(base, vq_from)
     os.makedirs(out, exist_ok=True)
-    for f in ("config.json", "tokenizer", "vision.pt") + (() if vq_from else ("stage1.pt",)):
+    for f in from_base(vq_from):
         src, dst = os.path.join(base, f), os.path.join(out, f)
         if not os.path.exists(dst):
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
