@@ -18,7 +18,9 @@ def register_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="train nano-Janus from scratch on the nano world (resumable)",
                        description="Build and train nano-Janus: tokenizer, VQ tokenizer (stage 1), language model on "
                                    "understanding + generation (stage 2). Rerun the same command to resume.")
-    p.add_argument("--preset", default="nano", help="nano (the shipped model, ~1-2 h on 2 cores) or smoke (seconds)")
+    p.add_argument("--preset", default="nano",
+                   help="nano (the shipped model's recipe, about 2.75 h on 2 cores), nano-v4 ... nano-v0 (earlier "
+                        "models), or smoke (seconds)")
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu (default) or cuda; data are made on the CPU either way")

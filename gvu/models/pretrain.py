@@ -68,9 +68,9 @@ class PretrainConfig:
     rank_images: int = 0  # images per step whose true prompt must out-score 3 minimal edits of it (hard negatives)
     rank_weight: float = 1.0
     aux_weight: float = 0.0  # dense per-patch shape/colour/size labels on the vision features (a probe head)
-    # stages 1b, 2 and 3 (off in every preset): a linear head must read each patch's column and row from the encoder's output (1b)
-    # and from the aligned image features, the language model's input (2, 3). Without it the aligned features hardly
-    # say where a patch is (a linear probe reads an object patch's column 18% of the time, chance 12.5%;
+    # stages 1b, 2 and 3 (off in every preset): a linear head must read each patch's column and row from the
+    # encoder's output (1b) and from the aligned image features, the language model's input (2, 3). Without it the
+    # aligned features hardly say where a patch is (a linear probe reads an object patch's column 18% of the time, chance 12.5%;
     # experiments/relation_probe.py), so relations cannot be read.
     pos_weight: float = 0.0
     data_workers: int = 0  # processes making stage-2 batches ahead (for a GPU; the batches are the same either way)
@@ -106,7 +106,7 @@ PRESETS = {
     # v2: longer VQ with an edge loss, stage 1b, stage 2 with hard-negative ranking and the patch probe
     "nano-v2": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=32,
                               und_batch=32, rank_images=8, aux_weight=1.0),
-    # v1: as nano without stage 1b
+    # v1: as nano-v2 without stage 1b
     "nano-v1": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, lm_steps=2400, gen_batch=32, und_batch=32,
                               rank_images=8, aux_weight=1.0),
     # v0, the first shipped checkpoint's recipe (kept to reproduce its numbers)
