@@ -70,8 +70,8 @@ class PretrainConfig:
     aux_weight: float = 0.0  # dense per-patch shape/colour/size labels on the vision features (a probe head)
     # stages 1b, 2 and 3 (off in every preset): a linear head must read each patch's column and row from the
     # encoder's output (1b) and from the aligned image features, the language model's input (2, 3). Without it the
-    # aligned features hardly say where a patch is (a linear probe reads an object patch's column 18% of the time, chance 12.5%;
-    # experiments/relation_probe.py), so relations cannot be read.
+    # aligned features hardly say where a patch is (a linear probe reads an object patch's column 18% of the time,
+    # chance 12.5%; experiments/relation_probe.py), so relations cannot be read.
     pos_weight: float = 0.0
     data_workers: int = 0  # processes making stage-2 batches ahead (for a GPU; the batches are the same either way)
     # stage 1c (v4): the VQ decoder alone, on the frozen encoder's codes (the image tokens do not change; 0 skips it)
@@ -88,16 +88,15 @@ class PretrainConfig:
     from_model: str = ""  # a saved model directory to run stages 1c and 3 from, instead of stages 0-2 (--from-model)
 
 
+# v4: v3's stages 1, 1b and 2, then stage 1c (the VQ decoder alone, 800 steps) and stage 3 (400 steps of stage 2's
+# mix with half the understanding images shown as VQ reconstructions)
+_V4 = PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=64, und_batch=16,
+                     rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3, dec_steps=800, s3_steps=400)
+
 PRESETS = {
     # v5 (the shipped model): v4's recipe with 3,600 stage-2 steps instead of 2,400; see the model card
-    "nano": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=3600, gen_batch=64,
-                           und_batch=16, rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3,
-                           dec_steps=800, s3_steps=400),
-    # v4: v3's stages 1, 1b and 2, then stage 1c (the VQ decoder alone, 800 steps) and stage 3 (400 steps of stage
-    # 2's mix with half the understanding images shown as VQ reconstructions)
-    "nano-v4": PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=64,
-                              und_batch=16, rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3,
-                              dec_steps=800, s3_steps=400),
+    "nano": replace(_V4, lm_steps=3600),
+    "nano-v4": _V4,
     # v3: v2's stages 1 and 1b; stage 2 spends its batch on generation (64 generation rows, 16 understanding rows, 6
     # ranking groups), weighs the generation loss 3x, and draws 30% of the understanding rows and ranking groups from
     # spatial prompts
