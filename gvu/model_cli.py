@@ -185,6 +185,7 @@ def cmd_train(args) -> None:
         raise UserError(str(e)) from e
     if not os.path.isdir(cfg.model):
         raise UserError(f"model {cfg.model!r} is not a directory: give a local Janus checkpoint (--set model=PATH)")
+    from gvu import dist
     from gvu.train import TrainingDiverged, train
 
     try:
@@ -194,6 +195,10 @@ def cmd_train(args) -> None:
     except TrainingDiverged as e:
         raise UserError(f"training diverged: {e}. The last good checkpoint is in {args.out}/checkpoints; "
                         "a run with a lower lr or a KL term (beta) must start in a new --out") from e
+    finally:
+        # tear the process group down before the interpreter exits: left to exit-time destructors, gloo's
+        # threads can race and abort the process ("terminate called without an active exception")
+        dist.cleanup()
     if summary.get("table"):
         print("\nBefore / after GvU (exact evaluator and intrinsic reward):\n" + summary["table"])
     print(f"\nrun written to {args.out}: metrics.jsonl, curves.png, grids/, summary.md, checkpoints/")
