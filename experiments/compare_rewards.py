@@ -122,6 +122,12 @@ def main() -> None:
             v = np.array([r[k] for r in rs])
             return f"{v.mean():.3f} ± {(v.max() - v.min()) / 2:.3f}" if len(v) > 1 else f"{v[0]:.3f}"
         lines.append(f"| {name} | {cell('eval')} | {cell('ood')} | {cell('understanding')} | {cell('eval_reward')} | {len(rs)} |")
+    tags = sorted({t for rs in results.values() for r in rs for t in r["per_tag"]})
+    lines += ["", "By tag (eval split; mean over seeds):", "",
+              "| run | " + " | ".join(tags) + " |", "|---" * (len(tags) + 1) + "|"]
+    for name, rs in results.items():
+        means = [np.mean([r["per_tag"][t] for r in rs if t in r["per_tag"]]) for t in tags]
+        lines.append(f"| {name} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(args.out, "table.md"), "w") as f:
