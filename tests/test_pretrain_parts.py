@@ -183,3 +183,50 @@ def test_stage3_reconstruction_flags_are_drawn_per_image_after_the_data_and_leav
     # a different seed base gives stage 3 data of its own
     other = Stage2Data(tok, spec, cfg, random.Random(), seed_base=7).step(2)
     assert not torch.equal(other["pixels"], plain["pixels"])
+
+
+def test_a_count_edit_can_name_a_given_count():
+    from gvu.world.perturb import perturb
+
+    m = {"tag": "counting", "include": [{"class": "star", "count": 3}], "exclude": [{"class": "star", "count": 4}],
+         "prompt": "a photo of three stars"}
+    d = perturb(m, "count", random.Random(0), count=4)
+    assert d["prompt"] == "a photo of four stars"
+    assert d["include"] == [{"class": "star", "count": 4}] and d["exclude"] == [{"class": "star", "count": 5}]
+    assert perturb(m, "count", random.Random(0), count=3) is None  # the same count is no edit
+    assert m["prompt"] == "a photo of three stars"  # the input is not changed
+
+
+def test_extra_objects_are_unnamed_shapes_and_keep_the_prompt_true():
+    from gvu.models.pretrain import scene_with_extras
+    from gvu.world.rules import judge_scene
+
+    rng, extra_counts = random.Random(3), []
+    for _ in range(60):
+        m, _ = train_scene(rng)
+        scene = scene_with_extras(m, rng)
+        if scene is None:  # too many objects for one more
+            assert sum(r["count"] for r in m["include"]) >= 5 or len({r["class"] for r in m["include"]}) >= 5
+            continue
+        named = {r["class"] for r in m["include"]}
+        n_named = sum(r["count"] for r in m["include"])
+        extras = [o for o in scene.objects if o.shape not in named]
+        assert len(scene.objects) == n_named + len(extras)  # every other object is an extra of an unnamed shape
+        extra_counts.append(len(extras))
+        assert judge_scene(m, list(scene.objects), scene.image_size).correct
+    assert set(extra_counts) == {1, 2}
+
+
+def test_a_counting_scene_with_extras_gets_the_total_count_as_its_first_hard_negative():
+    m = {"tag": "counting", "include": [{"class": "star", "count": 3}], "exclude": [{"class": "star", "count": 4}],
+         "prompt": "a photo of three stars"}
+    objs = [Obj("star", "red", "small", 12, 12), Obj("star", "blue", "small", 40, 12),
+            Obj("star", "green", "small", 12, 40), Obj("heart", "red", "small", 44, 44)]
+    scene = Scene(tuple(objs), 64)
+    for seed in range(5):
+        edits = hard_negatives("geneval", m, scene, random.Random(seed))
+        assert edits[0] == "a photo of four stars" and len(edits) == 3 and len(set(edits)) == 3
+    # without the heart the scene holds only stars: no total-count edit is forced (the draws are as before)
+    plain = Scene(tuple(objs[:3]), 64)
+    firsts = {hard_negatives("geneval", m, plain, random.Random(seed))[0] for seed in range(12)}
+    assert firsts != {"a photo of four stars"}

@@ -85,6 +85,12 @@ class PretrainConfig:
     s3_lr: float = 3e-4
     s3_warmup: int = 50
     und_recon: float = 0.5  # share of stage-3 understanding and ranking images replaced by their VQ reconstruction
+    # stages 2 and 3 (off in every preset): share of non-spatial understanding and ranking scenes given 1-2 extra
+    # objects of shapes their prompt does not name (the prompt stays true; generation rows never get them). Without
+    # them a counting prompt's scene holds only the counted objects, so "three stars" can be read as "three objects":
+    # v5's judge counts all objects in its generated images (experiments/counting_probe.py). A counting ranking
+    # group with extras also gets the edit that names the total count ("four stars" for three stars and a heart).
+    und_extra: float = 0.0
     from_model: str = ""  # a saved model directory to run stages 1c and 3 from, instead of stages 0-2 (--from-model)
 
 
@@ -135,20 +141,59 @@ def train_prompt(rng: random.Random, tags: dict[str, tuple[str, ...]] | None = N
             return suite, m
 
 
-def train_scene(rng: random.Random, with_suite: bool = False, spatial: bool = False):
+def train_scene(rng: random.Random, with_suite: bool = False, spatial: bool = False, extra: float = 0.0):
     """(prompt metadata, scene) for training: scenes avoid held-out colour-shape pairs altogether.
-    with_suite: (suite, metadata, scene). spatial: the prompt comes from SPATIAL_TAGS."""
+    with_suite: (suite, metadata, scene). spatial: the prompt comes from SPATIAL_TAGS.
+    extra: the chance that a non-spatial scene also holds 1-2 objects of shapes the prompt does not name
+    (PretrainConfig.und_extra); 0 draws nothing, so recipes without it see the same scenes as before."""
     suite, m = train_prompt(rng, SPATIAL_TAGS if spatial else None)
-    scene = sample_scene(m, rng, forbid=HELD_OUT_PAIRS)
+    scene = None
+    if extra and not spatial and rng.random() < extra:
+        scene = scene_with_extras(m, rng)
+    if scene is None:
+        scene = sample_scene(m, rng, forbid=HELD_OUT_PAIRS)
     return (suite, m, scene) if with_suite else (m, scene)
+
+
+def scene_with_extras(metadata: dict, rng: random.Random):
+    """A scene for `metadata` plus 1-2 objects of shapes it does not name, or None when they do not fit (or the
+    prompt would no longer hold)."""
+    from gvu.world.rules import judge_scene
+    from gvu.world.sampler import UnsatisfiableError
+    from gvu.world.vocab import MAX_OBJECTS, SHAPES
+
+    named = {r["class"] for r in metadata["include"]}
+    room = MAX_OBJECTS - sum(int(r["count"]) for r in metadata["include"])
+    free = [s for s in SHAPES if s not in named]
+    k = min(rng.choice((1, 2)), room, len(free))
+    if k < 1:
+        return None
+    extras = [{"class": s, "count": 1} for s in rng.sample(free, k)]
+    try:
+        scene = sample_scene({**metadata, "include": metadata["include"] + extras}, rng, forbid=HELD_OUT_PAIRS)
+    except UnsatisfiableError:
+        return None
+    return scene if judge_scene(metadata, list(scene.objects), scene.image_size).correct else None
 
 
 def hard_negatives(suite: str, metadata: dict, scene, rng: random.Random, k: int = 3) -> list[str]:
     """Up to k minimal edits of a true prompt (one colour, count, shape or relation changed) that are false for the
-    scene and are themselves train-split prompts: no eval or held-out prompt text is ever seen in pretraining."""
-    from gvu.world.perturb import distractors
+    scene and are themselves train-split prompts: no eval or held-out prompt text is ever seen in pretraining.
+    For a counting prompt whose scene holds other objects too, the edit that names the scene's total count comes
+    first ("four stars" for three stars and a heart): it is what a judge that counts objects, not stars, prefers."""
+    from gvu.world.perturb import distractors, perturb
+    from gvu.world.rules import judge_scene
+    from gvu.world.vocab import MAX_COUNT
 
-    return [d["prompt"] for d in distractors(metadata, scene, k, rng) if split_of(d, suite) in ("train", "train+eval")]
+    ok = lambda d: split_of(d, suite) in ("train", "train+eval")  # noqa: E731
+    out = []
+    inc = metadata["include"]
+    if len(inc) == 1 and inc[0]["count"] >= 2 and inc[0]["count"] < len(scene.objects) <= MAX_COUNT:
+        d = perturb(metadata, "count", rng, count=len(scene.objects))
+        if d and ok(d) and not judge_scene(d, list(scene.objects), scene.image_size).correct:
+            out.append(d["prompt"])
+    out += [d["prompt"] for d in distractors(metadata, scene, k, rng) if ok(d) and d["prompt"] not in out]
+    return out[:k]
 
 
 def patch_labels(scene, grid: int) -> torch.Tensor:
@@ -335,7 +380,7 @@ class Stage2Data:
                 m, scene = train_scene(self.rng, spatial=True)
                 query, ans = REWARD_QUERY, m["prompt"]
             else:
-                _, scene = train_scene(self.rng)
+                _, scene = train_scene(self.rng, extra=self.cfg.und_extra)
                 u = self.rng.random()
                 if u < 0.5:  # the reward's own query, with varied true answers
                     query, ans = REWARD_QUERY, describe(scene, self.rng, self.rng.choice(("geneval", "geneval", "full", "partial")))
@@ -357,7 +402,7 @@ class Stage2Data:
 
         seqs, answer_lens, scenes, groups = [], [], [], []
         while len(groups) < self.cfg.rank_images:
-            suite, m, scene = train_scene(self.rng, with_suite=True, spatial=self.spatial())
+            suite, m, scene = train_scene(self.rng, with_suite=True, spatial=self.spatial(), extra=self.cfg.und_extra)
             edits = hard_negatives(suite, m, scene, self.rng)
             if not edits:
                 continue

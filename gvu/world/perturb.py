@@ -25,8 +25,9 @@ def _sub_word(text: str, old: str, new: str) -> str:
     return re.sub(rf"\b{re.escape(old)}\b", new, text, count=1)
 
 
-def perturb(metadata: dict, kind: str, rng: random.Random) -> dict | None:
-    """One random edit of `kind`, or None if the prompt has nothing of that kind to change."""
+def perturb(metadata: dict, kind: str, rng: random.Random, count: int | None = None) -> dict | None:
+    """One random edit of `kind`, or None if the prompt has nothing of that kind to change.
+    count: with kind "count", the new count (default: a random other one)."""
     m = copy.deepcopy(metadata)
     inc = m["include"]
     text = m["prompt"]
@@ -45,7 +46,10 @@ def perturb(metadata: dict, kind: str, rng: random.Random) -> dict | None:
             return None
         r = inc[rng.choice(idx)]
         k = r["count"]
-        new = rng.choice([c for c in range(max(2, 1), MAX_COUNT + 1) if c != k] if k >= 2 else [2, 3])
+        new = count if count is not None else \
+            rng.choice([c for c in range(max(2, 1), MAX_COUNT + 1) if c != k] if k >= 2 else [2, 3])
+        if new == k:
+            return None
         word_old = NUMBER_WORDS[k]
         if word_old not in text.split():
             return None
