@@ -116,9 +116,9 @@ def main() -> None:
             "n": int((~correct).sum()),
             "too_few_of_shape": float((detected[~correct] < true[~correct]).mean()),
             "too_many_of_shape": float((detected[~correct] > true[~correct]).mean()),
-            "right_count_but_other_objects_or_blobs": float(((detected == true) & ~correct).sum() / max(1, (~correct).sum())),
             "with_unshaped_blobs": float((blobs[~correct] > 0).mean()),
             "with_other_shapes": float((others[~correct] > 0).mean()),
+            "all_objects_equal_prompt_count": float(((detected + blobs + others) == true)[~correct].mean()),
         },
     }
     print(json.dumps(res, indent=1))
