@@ -12,7 +12,7 @@ its reading of the count is the count word with the highest log p(prompt | image
   - how the wrong images fail: too few or too many objects of the shape, other shapes, or blobs.
 It saves a grid of wrong images labelled with both counts (PNG) for a look.
 
-Usage: python experiments/counting_probe.py [--model models/nano-janus] [--images 4] [--out runs/counting-probe]
+Usage: python experiments/counting_probe.py [--model models/nano-janus] [--images 4] [--threads 1] [--out runs/counting-probe]
 """
 
 from __future__ import annotations
