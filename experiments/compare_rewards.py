@@ -8,6 +8,8 @@ the table shows mean and spread (half the max-min range).
 Usage: python experiments/compare_rewards.py [--seeds 0 1] [--rows base,gvu_policy,...] [--steps N] [--threads 2] [--out runs/compare]
        [--set lr=4e-5 ...] [--eval-at 150 ...]
 --set overrides the preset for every training row (the same budget for all rows; use a new --out per setting).
+--extend OUT0 starts each training row from its run in OUT0 (a shorter comparison with the same --set) and trains it
+on to --steps; under the constant schedule that equals training --steps from the start.
 --eval-at also evaluates each training row's checkpoints at those steps (multiples of checkpoint_every), shown
 as rows "name@step": one run of N steps gives the table at several budgets.
 Long: about (steps x step time + 2 evaluations) per run; run it in the background and read OUT/table.md.
@@ -66,6 +68,8 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
             sys.exit(f"{done} was made with --set {res.get('sets', [])}, not {list(args.set)}: use another --out")
         return res
     cfg = row_config(name, seed, args)
+    if args.extend and ROWS[name] is not None and not os.path.exists(out):
+        extend_from(os.path.join(args.extend, f"{name}-s{seed}"), out, args)
     if ROWS[name] is None:
         backend = JanusBackend.from_pretrained(cfg.model)
         os.makedirs(out, exist_ok=True)
@@ -82,6 +86,23 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     return res
 
 
+def extend_from(src: str, out: str, args) -> None:
+    """Start a row from a shorter run of the same recipe (--extend): copy its folder, keep its result as the result
+    at its step count, and let train() resume it to --steps (exact under the constant schedule, gvu.train.extendable)."""
+    import shutil
+
+    if not os.path.exists(os.path.join(src, "config.json")):
+        sys.exit(f"--extend: {src} holds no run; give the --out of a shorter comparison with the same rows and seeds")
+    with open(os.path.join(src, "config.json")) as f:
+        old_steps = json.load(f)["steps"]
+    if old_steps >= args.steps:
+        sys.exit(f"--extend: {src} already has {old_steps} steps; --steps must be larger")
+    shutil.copytree(src, out + ".tmp", ignore=shutil.ignore_patterns("result-step*.json"))
+    if os.path.exists(os.path.join(out + ".tmp", "result.json")):
+        os.replace(os.path.join(out + ".tmp", "result.json"), os.path.join(out + ".tmp", f"result-step{old_steps}.json"))
+    os.replace(out + ".tmp", out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -96,6 +117,9 @@ def main() -> None:
                     help="override the preset for every training row (e.g. --set lr=4e-5); use a new --out per setting")
     ap.add_argument("--eval-at", type=int, nargs="*", default=[],
                     help="also evaluate each training row at these earlier steps (multiples of checkpoint_every)")
+    ap.add_argument("--extend", metavar="OUT", default=None,
+                    help="start each training row from the same row of a shorter comparison's --out (same --set), "
+                         "resuming it to --steps; its own result becomes the row at its step count")
     args = ap.parse_args()
     rows = args.rows.split(",")
     bad = [r for r in rows if r not in ROWS]

@@ -323,6 +323,13 @@ def with_defaults(saved: dict) -> dict:
     return out
 
 
+def extendable(saved: dict, want: dict) -> bool:
+    """Whether a finished or stopped run may go on to more steps: it may under the constant schedule, where a step's
+    learning rate does not depend on the total, and rollouts are seeded by (seed, step), so the extended run's
+    weights equal those of a run started with the larger step count."""
+    return want["steps"] > saved["steps"] and want["schedule"] == "constant"
+
+
 def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     cfg_path = os.path.join(run_dir, "config.json")
     if resume:
@@ -331,9 +338,15 @@ def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: boo
         with open(cfg_path) as f:
             saved = with_defaults(json.load(f))
         want = json.loads(json.dumps(asdict(cfg)))
-        if saved != want:
-            diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
-            raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same settings")
+        diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+        if set(diff) == {"steps"} and extendable(saved, want):
+            write_config(run_dir, cfg)  # a longer run of the same recipe: the steps so far are its first steps
+            return
+        if diff:
+            hint = (" (more steps extend a run only under the constant schedule: cosine's decay depends on the total)"
+                    if set(diff) == {"steps"} else "")
+            raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same "
+                             f"settings{hint}")
         return
     if os.path.exists(run_dir) and os.listdir(run_dir):
         if not overwrite:

@@ -93,6 +93,29 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(model_dir, tmp_path, m
     assert strip_perf(tmp_path / "straight/metrics.jsonl") == strip_perf(tmp_path / "resumed/metrics.jsonl")
 
 
+def test_more_steps_extend_a_finished_run_exactly_under_the_constant_schedule(model_dir, tmp_path):
+    train_mod.train(tiny(model_dir), str(tmp_path / "straight"), progress=False)
+    train_mod.train(tiny(model_dir, steps=2), str(tmp_path / "short"), progress=False)
+    train_mod.train(tiny(model_dir), str(tmp_path / "short"), resume=True, progress=False)  # 2 -> 4 steps
+    a = load_file(str(tmp_path / "straight/checkpoints/step_000004/trainable.safetensors"))
+    b = load_file(str(tmp_path / "short/checkpoints/step_000004/trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.load(open(tmp_path / "short/config.json"))["steps"] == 4
+    assert [r["step"] for r in map(json.loads, open(tmp_path / "short/metrics.jsonl")) if "reward/mean" in r] == [1, 2, 3, 4]
+
+
+def test_more_steps_under_cosine_or_fewer_steps_are_refused_on_resume(model_dir, tmp_path):
+    run = str(tmp_path / "run")
+    train_mod.prepare_run_dir(run, tiny(model_dir, schedule="cosine"), resume=False, overwrite=False)
+    with pytest.raises(ValueError, match="constant schedule"):
+        train_mod.prepare_run_dir(run, tiny(model_dir, schedule="cosine", steps=8), resume=True, overwrite=False)
+    run2 = str(tmp_path / "run2")
+    train_mod.prepare_run_dir(run2, tiny(model_dir), resume=False, overwrite=False)
+    with pytest.raises(ValueError, match="'steps'"):
+        train_mod.prepare_run_dir(run2, tiny(model_dir, steps=2), resume=True, overwrite=False)
+    assert json.load(open(os.path.join(run2, "config.json")))["steps"] == 4
+
+
 def constant_reward(value):
     def fake(cfg, judge, pixels, metadata):
         return RewardOutput(torch.full((pixels.shape[0],), value))
