@@ -88,7 +88,7 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
 
 def extend_from(src: str, out: str, args) -> None:
     """Start a row from a shorter run of the same recipe (--extend): copy its folder, keep its result as the result
-    at its step count, and let train() resume it to --steps (exact under the constant schedule, gvu.train.extendable)."""
+    at its step count (and its results at earlier steps), and let train() resume it to --steps (exact under the constant schedule, gvu.train.extendable)."""
     import shutil
 
     if not os.path.exists(os.path.join(src, "config.json")):
@@ -97,7 +97,7 @@ def extend_from(src: str, out: str, args) -> None:
         old_steps = json.load(f)["steps"]
     if old_steps >= args.steps:
         sys.exit(f"--extend: {src} already has {old_steps} steps; --steps must be larger")
-    shutil.copytree(src, out + ".tmp", ignore=shutil.ignore_patterns("result-step*.json"))
+    shutil.copytree(src, out + ".tmp")  # its results at earlier steps stay valid: the same weights at those steps
     if os.path.exists(os.path.join(out + ".tmp", "result.json")):
         os.replace(os.path.join(out + ".tmp", "result.json"), os.path.join(out + ".tmp", f"result-step{old_steps}.json"))
     os.replace(out + ".tmp", out)
