@@ -343,8 +343,11 @@ def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: boo
             write_config(run_dir, cfg)  # a longer run of the same recipe: the steps so far are its first steps
             return
         if diff:
-            hint = (" (more steps extend a run only under the constant schedule: cosine's decay depends on the total)"
-                    if set(diff) == {"steps"} else "")
+            hint = ""
+            if set(diff) == {"steps"}:
+                hint = (" (more steps extend a run only under the constant schedule: cosine's decay depends on the "
+                        "total)" if want["steps"] > saved["steps"] else
+                        " (a run is not shortened: its earlier weights are in checkpoints/step_*)")
             raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same "
                              f"settings{hint}")
         return
