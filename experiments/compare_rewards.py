@@ -97,6 +97,7 @@ def extend_from(src: str, out: str, args) -> None:
         old_steps = json.load(f)["steps"]
     if old_steps >= args.steps:
         sys.exit(f"--extend: {src} already has {old_steps} steps; --steps must be larger")
+    shutil.rmtree(out + ".tmp", ignore_errors=True)  # left by a copy that was stopped
     shutil.copytree(src, out + ".tmp")  # its results at earlier steps stay valid: the same weights at those steps
     if os.path.exists(os.path.join(out + ".tmp", "result.json")):
         os.replace(os.path.join(out + ".tmp", "result.json"), os.path.join(out + ".tmp", f"result-step{old_steps}.json"))
