@@ -157,6 +157,38 @@ def main() -> None:
     print(table)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + f"\n\nsteps {args.steps}, preset configs/nano.json, model {args.model}, --set {args.set}\n")
+    if args.eval_at:
+        print(f"plot: {plot_budget(results, rows, args)}")
+
+
+def plot_budget(results: dict, rows: list[str], args) -> str:
+    """OUT/budget.png: each training row's eval score and GvU reward against training steps (--eval-at and --steps),
+    one point per seed and a line through the means; base, when among the rows, as a horizontal line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = args.eval_at + [args.steps]
+    for i, name in enumerate(r for r in rows if ROWS[r] is not None):
+        per_step = [results[f"{name}@{s}"] if s != args.steps else results[name] for s in steps]
+        xs, ys = (([0], [results["base"]]) if "base" in results else ([], []))  # every row starts at base
+        for a, key in zip(ax, ("eval", "eval_reward")):
+            for s, rs in zip(steps, per_step):
+                a.plot([s] * len(rs), [r[key] for r in rs], ".", color=f"C{i}", alpha=0.5)
+            a.plot(xs + steps, [np.mean([r[key] for r in rs]) for rs in ys + per_step], "-", color=f"C{i}", label=name)
+    if "base" in results:
+        for a, key in zip(ax, ("eval", "eval_reward")):
+            a.axhline(results["base"][0][key], color="grey", ls="--", lw=0.8, label="base")
+    ax[0].set(title="nano-GenEval, eval split (exact evaluator)", xlabel="training step", ylabel="overall")
+    ax[1].set(title="GvU reward, each model judging its own eval images", xlabel="training step", ylabel="geometric mean")
+    ax[0].legend()
+    fig.suptitle(f"--set {' '.join(args.set) or '(preset)'}; points: seeds, lines: their mean", fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(args.out, "budget.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
