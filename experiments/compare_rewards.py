@@ -88,7 +88,8 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
 
 def extend_from(src: str, out: str, args) -> None:
     """Start a row from a shorter run of the same recipe (--extend): copy its folder, keep its result as the result
-    at its step count (and its results at earlier steps), and let train() resume it to --steps (exact under the constant schedule, gvu.train.extendable)."""
+    at its step count (and its results at earlier steps), and let train() resume it to --steps (exact under the
+    constant schedule: gvu.train.extendable)."""
     import shutil
 
     if not os.path.exists(os.path.join(src, "config.json")):
@@ -163,7 +164,7 @@ def main() -> None:
 
 def plot_budget(results: dict, rows: list[str], args) -> str:
     """OUT/budget.png: each training row's eval score and GvU reward against training steps (--eval-at and --steps),
-    one point per seed and a line through the means; base, when among the rows, as a horizontal line."""
+    one point per seed and a line through the means; base, when among the rows, as step 0 and a dashed line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

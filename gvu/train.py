@@ -339,6 +339,7 @@ def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: boo
             saved = with_defaults(json.load(f))
         want = json.loads(json.dumps(asdict(cfg)))
         diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+        diff.update({k: (v, None) for k, v in saved.items() if k not in want})  # a field this version does not know
         if set(diff) == {"steps"} and extendable(saved, want):
             write_config(run_dir, cfg)  # a longer run of the same recipe: the steps so far are its first steps
             return
