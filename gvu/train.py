@@ -340,15 +340,15 @@ def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: boo
         want = json.loads(json.dumps(asdict(cfg)))
         diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
         diff.update({k: (v, None) for k, v in saved.items() if k not in want})  # a field this version does not know
-        if set(diff) == {"steps"} and extendable(saved, want):
-            write_config(run_dir, cfg)  # a longer run of the same recipe: the steps so far are its first steps
-            return
+        hint = ""
+        if set(diff) == {"steps"}:
+            if extendable(saved, want):
+                write_config(run_dir, cfg)  # a longer run of the same recipe: the steps so far are its first steps
+                return
+            hint = (" (more steps extend a run only under the constant schedule: cosine's decay depends on the total)"
+                    if want["steps"] > saved["steps"] else
+                    " (a run is not shortened: its earlier weights are in checkpoints/step_*)")
         if diff:
-            hint = ""
-            if set(diff) == {"steps"}:
-                hint = (" (more steps extend a run only under the constant schedule: cosine's decay depends on the "
-                        "total)" if want["steps"] > saved["steps"] else
-                        " (a run is not shortened: its earlier weights are in checkpoints/step_*)")
             raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same "
                              f"settings{hint}")
         return
