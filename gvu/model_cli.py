@@ -190,6 +190,7 @@ def cmd_train(args) -> None:
 
     try:
         summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+        dist.barrier()  # every rank is done communicating before any tears its process group down
     except (ValueError, ConfigError) as e:
         raise UserError(str(e)) from e
     except TrainingDiverged as e:
