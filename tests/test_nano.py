@@ -260,3 +260,19 @@ def test_stage2_variant_takes_its_vq_from_a_saved_model(smoke_model, tmp_path, m
     with pytest.raises(SystemExit, match="variants failed"):
         sv.main()
     assert len(launched) == 1 and launched[0][launched[0].index("--vq-from") + 1] == smoke_model
+
+
+def test_lm_stages_train_with_eager_attention_on_the_cpu_and_give_the_model_back_as_it_was(smoke_model, tmp_path):
+    from dataclasses import replace
+
+    from gvu.models.pretrain import PRESETS, stage3
+
+    model = JanusForConditionalGeneration.from_pretrained(smoke_model)
+    assert model.config._attn_implementation == "sdpa"
+    seen = []
+    model.model.language_model.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+    cfg = replace(PRESETS["smoke"], s3_steps=1, threads=1)
+    stage3(cfg, str(tmp_path), nano.SPECS["smoke"], AutoTokenizer.from_pretrained(smoke_model), model)
+    assert os.path.exists(tmp_path / "stage3.pt")
+    assert seen and set(seen) == {"eager"}
+    assert model.config._attn_implementation == model.config.text_config._attn_implementation == "sdpa"

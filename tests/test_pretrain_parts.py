@@ -230,3 +230,47 @@ def test_a_counting_scene_with_extras_gets_the_total_count_as_its_first_hard_neg
     plain = Scene(tuple(objs[:3]), 64)
     firsts = {hard_negatives("geneval", m, plain, random.Random(seed))[0] for seed in range(12)}
     assert firsts != {"a photo of four stars"}
+
+
+def _tiny_vq():
+    from transformers import JanusVQVAE
+    from transformers.models.janus.configuration_janus import JanusVQVAEConfig
+
+    torch.manual_seed(0)
+    cfg = JanusVQVAEConfig(base_channels=32, channel_multiplier=[1, 2], latent_channels=32, embed_dim=8,
+                           num_embeddings=16, num_patches=8, num_res_blocks=1)
+    return JanusVQVAE(cfg).eval()
+
+
+def test_fp32_group_norms_keep_the_weights_and_normalise_in_fp32_under_bf16_autocast():
+    import copy
+
+    import torch.nn.functional as F
+
+    from gvu.models.vq_train import FP32GroupNorm, fp32_group_norms
+
+    vq = _tiny_vq()
+    fast = fp32_group_norms(copy.deepcopy(vq))
+    norms = [m for m in fast.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(type(m) is FP32GroupNorm for m in norms)
+    a, b = vq.state_dict(), fast.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():  # without autocast both are torch's fp32 group norm: the same numbers
+        assert torch.equal(vq.encoder(x), fast.encoder(x))
+    norm, h = norms[0], torch.randn(2, norms[0].num_channels, 8, 8).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(h)
+    assert y.dtype == torch.float32
+    assert torch.equal(y, F.group_norm(h.float(), norm.num_groups, norm.weight, norm.bias, norm.eps))
+
+
+def test_quantize_in_chunks_gives_the_codes_of_one_call():
+    from gvu.models.vq_train import quantize, quantize_indices
+
+    vq = _tiny_vq()
+    pixels = torch.rand(5, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        whole = quantize(vq, pixels)[2]
+        assert whole.shape == (5, 64)  # one downsampling: 16x16 pixels -> 8x8 codes
+        assert torch.equal(quantize_indices(vq, pixels, chunk=2), whole)

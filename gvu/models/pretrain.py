@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from gvu.models import nano
-from gvu.models.vq_train import CodebookEMA, normalise_codebook, restart_dead_codes, vq_loss
+from gvu.models.vq_train import CodebookEMA, fp32_group_norms, normalise_codebook, restart_dead_codes, vq_loss
 from gvu.world.prompts import make_prompt, split_of, HELD_OUT_PAIRS
 from gvu.world.sampler import sample_scene
 from gvu.world.scene import render
@@ -42,6 +42,9 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 2  # torch CPU threads
     bf16: bool = True  # bf16 autocast (CPU: 1.3-3.6x faster than fp32, JANUS-NOTES)
+    # stages 1 and 1c: the VQ's group norms compute in fp32 under bf16 autocast (vq_train.FP32GroupNorm): 1.5x faster
+    # VQ steps on the CPU. False (v0-v5's runs) keeps torch's bf16 group norm.
+    vq_norm_fp32: bool = False
     save_every: int = 200  # steps between checkpoints
     # stage 1: VQ
     vq_steps: int = 1200
@@ -100,8 +103,9 @@ _V4 = PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps
                      rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3, dec_steps=800, s3_steps=400)
 
 PRESETS = {
-    # v5 (the shipped model): v4's recipe with 3,600 stage-2 steps instead of 2,400; see the model card
-    "nano": replace(_V4, lm_steps=3600),
+    # v5 (the shipped model): v4's recipe with 3,600 stage-2 steps instead of 2,400; see the model card. Since
+    # 2026-11-27 (eighth session) its VQ stages compute group norms in fp32 (faster on the CPU; v5 itself had bf16)
+    "nano": replace(_V4, lm_steps=3600, vq_norm_fp32=True),
     "nano-v4": _V4,
     # v3: v2's stages 1 and 1b; stage 2 spends its batch on generation (64 generation rows, 16 understanding rows, 6
     # ranking groups), weighs the generation loss 3x, and draws 30% of the understanding rows and ranking groups from
@@ -119,7 +123,7 @@ PRESETS = {
     "smoke": PretrainConfig(spec="smoke", vq_steps=30, vq_batch=8, lm_steps=30, gen_batch=8, und_batch=8,
                             lm_warmup=5, save_every=20, bf16=False, rank_images=2, aux_weight=1.0, vq_edge_weight=1.0,
                             vis_steps=10, vis_batch=8, vis_warmup=2, gen_weight=3.0, spatial_share=0.3,
-                            s3_steps=6, s3_warmup=2, dec_steps=4, dec_batch=8, dec_warmup=1),
+                            s3_steps=6, s3_warmup=2, dec_steps=4, dec_batch=8, dec_warmup=1, vq_norm_fp32=True),
 }
 
 
@@ -284,6 +288,8 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     torch.manual_seed(cfg.seed)
     dev = torch.device(cfg.device)
     vq = JanusVQVAE(config.vq_config).to(dev)
+    if cfg.vq_norm_fp32:
+        fp32_group_norms(vq)
     vq.train()  # JanusVQVAE.__init__ calls eval() (JANUS-NOTES pitfall 5)
     ema = CodebookEMA(vq)  # the codebook moves by EMA, not by the optimiser
     opt = torch.optim.Adam([p for p in vq.parameters() if p.requires_grad], lr=cfg.vq_lr)
@@ -638,6 +644,8 @@ def stage_decoder(cfg: PretrainConfig, out: str, config, vq_state: dict) -> dict
     dev = torch.device(cfg.device)
     vq = JanusVQVAE(config.vq_config).to(dev)
     vq.load_state_dict(vq_state)
+    if cfg.vq_norm_fp32:
+        fp32_group_norms(vq)
     vq.requires_grad_(False)
     trained = [*vq.decoder.parameters(), *vq.post_quant_conv.parameters()]
     for p in trained:
@@ -731,7 +739,7 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
     import torch.nn.functional as F
 
     from gvu.models.janus import image_token_logits, text_logits
-    from gvu.models.vq_train import quantize
+    from gvu.models.vq_train import quantize_indices
 
     path = os.path.join(out, f"stage{name}.pt")
     state = torch.load(path, weights_only=False, map_location=cfg.device) if os.path.exists(path) else None
@@ -753,13 +761,19 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
     features = {}  # the vision features of the current understanding pass (aligner input and output), for the probes
     hooks = [model.model.aligner.register_forward_pre_hook(lambda mod, args: features.__setitem__("v", args[0])),
              model.model.aligner.register_forward_hook(lambda mod, args, out: features.__setitem__("aligned", out))]
+    # On the CPU, eager attention (matmul + softmax): torch's CPU flash-attention backward took 18% of a stage-2 step
+    # at these sizes, and eager makes the step 1.2x faster (1.48 -> 1.26 s, 2 threads). The same math; the model's
+    # own setting (not saved in its config) comes back after the stage.
+    attn = model.config._attn_implementation
+    if dev.type == "cpu":
+        model.set_attn_implementation("eager")
     model.train()
     vq.eval()
     bar = tqdm(total=steps, initial=step, desc=f"stage {name}: LM", unit="step")
     t0 = time.time()
     for b in stage2_batches(data, os.path.join(out, "tokenizer"), cfg, step, steps):
         with torch.no_grad():
-            tokens = quantize(vq, b["gen_pixels"].to(dev))[2]  # vq is frozen
+            tokens = quantize_indices(vq, b["gen_pixels"].to(dev))  # vq is frozen
         prompt, und, labels, pixels = b["prompt"].to(dev), b["und"].to(dev), b["labels"].to(dev), b["pixels"].to(dev)
         n_und, groups = b["n_und"], b["groups"]
         record = {}
@@ -807,6 +821,7 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
     for h in hooks:
         h.remove()
     bar.close()
+    model.set_attn_implementation(attn)
     return model
 
 

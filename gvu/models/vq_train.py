@@ -17,6 +17,32 @@ import torch.nn.functional as F
 from transformers import JanusVQVAE
 
 
+class FP32GroupNorm(torch.nn.GroupNorm):
+    """GroupNorm that normalises in fp32 under autocast (same parameters and state dict as nn.GroupNorm).
+
+    Under CPU bf16 autocast, torch runs group_norm in bf16, and its backward took 56% of a stage-1 VQ step on the
+    2-core CPU (1.59 s of 2.85 s over 3 steps, torch profiler); in fp32 the step is 1.5x faster
+    (0.93 -> 0.61 s) and its loss follows a pure-fp32 step's (PretrainConfig.vq_norm_fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
+
+
+def fp32_group_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """Make every nn.GroupNorm in module an FP32GroupNorm, in place (the weights stay where they are)."""
+    for m in module.modules():
+        if type(m) is torch.nn.GroupNorm:
+            m.__class__ = FP32GroupNorm
+    return module
+
+
+def quantize_indices(vq: JanusVQVAE, pixels: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """Code indices [B, h*w] of pixels, encoded `chunk` images at a time: on the 2-core CPU 64 images take 0.24 s in
+    one call and 0.17 s in two (the same codes)."""
+    return torch.cat([quantize(vq, part)[2] for part in pixels.split(chunk)])
+
+
 def quantize(vq: JanusVQVAE, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """pixels [B, 3, H, W] in [-1, 1] -> (z [B, D, h, w] normalised encoder output, codes [B, D, h, w]
     straight-through quantised, indices [B, h*w])."""
