@@ -57,6 +57,42 @@ def test_pretraining_resumes_instead_of_starting_over(smoke_model):
         pretrain("smoke", out, threads=1, lm_steps=31)
 
 
+def test_a_run_begun_before_a_speed_only_field_existed_still_resumes(smoke_model):
+    out = os.path.dirname(smoke_model)
+    meta = os.path.join(out, "pretrain_config.json")
+    with open(meta) as f:
+        original = f.read()
+    old = json.loads(original)
+    del old["vq_norm_fp32"]  # as a folder written before the field existed
+    try:
+        with open(meta, "w") as f:
+            json.dump(old, f)
+        before = os.path.getmtime(os.path.join(out, "stage2.pt"))
+        pretrain("smoke", out, threads=1)  # the smoke preset sets vq_norm_fp32=True: still the same run
+        assert os.path.getmtime(os.path.join(out, "stage2.pt")) == before
+        with pytest.raises(ValueError, match="different config"):  # a field that changes the recipe still refuses
+            pretrain("smoke", out, threads=1, lm_steps=31)
+    finally:
+        with open(meta, "w") as f:
+            f.write(original)
+
+
+def test_vq_stages_compute_group_norms_in_fp32_only_when_the_recipe_says_so(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import gvu.models.pretrain as pt
+
+    swapped, real = [], pt.fp32_group_norms
+    monkeypatch.setattr(pt, "fp32_group_norms", lambda m: swapped.append(type(m).__name__) or real(m))
+    for flag in (False, True):
+        cfg = replace(pt.PRESETS["smoke"], vq_norm_fp32=flag, vq_steps=1, dec_steps=1, threads=1)
+        out = str(tmp_path / str(flag))
+        os.makedirs(out)
+        _, _, config = pt.stage0(cfg, out)
+        pt.stage_decoder(cfg, out, config, pt.stage1(cfg, out, config))
+    assert swapped == ["JanusVQVAE", "JanusVQVAE"]  # stages 1 and 1c, and only with the flag
+
+
 def test_stage3_from_a_saved_model_trains_it_further_and_refuses_bad_sources(smoke_model, tmp_path):
     from safetensors.torch import load_file
 

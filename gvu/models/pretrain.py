@@ -97,6 +97,10 @@ class PretrainConfig:
     from_model: str = ""  # a saved model directory to run stages 1c and 3 from, instead of stages 0-2 (--from-model)
 
 
+# fields that change how fast a stage runs, not what it learns (up to float rounding): a run folder made before such a
+# field existed resumes under any value of it
+SPEED_ONLY = ("vq_norm_fp32",)
+
 # v4: v3's stages 1, 1b and 2, then stage 1c (the VQ decoder alone, 800 steps) and stage 3 (400 steps of stage 2's
 # mix with half the understanding images shown as VQ reconstructions)
 _V4 = PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=64, und_batch=16,
@@ -771,57 +775,59 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
     vq.eval()
     bar = tqdm(total=steps, initial=step, desc=f"stage {name}: LM", unit="step")
     t0 = time.time()
-    for b in stage2_batches(data, os.path.join(out, "tokenizer"), cfg, step, steps):
-        with torch.no_grad():
-            tokens = quantize_indices(vq, b["gen_pixels"].to(dev))  # vq is frozen
-        prompt, und, labels, pixels = b["prompt"].to(dev), b["und"].to(dev), b["labels"].to(dev), b["pixels"].to(dev)
-        n_und, groups = b["n_und"], b["groups"]
-        record = {}
-        if b["recon"] is not None and b["recon"].any():
-            rows = b["recon"].nonzero().squeeze(1).tolist()
-            rec, used = reconstruct_checked(vq, pixels[rows], [b["objects"][i] for i in rows])
-            pixels[rows] = rec
-            record.update({"recon/rows": len(rows), "recon/used": used})
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr, warmup)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            gen_logits = image_token_logits(model, prompt, tokens)
-            gen_loss = F.cross_entropy(gen_logits.float().flatten(0, 1), tokens.flatten())
-            logits = text_logits(model, und, pixels)
-            und_loss = F.cross_entropy(logits[:n_und, :-1].float().flatten(0, 1), labels[:n_und, 1:].flatten(), ignore_index=-100)
-            loss = cfg.gen_weight * gen_loss + und_loss
-            if groups:
-                rank_loss, record["rank/acc"] = ranking_loss(sequence_logprobs(logits[n_und:], labels[n_und:]), groups)
-                record["loss/rank"] = rank_loss.item()
-                loss = loss + cfg.rank_weight * rank_loss
-            if probe is not None:
-                aux_loss, record["aux/shape_acc"] = probe(features.pop("v"), b["patch"].to(dev))
-                record["loss/aux"] = aux_loss.item()
-                loss = loss + cfg.aux_weight * aux_loss
-            if pos_probe is not None:
-                pos_loss, record["aux/pos_acc"] = pos_probe(features["aligned"])
-                record["loss/pos"] = pos_loss.item()
-                loss = loss + cfg.pos_weight * pos_loss
-            features.clear()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(gen=f"{gen_loss.item():.3f}", und=f"{und_loss.item():.3f}",
-                        **({"rank": f"{record['rank/acc']:.2f}"} if groups else {}))
-        if step % 20 == 0 or step == steps:
-            log(out, {"stage": int(name), "step": step, "time": time.time() - t0, "loss/gen": gen_loss.item(),
-                      "loss/und": und_loss.item(), **record, "lr": opt.param_groups[0]["lr"]})
-        if step % cfg.save_every == 0 or step == steps:
-            atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "probe": probe.state_dict() if probe else None,
-                         "pos_probe": pos_probe.state_dict() if pos_probe else None, "rng": rng_state()}, path)
-    for h in hooks:
-        h.remove()
-    bar.close()
-    model.set_attn_implementation(attn)
+    try:
+        for b in stage2_batches(data, os.path.join(out, "tokenizer"), cfg, step, steps):
+            with torch.no_grad():
+                tokens = quantize_indices(vq, b["gen_pixels"].to(dev))  # vq is frozen
+            prompt, und, labels, pixels = b["prompt"].to(dev), b["und"].to(dev), b["labels"].to(dev), b["pixels"].to(dev)
+            n_und, groups = b["n_und"], b["groups"]
+            record = {}
+            if b["recon"] is not None and b["recon"].any():
+                rows = b["recon"].nonzero().squeeze(1).tolist()
+                rec, used = reconstruct_checked(vq, pixels[rows], [b["objects"][i] for i in rows])
+                pixels[rows] = rec
+                record.update({"recon/rows": len(rows), "recon/used": used})
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, steps, lr, warmup)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                gen_logits = image_token_logits(model, prompt, tokens)
+                gen_loss = F.cross_entropy(gen_logits.float().flatten(0, 1), tokens.flatten())
+                logits = text_logits(model, und, pixels)
+                und_loss = F.cross_entropy(logits[:n_und, :-1].float().flatten(0, 1), labels[:n_und, 1:].flatten(), ignore_index=-100)
+                loss = cfg.gen_weight * gen_loss + und_loss
+                if groups:
+                    rank_loss, record["rank/acc"] = ranking_loss(sequence_logprobs(logits[n_und:], labels[n_und:]), groups)
+                    record["loss/rank"] = rank_loss.item()
+                    loss = loss + cfg.rank_weight * rank_loss
+                if probe is not None:
+                    aux_loss, record["aux/shape_acc"] = probe(features.pop("v"), b["patch"].to(dev))
+                    record["loss/aux"] = aux_loss.item()
+                    loss = loss + cfg.aux_weight * aux_loss
+                if pos_probe is not None:
+                    pos_loss, record["aux/pos_acc"] = pos_probe(features["aligned"])
+                    record["loss/pos"] = pos_loss.item()
+                    loss = loss + cfg.pos_weight * pos_loss
+                features.clear()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(gen=f"{gen_loss.item():.3f}", und=f"{und_loss.item():.3f}",
+                            **({"rank": f"{record['rank/acc']:.2f}"} if groups else {}))
+            if step % 20 == 0 or step == steps:
+                log(out, {"stage": int(name), "step": step, "time": time.time() - t0, "loss/gen": gen_loss.item(),
+                          "loss/und": und_loss.item(), **record, "lr": opt.param_groups[0]["lr"]})
+            if step % cfg.save_every == 0 or step == steps:
+                atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                             "probe": probe.state_dict() if probe else None,
+                             "pos_probe": pos_probe.state_dict() if pos_probe else None, "rng": rng_state()}, path)
+    finally:  # also on an error: the caller gets the model with its own attention and no hooks
+        for h in hooks:
+            h.remove()
+        bar.close()
+        model.set_attn_implementation(attn)
     return model
 
 
@@ -871,8 +877,11 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
     os.makedirs(out, exist_ok=True)
     meta = os.path.join(out, "pretrain_config.json")
     if os.path.exists(meta):
-        with open(meta) as f:  # fields added since the run began take their defaults, which keep the old recipe
-            saved = {**asdict(PretrainConfig()), **json.load(f)}
+        with open(meta) as f:
+            run = json.load(f)
+        # fields added since the run began take their defaults, which keep the old recipe; a speed-only field
+        # (SPEED_ONLY) takes this command's value instead, so a run begun before it existed still resumes
+        saved = {**asdict(PretrainConfig()), **{k: getattr(cfg, k) for k in SPEED_ONLY}, **run}
         if saved != asdict(cfg):
             raise ValueError(f"{out} holds a pretraining run with a different config; pick another --out "
                              f"or delete it. Differences: { {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v} }")
