@@ -19,7 +19,7 @@ def register_pretrain(sub) -> None:
                        description="Build and train nano-Janus: tokenizer, VQ tokenizer (stage 1), language model on "
                                    "understanding + generation (stage 2). Rerun the same command to resume.")
     p.add_argument("--preset", default="nano",
-                   help="nano (the shipped model's recipe, about 2.75 h on 2 cores), nano-v4 ... nano-v0 (earlier "
+                   help="nano (the shipped model's recipe, about 2 h on 2 CPU cores), nano-v4 ... nano-v0 (earlier "
                         "models), or smoke (seconds)")
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
     p.add_argument("--threads", type=int, default=None)
