@@ -71,7 +71,7 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     if args.extend and ROWS[name] is not None and not os.path.exists(out):
         extend_from(os.path.join(args.extend, f"{name}-s{seed}"), out, args)
     if ROWS[name] is None:
-        backend = JanusBackend.from_pretrained(cfg.model)
+        backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device)  # where the trained rows run (--set device=)
         os.makedirs(out, exist_ok=True)
     else:
         if not (step and os.path.exists(os.path.join(out, "checkpoints", f"step_{step:06d}"))):
