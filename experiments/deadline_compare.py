@@ -213,10 +213,11 @@ def main() -> None:
         return
     runs = [(n, s) for n in rows for s in (args.seeds if ROWS[n] is not None else [0])]
     from gvu.config import ConfigError
+    from gvu.errors import UserError
     try:
         for n, s in runs:
             row_config(n, s, compare_args(args)).validate()  # bad --set values fail here, before any work
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, UserError, ValueError) as e:
         ap.error(str(e))
     os.makedirs(args.out, exist_ok=True)
     if not args.report:
