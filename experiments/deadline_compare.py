@@ -110,6 +110,10 @@ def eval_steps(args, runs) -> list[int]:
     trained = [r for r in runs if ROWS[r[0]] is not None]
     if not trained:
         return []
+    if args.report:  # the steps every run has a result at (a copied folder may hold no checkpoints)
+        have = [{int(f[11:-5]) for f in os.listdir(run_dir(args, *r)) if f.startswith("result-step")}
+                if os.path.isdir(run_dir(args, *r)) else set() for r in trained]
+        return sorted(set.intersection(*have), reverse=True)
     common = min(reached(run_dir(args, *r)) for r in trained)
     if common == 0:
         sys.exit("a run reached no checkpoint: see OUT/logs/train-*.log; raise --train-seconds or lower checkpoint_every")
