@@ -115,6 +115,7 @@ class TrainConfig:
     # logging, evaluation, checkpoints
     seed: int = 0
     threads: int = 2
+    evaluator_workers: int = 0  # processes for the nano world's exact evaluator (oracle reward, evaluations); 0 = this one
     log_every: int = 1
     eval_every: int = 50  # steps between evaluations (nano world: exact evaluator + intrinsic reward); 0 = off
     eval_prompts: int = 96  # eval-split prompts per periodic evaluation
@@ -137,6 +138,8 @@ class TrainConfig:
             (self.batch_prompts >= 1, f"batch_prompts must be >= 1 (got {self.batch_prompts})"),
             (self.steps >= 1, f"steps must be >= 1 (got {self.steps})"),
             (self.mu >= 1, f"mu must be >= 1 (got {self.mu})"),
+            (self.evaluator_workers >= 0, f"evaluator_workers must be >= 0 (got {self.evaluator_workers}); 0 evaluates "
+                                          "in the training process"),
             (self.advantage_scale in SCALES, f"advantage_scale must be one of {SCALES} (got {self.advantage_scale!r})"),
             (self.loss_logprobs in LOSS_LOGPROBS, f"loss_logprobs must be one of {LOSS_LOGPROBS} (got {self.loss_logprobs!r})"),
             (self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS} (got {self.aggregation!r})"),

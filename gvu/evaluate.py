@@ -21,10 +21,12 @@ def world_judgeable(metadata: list[dict]) -> bool:
 
 @torch.no_grad()
 def evaluate(backend, metadata: list[dict], images_per_prompt: int, sampling: SamplingConfig,
-             reward: RewardConfig, batch: int = 64, keep_images: int = 0, progress: bool = False) -> dict:
+             reward: RewardConfig, batch: int = 64, keep_images: int = 0, progress: bool = False,
+             evaluator_workers: int = 0) -> dict:
     """Generate images_per_prompt images per prompt with fixed seeds; score them exactly (nano world) and with
-    the GvU reward of `backend` itself. Returns {"per_tag", "overall", "reward", "reward_per_tag", "n", "images"?}."""
-    from gvu.world.evaluator import evaluate_image
+    the GvU reward of `backend` itself. Returns {"per_tag", "overall", "reward", "reward_per_tag", "n", "images"?}.
+    evaluator_workers > 1 runs the exact evaluator in that many processes (the same verdicts)."""
+    from gvu.world.evaluator import evaluate_images
 
     exact = world_judgeable(metadata)
     rows = [m for m in metadata for _ in range(images_per_prompt)]
@@ -43,8 +45,8 @@ def evaluate(backend, metadata: list[dict], images_per_prompt: int, sampling: Sa
         for m, x in zip(chunk, r.tolist()):
             by_tag[m.get("tag", "all")].append(x)
         if exact:
-            for m, img in zip(chunk, to_uint8(px)):
-                correct[m["tag"]].append(evaluate_image(m, img).correct)
+            for m, j in zip(chunk, evaluate_images(chunk, to_uint8(px), evaluator_workers)):
+                correct[m["tag"]].append(j.correct)
         if len(kept) < keep_images:
             kept.extend(to_uint8(px)[: keep_images - len(kept)])
     out = {"reward": float(torch.cat(rewards).mean()), "n": len(rows),

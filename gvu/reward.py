@@ -96,12 +96,12 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def oracle_reward(pixels: torch.Tensor, metadata: list[dict]) -> RewardOutput:
-    """The exact evaluator as a reward (nano world only): 1 if correct, else the fraction of constraints met."""
-    from gvu.world.evaluator import evaluate_image
+def oracle_reward(pixels: torch.Tensor, metadata: list[dict], workers: int = 0) -> RewardOutput:
+    """The exact evaluator as a reward (nano world only): 1 if correct, else the fraction of constraints met.
+    workers > 1 evaluates in that many processes (gvu.world.evaluator.evaluate_images; the same values)."""
+    from gvu.world.evaluator import evaluate_images
 
-    images = to_uint8(pixels)
-    judgements = [evaluate_image(m, img) for m, img in zip(metadata, images, strict=True)]
+    judgements = evaluate_images(metadata, to_uint8(pixels), workers)
     return RewardOutput(torch.tensor([j.partial for j in judgements], dtype=torch.float32),
                         correct=torch.tensor([j.correct for j in judgements]))
 
@@ -138,8 +138,9 @@ class Judge:
             pj.lerp_(pp.detach().to(pj.dtype), 1 - self.decay)
 
 
-def compute_reward(cfg: RewardConfig, judge: Judge | None, pixels: torch.Tensor, metadata: list[dict]) -> RewardOutput:
-    """Dispatch on cfg.kind; metadata has one entry per image row."""
+def compute_reward(cfg: RewardConfig, judge: Judge | None, pixels: torch.Tensor, metadata: list[dict],
+                   evaluator_workers: int = 0) -> RewardOutput:
+    """Dispatch on cfg.kind; metadata has one entry per image row. evaluator_workers: see oracle_reward."""
     if cfg.kind == "oracle":
-        return oracle_reward(pixels, metadata)
+        return oracle_reward(pixels, metadata, evaluator_workers)
     return judge.score(pixels, [m["prompt"] for m in metadata], cfg)

@@ -246,7 +246,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
                          micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
             t_roll = time.time()
             # 2. reward: the model's own understanding branch scores its images (or the oracle, for comparisons)
-            rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata)
+            rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata, cfg.evaluator_workers)
             t_rew = time.time()
             refs = reference_batches(backend, ref_model, adapter_off, ro, cfg, guidance)
         # 3. advantages, group-relative, over whole groups (rewards gathered across ranks first)
@@ -374,7 +374,8 @@ def periodic(backend, cfg, step, eval_md, grid_md, run_dir, log) -> None:
     """Evaluation (exact + intrinsic), the sample grid of the fixed prompts, and per-token diagnostics."""
     fixed = replace(cfg.sampling, seed=424242)
     if eval_md:
-        res = evaluate(backend, eval_md, cfg.eval_images_per_prompt, fixed, cfg.reward)
+        res = evaluate(backend, eval_md, cfg.eval_images_per_prompt, fixed, cfg.reward,
+                       evaluator_workers=cfg.evaluator_workers)
         log.write({"step": step, **{f"eval/{k}": v for k, v in res.items() if k in ("overall", "reward")},
                    **{f"eval/{t}": v for t, v in res.get("per_tag", {}).items()}})
     if grid_md and cfg.grid_every:
@@ -401,7 +402,8 @@ def final_tables(backend, cfg: TrainConfig) -> dict:
     out = {}
     for split in ("eval", "ood"):
         md = make_suite(cfg.suite, split, seed=0)[: cfg.final_eval_prompts]
-        out[split] = evaluate(backend, md, cfg.final_images_per_prompt, fixed, cfg.reward, progress=True)
+        out[split] = evaluate(backend, md, cfg.final_images_per_prompt, fixed, cfg.reward, progress=True,
+                              evaluator_workers=cfg.evaluator_workers)
     return out
 
 

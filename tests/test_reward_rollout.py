@@ -1,6 +1,7 @@
 """The GvU reward and group rollout on a tiny random Janus (transformers' classes, no download)."""
 
 import math
+import random
 import sys
 from pathlib import Path
 
@@ -198,6 +199,26 @@ def test_oracle_reward_is_one_for_a_correct_rendering_and_partial_otherwise():
           {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "blue"}], "prompt": "a photo of a blue circle"}]
     out = oracle_reward(px, md)
     assert out.rewards.tolist() == [1.0, 0.5] and out.correct.tolist() == [True, False]
+
+
+def test_the_exact_evaluator_in_worker_processes_gives_the_same_judgements_in_order():
+    """evaluate_images with workers > 1 (the oracle reward and evaluations on machines with cores to spare)."""
+    from gvu.world.evaluator import evaluate_image, evaluate_images
+    from gvu.world.sampler import sample_scene
+    from gvu.world.scene import render
+    from gvu.world.prompts import make_suite
+
+    md = make_suite("geneval", "eval", seed=0)[:12]
+    rng = random.Random(3)
+    # the first half shows each prompt's own scene, the second half the next prompt's: both verdicts occur
+    images = [np.asarray(render(sample_scene(m, rng))) for m in md]
+    images = images[:6] + images[7:] + images[6:7]
+    serial = [evaluate_image(m, img) for m, img in zip(md, images)]
+    assert 0 < sum(j.correct for j in serial) < len(serial)
+    assert evaluate_images(md, images, workers=2) == serial  # 6 images a process, in order
+    assert evaluate_images(md[:3], images[:3], workers=2) == serial[:3]  # too few to split: in this process
+    px = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert torch.equal(oracle_reward(px, md, workers=2).rewards, torch.tensor([j.partial for j in serial]))
 
 
 @pytest.mark.parametrize("bad, match", [

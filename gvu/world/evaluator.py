@@ -13,6 +13,8 @@ Accuracy on clean, mismatched and degraded images is measured by benchmarks/eval
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -129,3 +131,29 @@ def evaluate_image(metadata: dict, image) -> Judgement:
     if arr.shape[0] != arr.shape[1]:
         raise ValueError(f"nano-world images are square; got {arr.shape[1]}x{arr.shape[0]}")
     return judge(metadata, detect(arr), arr.shape[0])
+
+
+def _evaluate_chunk(pairs: list) -> list[Judgement]:
+    return [evaluate_image(m, img) for m, img in pairs]
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int):
+    """One pool of `workers` processes per size, kept for the life of the process (started by spawn: safe beside
+    CUDA and torch's threads)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def evaluate_images(metadata: list[dict], images, workers: int = 0) -> list[Judgement]:
+    """evaluate_image over many images, in `workers` processes when workers > 1 (the same judgements, in order).
+    The evaluator runs on the CPU at a few ms an image, which is most of an oracle-reward training step on a GPU
+    (256 images: 1.8 s of 2.7 s on an H100 machine); a machine with cores to spare evaluates in parallel."""
+    pairs = list(zip(metadata, images, strict=True))
+    if workers <= 1 or len(pairs) < 2 * workers:
+        return _evaluate_chunk(pairs)
+    size = -(-len(pairs) // workers)
+    chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+    return [j for part in _pool(workers).map(_evaluate_chunk, chunks) for j in part]
