@@ -274,3 +274,36 @@ def test_quantize_in_chunks_gives_the_codes_of_one_call():
         whole = quantize(vq, pixels)[2]
         assert whole.shape == (5, 64)  # one downsampling: 16x16 pixels -> 8x8 codes
         assert torch.equal(quantize_indices(vq, pixels, chunk=2), whole)
+
+
+def test_rows_sharing_an_image_encode_it_once_with_the_same_logits_and_gradients():
+    """text_logits with image_index (stage 2's ranking rows: one image, several captions) equals giving every row its
+    own copy of the image: logits, and the gradients reaching the vision encoder (fp32, tiny random model)."""
+    from gvu.models.janus import text_logits
+    from gvu.models.janus_format import JanusTemplate, left_pad
+    from gvu.models.nano import build_random
+
+    model, tok = build_random("smoke")
+    n = model.config.vision_config.num_image_tokens
+    prefix = tok.encode(JanusTemplate().understanding("Describe the image in detail.", n), add_special_tokens=False)
+    answers = ["a photo of a red star", "a photo of a blue star", "a photo of two circles"]
+    batch = left_pad([prefix + tok.encode(a, add_special_tokens=False) for a in answers], tok.pad_token_id or 0)
+    torch.manual_seed(0)
+    size = model.config.vision_config.image_size
+    images = torch.randn(2, 3, size, size)
+    index = torch.tensor([0, 0, 1])  # rows 0 and 1 share image 0
+
+    def run(shared: bool):
+        model.zero_grad(set_to_none=True)
+        logits = text_logits(model, batch, images, index) if shared else text_logits(model, batch, images[index])
+        (logits.float() ** 2).mean().backward()
+        grads = {k: p.grad.clone() for k, p in model.model.vision_model.named_parameters() if p.grad is not None}
+        return logits.detach(), grads
+
+    (a, ga), (b, gb) = run(True), run(False)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert ga.keys() == gb.keys() and len(ga) > 0
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], atol=1e-6, rtol=1e-4), k
+    with pytest.raises(ValueError, match="image placeholders"):
+        text_logits(model, batch, images, torch.tensor([0, 1]))  # 3 rows, 2 image indices

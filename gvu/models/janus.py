@@ -208,11 +208,26 @@ def image_token_logits(model: JanusForConditionalGeneration, prompt: Batch, toke
     return model.model.generation_head(hidden[:, -n:])
 
 
-def text_logits(model: JanusForConditionalGeneration, batch: Batch, pixel_values: torch.Tensor | None) -> torch.Tensor:
+def text_logits(model: JanusForConditionalGeneration, batch: Batch, pixel_values: torch.Tensor | None,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
     """Understanding-branch logits [M, T, V_text] for ids holding N image placeholders per row, with the images
-    pixel_values [M, 3, H, W] (normalised as the image processor does)."""
-    out = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions, pixel_values=pixel_values)
-    return out.logits
+    pixel_values [M, 3, H, W] (normalised as the image processor does).
+
+    image_index [M] (optional): row i reads image pixel_values[image_index[i]] of U <= M images, so rows that share
+    an image (pretraining's ranking rows: one image, several captions) run the vision encoder once. The same math as
+    passing every row its own copy: a shared image's features get the sum of its rows' gradients either way."""
+    if image_index is None:
+        out = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions, pixel_values=pixel_values)
+        return out.logits
+    embeds = model.get_input_embeddings()(batch.ids)
+    feats = model.model.get_image_features(pixel_values=pixel_values)
+    feats = getattr(feats, "pooler_output", feats)  # an output object in newer transformers, a tensor in older
+    feats = feats[image_index.to(feats.device)].reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+    mask = (batch.ids == model.config.image_token_id)[..., None].expand_as(embeds)
+    if int(mask.sum()) != feats.numel():
+        raise ValueError(f"{int(mask.sum()) // embeds.shape[-1]} image placeholders but {feats.shape[0]} image features")
+    embeds = embeds.masked_scatter(mask, feats)
+    return model(inputs_embeds=embeds, attention_mask=batch.mask, position_ids=batch.positions).logits
 
 
 class JanusBackend:

@@ -787,12 +787,16 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
                 rec, used = reconstruct_checked(vq, pixels[rows], [b["objects"][i] for i in rows])
                 pixels[rows] = rec
                 record.update({"recon/rows": len(rows), "recon/used": used})
+            # rows that show the same picture (a ranking group's captions) encode it once: in stage 2, 37 rows a
+            # step hold 22 distinct images; text_logits gives each row its image's features (the same math)
+            images, index = torch.unique(pixels.flatten(1), dim=0, return_inverse=True)
+            images = images.view(-1, *pixels.shape[1:])
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, steps, lr, warmup)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 gen_logits = image_token_logits(model, prompt, tokens)
                 gen_loss = F.cross_entropy(gen_logits.float().flatten(0, 1), tokens.flatten())
-                logits = text_logits(model, und, pixels)
+                logits = text_logits(model, und, images, index)
                 und_loss = F.cross_entropy(logits[:n_und, :-1].float().flatten(0, 1), labels[:n_und, 1:].flatten(), ignore_index=-100)
                 loss = cfg.gen_weight * gen_loss + und_loss
                 if groups:
@@ -800,11 +804,11 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
                     record["loss/rank"] = rank_loss.item()
                     loss = loss + cfg.rank_weight * rank_loss
                 if probe is not None:
-                    aux_loss, record["aux/shape_acc"] = probe(features.pop("v"), b["patch"].to(dev))
+                    aux_loss, record["aux/shape_acc"] = probe(features.pop("v")[index], b["patch"].to(dev))
                     record["loss/aux"] = aux_loss.item()
                     loss = loss + cfg.aux_weight * aux_loss
                 if pos_probe is not None:
-                    pos_loss, record["aux/pos_acc"] = pos_probe(features["aligned"])
+                    pos_loss, record["aux/pos_acc"] = pos_probe(features["aligned"][index])
                     record["loss/pos"] = pos_loss.item()
                     loss = loss + cfg.pos_weight * pos_loss
                 features.clear()
