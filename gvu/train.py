@@ -246,7 +246,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
                          micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
             t_roll = time.time()
             # 2. reward: the model's own understanding branch scores its images (or the oracle, for comparisons)
-            rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata, cfg.evaluator_workers)
+            rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata, evaluator_workers=cfg.evaluator_workers)
             t_rew = time.time()
             refs = reference_batches(backend, ref_model, adapter_off, ro, cfg, guidance)
         # 3. advantages, group-relative, over whole groups (rewards gathered across ranks first)

@@ -117,7 +117,7 @@ def test_more_steps_under_cosine_or_fewer_steps_are_refused_on_resume(model_dir,
 
 
 def constant_reward(value):
-    def fake(cfg, judge, pixels, metadata):
+    def fake(cfg, judge, pixels, metadata, evaluator_workers=0):
         return RewardOutput(torch.full((pixels.shape[0],), value))
     return fake
 
@@ -134,7 +134,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(model_dir, tmp_pat
     cfg = tiny(model_dir, steps=4, eval_every=0)
     real, calls = train_mod.compute_reward, {"n": 0}
 
-    def nan_at_third(c, judge, pixels, metadata):
+    def nan_at_third(c, judge, pixels, metadata, evaluator_workers=0):
         calls["n"] += 1
         return constant_reward(float("nan"))(c, judge, pixels, metadata) if calls["n"] == 3 else real(c, judge, pixels, metadata)
 
