@@ -57,6 +57,7 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     """Train (or resume) one row and evaluate its final policy, or its checkpoint at `step`. Cached in the row's
     folder; a cached result made with other --set overrides is refused rather than mixed into the table."""
     from gvu.models.janus import JanusBackend
+    from gvu.run_io import save_json
     from gvu.train import final_tables, load_trained, train
 
     out = os.path.join(args.out, f"{name}-s{seed}")
@@ -64,7 +65,7 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     if os.path.exists(done):
         with open(done) as f:
             res = json.load(f)
-        if sorted(res.get("sets", [])) != sorted(args.set):
+        if recipe_sets(res.get("sets", [])) != recipe_sets(args.set):
             sys.exit(f"{done} was made with --set {res.get('sets', [])}, not {list(args.set)}: use another --out")
         return res
     cfg = row_config(name, seed, args)
@@ -81,9 +82,14 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     res = {"eval": tables["eval"]["overall"], "ood": tables["ood"]["overall"],
            "eval_reward": tables["eval"]["reward"], "per_tag": tables["eval"]["per_tag"],
            "understanding": understanding(backend, args.understanding_prompts), "sets": list(args.set)}
-    with open(done, "w") as f:
-        json.dump(res, f, indent=1)
+    save_json(os.path.dirname(done), os.path.basename(done), res)  # atomic: a stopped evaluation leaves no result
     return res
+
+
+def recipe_sets(sets: list[str]) -> list[str]:
+    """The --set overrides that change results (speed-only fields such as evaluator_workers do not), sorted."""
+    from gvu.train import SPEED_ONLY
+    return sorted(s for s in sets if s.split("=", 1)[0] not in SPEED_ONLY)
 
 
 def extend_from(src: str, out: str, args) -> None:

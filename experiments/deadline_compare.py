@@ -37,11 +37,13 @@ def run_dir(args, name: str, seed: int) -> str:
 
 
 def reached(path: str) -> int:
-    """The last complete checkpoint step of a run folder (0 if none)."""
-    ck = os.path.join(path, "checkpoints")
-    steps = [int(d[5:]) for d in os.listdir(ck) if d.startswith("step_") and d[5:].isdigit()
-             and os.path.exists(os.path.join(ck, d, "trainable.safetensors"))] if os.path.isdir(ck) else []
-    return max(steps, default=0)
+    """The step of a run folder's committed checkpoint, the one `--resume` continues from (0 if none). A run
+    stopped between writing a checkpoint folder and pointing `latest` at it redoes that step when resumed, so the
+    folder does not count yet."""
+    from gvu import checkpoint
+
+    ckpt = checkpoint.latest(path)
+    return int(os.path.basename(ckpt)[5:]) if ckpt else 0
 
 
 def compare_args(args) -> SimpleNamespace:
@@ -52,9 +54,27 @@ def compare_args(args) -> SimpleNamespace:
 
 
 def spawn(cmd: list[str], log: str) -> subprocess.Popen:
+    """A process in a session of its own, so that stop() reaches its children too (evaluator workers)."""
     os.makedirs(os.path.dirname(log), exist_ok=True)
-    f = open(log, "a")
-    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with open(log, "a") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                             start_new_session=True)
+    p.log = log
+    return p
+
+
+def stop(procs, sig=signal.SIGTERM) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def tail(log: str, n: int = 25) -> str:
+    with open(log) as f:
+        return "".join(f.readlines()[-n:])
 
 
 def common_flags(args) -> list[str]:
@@ -80,27 +100,21 @@ def train_all(args, runs: list[tuple[str, int]]) -> None:
         procs[(name, seed)] = spawn(cmd, os.path.join(args.out, "logs", f"train-{name}-s{seed}.log"))
     t0 = time.time()
     while time.time() - t0 < args.train_seconds:
-        failed = [(k, p.returncode) for k, p in procs.items() if p.poll() not in (None, 0)]
+        failed = [(k, p) for k, p in procs.items() if p.poll() not in (None, 0)]
         if failed:  # a broken run would leave nothing to compare: stop all at once and show why
-            for p in procs.values():
-                if p.poll() is None:
-                    p.kill()
-            (name, seed), code = failed[0]
-            log = os.path.join(args.out, "logs", f"train-{name}-s{seed}.log")
-            with open(log) as f:
-                tail = "".join(f.readlines()[-25:])
-            sys.exit(f"{name} seed {seed} failed (exit {code}); the end of {log}:\n{tail}")
+            stop(procs.values(), signal.SIGKILL)
+            (name, seed), p = failed[0]
+            sys.exit(f"{name} seed {seed} failed (exit {p.returncode}); the end of {p.log}:\n{tail(p.log)}")
         if all(p.poll() is not None for p in procs.values()):
             break
         time.sleep(2)
-    for p in procs.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)  # checkpoints are written atomically: a stop mid-save leaves the last one
+    stop(procs.values())  # checkpoints are written atomically: a stop mid-save leaves the last one
     for (name, seed), p in procs.items():
         try:
             p.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            p.kill()
+            stop([p], signal.SIGKILL)
+            p.wait()
         print(f"{name} seed {seed}: stopped after {time.time() - t0:.0f} s at checkpoint step "
               f"{reached(run_dir(args, name, seed))} (exit {p.returncode})", flush=True)
 
@@ -116,7 +130,9 @@ def eval_steps(args, runs) -> list[int]:
         return sorted(set.intersection(*have), reverse=True)
     common = min(reached(run_dir(args, *r)) for r in trained)
     if common == 0:
-        sys.exit("a run reached no checkpoint: see OUT/logs/train-*.log; raise --train-seconds or lower checkpoint_every")
+        none = [f"{n} seed {s}" for n, s in trained if not reached(run_dir(args, n, s))]
+        sys.exit(f"{', '.join(none)} reached no checkpoint (logs: {args.out}/logs/train-*.log); raise --train-seconds "
+                 "or lower checkpoint_every (--set checkpoint_every=N)")
     every = row_config(trained[0][0], 0, compare_args(args)).checkpoint_every
     steps = {common} | {int(common * f) // every * every for f in args.fractions}
     return sorted((s for s in steps if s > 0), reverse=True)
@@ -133,6 +149,9 @@ def evaluate_all(args, runs, steps: list[int], running: list[subprocess.Popen]) 
     todo = [(n, s, k) for k in steps for n, s in runs if ROWS[n] is not None]
     todo = [j for j in todo if not os.path.exists(result_path(args, *j))]
     while todo or running:
+        for p in running:
+            if p.poll() not in (None, 0):  # reported, and left out of the table, not fatal for the others
+                print(f"an evaluation failed (exit {p.returncode}); the end of {p.log}:\n{tail(p.log, 10)}", flush=True)
         running = [p for p in running if p.poll() is None]
         while todo and len(running) < args.parallel:
             running.append(eval_job(args, *todo.pop(0)))
@@ -213,24 +232,38 @@ def main() -> None:
         import torch
         torch.set_num_threads(args.threads)
         n, s, k = args._eval[0], int(args._eval[1]), int(args._eval[2])
+        if k and not os.path.exists(os.path.join(run_dir(args, n, s), "checkpoints", f"step_{k:06d}")):
+            sys.exit(f"{run_dir(args, n, s)} has no checkpoint at step {k}")  # evaluating never trains
         run_row(n, s, compare_args(args), k or None)
         return
+    if args.parallel < 1:
+        ap.error(f"--parallel must be >= 1 (got {args.parallel})")
+    if any(not 0 < f <= 1 for f in args.fractions):
+        ap.error(f"--fractions must lie in (0, 1] (got {args.fractions}): they are fractions of the common step")
     runs = [(n, s) for n in rows for s in (args.seeds if ROWS[n] is not None else [0])]
     from gvu.config import ConfigError
     from gvu.errors import UserError
     try:
         for n, s in runs:
-            row_config(n, s, compare_args(args)).validate()  # bad --set values fail here, before any work
+            cfg = row_config(n, s, compare_args(args))
+            cfg.validate()  # bad --set values fail here, before any work
+            if cfg.schedule != "constant":
+                raise ValueError(f"schedule={cfg.schedule}: a run stopped at step k equals a k-step run only under "
+                                 "the constant schedule (cosine's decay depends on the total)")
     except (ConfigError, UserError, ValueError) as e:
         ap.error(str(e))
     os.makedirs(args.out, exist_ok=True)
-    if not args.report:
-        base = [eval_job(args, "base", 0, 0) for n, s in runs
-                if ROWS[n] is None and not os.path.exists(result_path(args, n, s, 0))]  # beside the training
-        train_all(args, [r for r in runs if ROWS[r[0]] is not None])
-    steps = eval_steps(args, runs)
-    if not args.report:
-        evaluate_all(args, runs, steps, base)
+    base = []
+    try:
+        if not args.report:
+            base = [eval_job(args, "base", 0, 0) for n, s in runs
+                    if ROWS[n] is None and not os.path.exists(result_path(args, n, s, 0))]  # beside the training
+            train_all(args, [r for r in runs if ROWS[r[0]] is not None])
+        steps = eval_steps(args, runs)
+        if not args.report:
+            evaluate_all(args, runs, steps, base)
+    finally:  # on an error or Ctrl-C too: no evaluation goes on writing into OUT behind the user's back
+        stop(base, signal.SIGKILL)
     print(report(args, runs, steps))
 
 

@@ -115,7 +115,7 @@ class TrainConfig:
     # logging, evaluation, checkpoints
     seed: int = 0
     threads: int = 2
-    evaluator_workers: int = 0  # processes for the nano world's exact evaluator (oracle reward, evaluations); 0 = this one
+    evaluator_workers: int = 0  # processes for the nano world's exact evaluator (oracle reward, evaluations); 0 or 1 = in this process
     log_every: int = 1
     eval_every: int = 50  # steps between evaluations (nano world: exact evaluator + intrinsic reward); 0 = off
     eval_prompts: int = 96  # eval-split prompts per periodic evaluation

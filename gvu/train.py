@@ -31,6 +31,10 @@ from gvu.rollout import rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, write_config
 
 
+# fields that change how fast a run goes, never what it computes: a run resumes under other values of them
+SPEED_ONLY = ("evaluator_workers",)
+
+
 class TrainingDiverged(RuntimeError):
     """Loss or gradients became NaN/inf; the run stops and its last good checkpoint stays."""
 
@@ -338,7 +342,7 @@ def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: boo
         with open(cfg_path) as f:
             saved = with_defaults(json.load(f))
         want = json.loads(json.dumps(asdict(cfg)))
-        diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+        diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v and k not in SPEED_ONLY}
         diff.update({k: (v, None) for k, v in saved.items() if k not in want})  # a field this version does not know
         hint = ""
         if set(diff) == {"steps"}:

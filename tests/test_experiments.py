@@ -19,14 +19,15 @@ def dc():
     return mod
 
 
-def make_run(root, name, steps, complete=True, results=()):
+def make_run(root, name, steps, committed=None, results=()):
+    """A run folder with checkpoint folders at `steps` and `latest` pointing at `committed` (default: the last)."""
     run = os.path.join(root, name)
     for s in steps:
-        d = os.path.join(run, "checkpoints", f"step_{s:06d}")
-        os.makedirs(d)
-        if complete or s != max(steps):
-            open(os.path.join(d, "trainable.safetensors"), "w").close()
-    os.makedirs(os.path.join(run, "checkpoints", "step_000999.tmp"), exist_ok=True)  # a save that was stopped
+        os.makedirs(os.path.join(run, "checkpoints", f"step_{s:06d}"))
+    if steps:
+        with open(os.path.join(run, "checkpoints", "latest"), "w") as f:
+            f.write(f"step_{(committed or max(steps)):06d}")
+    os.makedirs(run, exist_ok=True)
     for s in results:
         with open(os.path.join(run, f"result-step{s}.json"), "w") as f:
             json.dump({}, f)
@@ -37,9 +38,10 @@ def args_for(root, report=False, fractions=(0.5,)):
                            eval_prompts=None, understanding_prompts=8, fractions=list(fractions), report=report)
 
 
-def test_reached_skips_incomplete_and_temporary_checkpoints(dc, tmp_path):
-    make_run(tmp_path, "gvu_policy-s0", [50, 100, 150], complete=False)
-    assert dc.reached(str(tmp_path / "gvu_policy-s0")) == 100  # step 150 has no weights file yet
+def test_reached_is_the_checkpoint_a_resume_would_continue_from(dc, tmp_path):
+    # stopped after writing step 150's folder but before pointing `latest` at it: a resume redoes step 150
+    make_run(tmp_path, "gvu_policy-s0", [50, 100, 150], committed=100)
+    assert dc.reached(str(tmp_path / "gvu_policy-s0")) == 100
     assert dc.reached(str(tmp_path / "missing")) == 0
 
 

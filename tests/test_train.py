@@ -229,3 +229,19 @@ def test_a_run_saved_before_newer_config_fields_still_resumes_but_a_changed_sett
         train_mod.prepare_run_dir(run, tiny(model_dir, loss_logprobs="guided"), resume=True, overwrite=False)
     with pytest.raises(ValueError, match="'lr'"):
         train_mod.prepare_run_dir(run, tiny(model_dir, lr=0.5), resume=True, overwrite=False)
+
+
+def test_evaluator_workers_reach_the_reward_and_do_not_block_a_resume(model_dir, tmp_path, monkeypatch):
+    seen = []
+
+    def fake(cfg, judge, pixels, metadata, evaluator_workers=0):
+        seen.append(evaluator_workers)
+        return RewardOutput(torch.rand(pixels.shape[0]))
+
+    monkeypatch.setattr(train_mod, "compute_reward", fake)
+    run = str(tmp_path / "run")
+    train_mod.train(tiny(model_dir, steps=1, eval_every=0, evaluator_workers=3), run, progress=False)
+    assert seen == [3]
+    # a speed-only field: the run resumes with another value (a recipe field would be refused, as tested above)
+    train_mod.train(tiny(model_dir, steps=2, eval_every=0, evaluator_workers=0), run, resume=True, progress=False)
+    assert seen == [3, 0]

@@ -220,9 +220,14 @@ def text_logits(model: JanusForConditionalGeneration, batch: Batch, pixel_values
         out = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions, pixel_values=pixel_values)
         return out.logits
     embeds = model.get_input_embeddings()(batch.ids)
-    feats = model.model.get_image_features(pixel_values=pixel_values)
-    feats = getattr(feats, "pooler_output", feats)  # an output object in newer transformers, a tensor in older
-    feats = feats[image_index.to(feats.device)].reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+    try:  # as transformers' own forward asks for it
+        feats = model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+    except TypeError:  # a version whose get_image_features takes no return_dict
+        feats = model.model.get_image_features(pixel_values=pixel_values)
+    feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output  # a tensor in older transformers
+    # to the embeddings' dtype (fp32 under autocast) before the rows are gathered, so that a shared image's
+    # gradient is summed over its rows in that precision
+    feats = feats.to(embeds.device, embeds.dtype)[image_index.to(embeds.device)].reshape(-1, embeds.shape[-1])
     mask = (batch.ids == model.config.image_token_id)[..., None].expand_as(embeds)
     if int(mask.sum()) != feats.numel():
         raise ValueError(f"{int(mask.sum()) // embeds.shape[-1]} image placeholders but {feats.shape[0]} image features")

@@ -137,14 +137,30 @@ def _evaluate_chunk(pairs: list) -> list[Judgement]:
     return [evaluate_image(m, img) for m, img in pairs]
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: leave when the parent process is gone (killed by a signal, its pool never shut down)."""
+    import os
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 @functools.lru_cache(maxsize=None)
 def _pool(workers: int):
     """One pool of `workers` processes per size, kept for the life of the process (started by spawn: safe beside
-    CUDA and torch's threads)."""
+    CUDA and torch's threads). Workers exit on their own if this process dies without shutting the pool down."""
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
 
 
 def evaluate_images(metadata: list[dict], images, workers: int = 0) -> list[Judgement]:
