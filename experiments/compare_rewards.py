@@ -147,6 +147,17 @@ def main() -> None:
             if ROWS[name] is not None:
                 for s in args.eval_at:
                     results.setdefault(f"{name}@{s}", []).append(run_row(name, seed, args, s))
+    table = "\n".join(table_lines(results))
+    print(table)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table + f"\n\nsteps {args.steps}, preset configs/nano.json, model {args.model}, --set {args.set}\n")
+    if args.eval_at:
+        print(f"plot: {plot_budget(results, rows, args)}")
+
+
+def table_lines(results: dict) -> list[str]:
+    """The comparison's two markdown tables: per row (name -> results over seeds) mean ± half the range, then the
+    per-tag means."""
     lines = ["| run | nano-GenEval eval | ood | understanding (caption choice) | GvU reward (eval) | seeds |",
              "|---|---|---|---|---|---|"]
     for name, rs in results.items():
@@ -160,12 +171,7 @@ def main() -> None:
     for name, rs in results.items():
         means = [np.mean([r["per_tag"][t] for r in rs if t in r["per_tag"]]) for t in tags]
         lines.append(f"| {name} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
-    table = "\n".join(lines)
-    print(table)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + f"\n\nsteps {args.steps}, preset configs/nano.json, model {args.model}, --set {args.set}\n")
-    if args.eval_at:
-        print(f"plot: {plot_budget(results, rows, args)}")
+    return lines
 
 
 def plot_budget(results: dict, rows: list[str], args) -> str:

@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from compare_rewards import ROWS, plot_budget, row_config, run_row  # noqa: E402
+from compare_rewards import ROWS, plot_budget, row_config, run_row, table_lines  # noqa: E402
 
 
 def run_dir(args, name: str, seed: int) -> str:
@@ -164,8 +164,6 @@ def result_path(args, name: str, seed: int, step: int) -> str:
 
 def report(args, runs, steps: list[int]) -> str:
     """The tables from the cached results (runs or steps without a result are left out, and said so)."""
-    import numpy as np
-
     results, missing = {}, []
     for n, s in runs:
         for k in ([0] if ROWS[n] is None else steps):
@@ -177,26 +175,13 @@ def report(args, runs, steps: list[int]) -> str:
                 key = n if ROWS[n] is None or k == steps[0] else f"{n}@{k}"
                 results.setdefault(key, []).append(json.load(f))
     lines = [f"Every training row evaluated at step {steps[0] if steps else '-'} (the last checkpoint all runs reached)"
-             + (f"; rows name@k at step k" if len(steps) > 1 else "") + ".", "",
-             "| run | nano-GenEval eval | ood | understanding (caption choice) | GvU reward (eval) | seeds |",
-             "|---|---|---|---|---|---|"]
-    for name, rs in results.items():
-        def cell(k):
-            v = np.array([r[k] for r in rs])
-            return f"{v.mean():.3f} ± {(v.max() - v.min()) / 2:.3f}" if len(v) > 1 else f"{v[0]:.3f}"
-        lines.append(f"| {name} | {cell('eval')} | {cell('ood')} | {cell('understanding')} | {cell('eval_reward')} | {len(rs)} |")
-    tags = sorted({t for rs in results.values() for r in rs for t in r["per_tag"]})
-    lines += ["", "By tag (eval split; mean over seeds):", "", "| run | " + " | ".join(tags) + " |",
-              "|---" * (len(tags) + 1) + "|"]
-    for name, rs in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{np.mean([r['per_tag'][t] for r in rs if t in r['per_tag']]):.3f}"
-                                               for t in tags) + " |")
+             + ("; rows name@k at step k" if len(steps) > 1 else "") + ".", "", *table_lines(results)]
     if missing:
         lines += ["", "Not evaluated (no cached result): " + "; ".join(missing)]
     table = "\n".join(lines)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + f"\n\npreset configs/nano.json, model {args.model}, --set {args.set}\n")
-    names = [n for n in dict.fromkeys(r[0] for r in runs)]
+    names = list(dict.fromkeys(r[0] for r in runs))
     complete = all(n in results and all(f"{n}@{k}" in results for k in steps[1:]) for n in names if ROWS[n] is not None)
     if steps and complete and any(ROWS[n] is not None for n in names):
         plot_budget(results, names, SimpleNamespace(eval_at=sorted(steps[1:]), steps=steps[0], out=args.out, set=args.set))
