@@ -42,15 +42,20 @@ def understanding(backend, n_prompts: int) -> float:
     return bench_understanding(backend, eval_scenes(n_prompts, seed=99), seed=5)["choose_1_of_4_sum_logp"]["overall"]
 
 
-def row_config(name: str, seed: int, args):
-    from gvu.model_cli import resolve_train_config
-
+def row_sets(name: str, seed: int, args) -> list[str]:
+    """The `--set` overrides of the nano preset that make a row's training config."""
     sets = (ROWS[name] or []) + list(args.set) + [
         f"seed={seed}", f"steps={args.steps}", "final_eval=false", "eval_every=0", "grid_every=0",
         f"model={args.model}", f"threads={args.threads}"]
     if args.eval_prompts:
         sets.append(f"final_eval_prompts={args.eval_prompts}")
-    return resolve_train_config("nano", None, sets)
+    return sets
+
+
+def row_config(name: str, seed: int, args):
+    from gvu.model_cli import resolve_train_config
+
+    return resolve_train_config("nano", None, row_sets(name, seed, args))
 
 
 def run_row(name: str, seed: int, args, step: int | None = None) -> dict:

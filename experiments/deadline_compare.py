@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from compare_rewards import ROWS, plot_budget, row_config, run_row, table_lines  # noqa: E402
+from compare_rewards import ROWS, plot_budget, row_config, row_sets, run_row, table_lines  # noqa: E402
 
 
 def run_dir(args, name: str, seed: int) -> str:
@@ -86,14 +86,12 @@ def common_flags(args) -> list[str]:
 
 
 def train_all(args, runs: list[tuple[str, int]]) -> None:
-    """Start every run (resuming one that exists), let them train for --train-seconds, then stop them."""
+    """Start every run (resuming one that exists), let them train for --train-seconds, then stop them. Each is
+    `gvu train` with compare_rewards' config for its row, which main() has validated."""
     procs = {}
     for name, seed in runs:
-        cfg = row_config(name, seed, compare_args(args))  # validated before anything starts
         out = run_dir(args, name, seed)
-        sets = [x for kv in (ROWS[name] + list(args.set) + [
-            f"seed={seed}", f"steps={cfg.steps}", "final_eval=false", "eval_every=0", "grid_every=0",
-            f"model={args.model}", f"threads={args.threads}"]) for x in ("--set", kv)]
+        sets = [x for kv in row_sets(name, seed, compare_args(args)) for x in ("--set", kv)]
         cmd = [sys.executable, "-m", "gvu", "train", "--preset", "nano", "--out", out, *sets]
         if os.path.exists(os.path.join(out, "config.json")):
             cmd.append("--resume")
