@@ -6,7 +6,10 @@ eval-split renderings, once with stage 1's decoder and once after stage 1c. The 
 weights and its training scenes (and the tokenizer's corpus, which the VQ does not use).
 
 Usage: python experiments/vq_draw.py --seed 1 --out runs/vqdraw-s1 [--preset nano] [--threads 2]
+    [--set KEY=VALUE ...] (PretrainConfig fields: vq_steps=4000, device=cuda) [--spec KEY=VALUE ...] (NanoSpec
+    fields of the VQ: vq_base_channels=64, vq_res_blocks=2, vq_codebook=1024)
 Prints the two scores and writes OUT/vq_draw.json.
+       python experiments/vq_draw.py --report DIR   prints one table row for each DIR/<run>/vq_draw.json
 """
 
 from __future__ import annotations
@@ -39,20 +42,80 @@ def score(vq_state: dict, config, tok, spec, out_dir: str) -> dict:
     return bench_vq(JanusBackend.from_pretrained(out_dir), eval_scenes(None, seed=99))
 
 
+def parse_sets(items: list[str], cls, flag: str) -> dict:
+    """KEY=VALUE strings -> {field: value} for the dataclass cls (values parsed as JSON, else kept as text)."""
+    out = {}
+    for kv in items:
+        key, eq, value = kv.partition("=")
+        if not eq:
+            raise ValueError(f"{flag} {kv}: no value; write {flag} FIELD=VALUE")
+        if key not in cls.__dataclass_fields__:
+            raise ValueError(f"{flag} {kv}: {key!r} is not a {cls.__name__} field")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def resolve(preset: str, seed: int, threads: int | None = None, sets: list[str] = (), specs: list[str] = ()):
+    """The PretrainConfig of a draw: the preset with the seed, threads and --set changes; with --spec changes, a spec
+    of its own registered in nano.SPECS under a name that says what changed. Raises ValueError on bad input."""
+    from gvu.models import nano
+    from gvu.models.pretrain import PRESETS, PretrainConfig
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    changes = {"seed": seed, **({"threads": threads} if threads else {}), **parse_sets(sets, PretrainConfig, "--set")}
+    cfg = replace(PRESETS[preset], **changes)
+    if specs:
+        spec_changes = {k: tuple(v) if isinstance(v, list) else v
+                        for k, v in parse_sets(specs, nano.NanoSpec, "--spec").items()}
+        name = cfg.spec + "+" + ",".join(f"{k}={v}" for k, v in sorted(spec_changes.items()))
+        nano.SPECS[name] = replace(nano.SPECS[cfg.spec], **spec_changes)
+        cfg = replace(cfg, spec=name)
+    return cfg
+
+
+def report(folder: str) -> None:
+    """One markdown row per run folder under `folder` (unfinished runs say so)."""
+    print("| run | VQ after stage 1 | after stage 1c | counting (1c) | stage 1 min | stage 1c min |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name, "vq_draw.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                r = json.load(f)
+            print(f"| {name} | {r['vq_after_stage1']:.3f} | {r['vq_after_stage1c']:.3f} | "
+                  f"{r['per_tag_after_stage1c']['counting']:.3f} | {r['stage1_minutes']} | {r['stage1c_minutes']} |")
+        elif os.path.isdir(os.path.join(folder, name)):
+            print(f"| {name} | not finished | | | | |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--report", metavar="DIR", help="print the table of the runs in DIR and stop")
+    ap.add_argument("--seed", type=int)
     ap.add_argument("--preset", default="nano")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a PretrainConfig field (JSON value: 4000, true; other text as is: cuda)")
+    ap.add_argument("--spec", action="append", default=[], metavar="KEY=VALUE",
+                    help="a NanoSpec field of the VQ (JSON value: 64, [1, 1, 2, 2])")
     args = ap.parse_args()
+    if args.report:
+        return report(args.report)
+    if args.seed is None or not args.out:
+        ap.error("--seed and --out are required (or --report DIR)")
     import torch
 
-    from gvu.models.pretrain import PRESETS, stage0, stage1, stage_decoder
+    from gvu.models.pretrain import stage0, stage1, stage_decoder
 
-    if args.preset not in PRESETS:
-        ap.error(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
-    cfg = replace(PRESETS[args.preset], seed=args.seed, **({"threads": args.threads} if args.threads else {}))
+    try:
+        cfg = resolve(args.preset, args.seed, args.threads, args.set, args.spec)
+    except ValueError as e:
+        ap.error(str(e))
     torch.set_num_threads(cfg.threads)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
@@ -64,7 +127,7 @@ def main() -> None:
     vq = stage_decoder(cfg, args.out, config, vq)
     t3 = time.time()
     after = score(vq, config, tok, spec, os.path.join(args.out, "model-stage1c"))
-    res = {"preset": args.preset, "seed": args.seed, "threads": cfg.threads,
+    res = {"preset": args.preset, "seed": args.seed, "threads": cfg.threads, "set": args.set, "spec": args.spec,
            "vq_after_stage1": before["overall"], "vq_after_stage1c": after["overall"],
            "per_tag_after_stage1c": after["per_tag"], "stage1_minutes": round((t1 - t0) / 60, 1),
            "stage1c_minutes": round((t3 - t2) / 60, 1)}

@@ -1,4 +1,5 @@
-"""The step bookkeeping of experiments/deadline_compare.py: which checkpoint every run is evaluated at."""
+"""Helpers of the experiment scripts: deadline_compare.py's step bookkeeping (which checkpoint every run is evaluated
+at) and vq_draw.py's settings and report."""
 
 import importlib.util
 import json
@@ -60,3 +61,51 @@ def test_report_uses_the_steps_every_run_has_a_result_at(dc, tmp_path):
     runs = [("gvu_policy", 0), ("oracle", 0)]
     assert dc.eval_steps(args_for(tmp_path, report=True), runs) == [50]
     assert dc.eval_steps(args_for(tmp_path, report=True), runs[:1]) == [500, 250, 50]
+
+
+# ---------------------------------------------------------------------------------------------- experiments/vq_draw.py
+
+@pytest.fixture(scope="module")
+def vqd():
+    path = os.path.join(HERE, "..", "experiments", "vq_draw.py")
+    spec = importlib.util.spec_from_file_location("vq_draw", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_vq_draw_resolve_applies_sets_and_registers_a_spec(vqd):
+    from gvu.models import nano
+    from gvu.models.pretrain import PRESETS
+
+    cfg = vqd.resolve("smoke", 3, threads=1, sets=["vq_steps=7", "device=cuda"],
+                      specs=["vq_base_channels=64", "vq_channel_multiplier=[1, 2, 2, 2]"])
+    assert (cfg.seed, cfg.threads, cfg.vq_steps, cfg.device) == (3, 1, 7, "cuda")
+    assert cfg.dec_steps == PRESETS["smoke"].dec_steps  # untouched fields keep the preset's values
+    spec, base = nano.SPECS[cfg.spec], nano.SPECS["smoke"]
+    assert cfg.spec.startswith("smoke+") and "vq_base_channels=64" in cfg.spec
+    assert spec.vq_base_channels == 64 and spec.vq_channel_multiplier == (1, 2, 2, 2)  # a JSON list becomes a tuple
+    assert (spec.text_hidden, spec.vq_codebook) == (base.text_hidden, base.vq_codebook)
+    assert base.vq_base_channels == 32  # the preset's own spec is not changed
+
+
+@pytest.mark.parametrize("kw, words", [({"sets": ["vq_stepz=3"]}, "'vq_stepz' is not a PretrainConfig field"),
+                                       ({"specs": ["vq_base_channels"]}, "no value"),
+                                       ({"specs": ["text_hiden=8"]}, "'text_hiden' is not a NanoSpec field")])
+def test_vq_draw_resolve_rejects_bad_fields(vqd, kw, words):
+    with pytest.raises(ValueError, match=words):
+        vqd.resolve("smoke", 0, **kw)
+    with pytest.raises(ValueError, match="unknown preset 'nanoo'"):
+        vqd.resolve("nanoo", 0)
+
+
+def test_vq_draw_report_lists_finished_and_unfinished_runs(vqd, tmp_path, capsys):
+    os.makedirs(tmp_path / "a-s0")
+    with open(tmp_path / "a-s0" / "vq_draw.json", "w") as f:
+        json.dump({"vq_after_stage1": 0.9804, "vq_after_stage1c": 0.98623, "per_tag_after_stage1c": {"counting": 0.95},
+                   "stage1_minutes": 5.7, "stage1c_minutes": 0.8}, f)
+    os.makedirs(tmp_path / "b-s1")  # started, not finished
+    (tmp_path / "b-s1.log").write_text("")  # a log file beside the folders is not a run
+    vqd.report(str(tmp_path))
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert rows == ["| a-s0 | 0.980 | 0.986 | 0.950 | 5.7 | 0.8 |", "| b-s1 | not finished | | | | |"]

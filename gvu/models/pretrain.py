@@ -110,6 +110,10 @@ PRESETS = {
     # v5 (the shipped model): v4's recipe with 3,600 stage-2 steps instead of 2,400; see the model card. Since
     # 2026-11-27 (eighth session) its VQ stages compute group norms in fp32 (faster on the CPU; v5 itself had bf16)
     "nano": replace(_V4, lm_steps=3600, vq_norm_fp32=True),
+    # a candidate (2026-11-28, eleventh session): the nano recipe with 4,000 VQ steps instead of 2,000. On an H200 two
+    # draws of stages 1 and 1c reached 0.986 and 0.977 on the VQ target against 0.917 and 0.857 at 2,000 steps
+    # (experiments/vq_capacity_gpu.sh); on this 2-core CPU the longer stage 1 costs about 21 minutes more.
+    "nano-vq4k": replace(_V4, lm_steps=3600, vq_norm_fp32=True, vq_steps=4000),
     "nano-v4": _V4,
     # v3: v2's stages 1 and 1b; stage 2 spends its batch on generation (64 generation rows, 16 understanding rows, 6
     # ranking groups), weighs the generation loss 3x, and draws 30% of the understanding rows and ranking groups from
