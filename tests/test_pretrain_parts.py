@@ -276,6 +276,72 @@ def test_quantize_in_chunks_gives_the_codes_of_one_call():
         assert torch.equal(quantize_indices(vq, pixels, chunk=2), whole)
 
 
+def test_vq_loss_is_its_terms_with_the_edge_term_only_when_weighted():
+    from gvu.models.vq_train import vq_loss, vq_metrics, vq_terms
+
+    vq, pixels = _tiny_vq(), torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        loss, mse, commit, edge, idx, z = vq_terms(vq, pixels, beta=0.25, fg_weight=10.0, edge_weight=0.0)
+        assert edge is None
+        _, metrics, _, _ = vq_metrics((loss, mse, commit, edge, idx, z))
+        assert set(metrics) == {"vq/mse", "vq/commit"} and metrics["vq/mse"] == mse.item()
+        with_edge = vq_terms(vq, pixels, beta=0.25, fg_weight=10.0, edge_weight=2.0)
+        # the edge term adds edge_weight times itself and changes nothing else
+        assert torch.allclose(with_edge[0], loss + 2.0 * with_edge[3], atol=1e-6)
+        assert torch.equal(with_edge[1], mse) and torch.equal(with_edge[4], idx)
+        full = vq_loss(vq, pixels, fg_weight=10.0, edge_weight=2.0)
+        assert torch.equal(full[0], with_edge[0]) and full[1]["vq/edge"] == with_edge[3].item()
+
+
+def test_vq_loss_fn_compiles_only_when_asked_and_runs_eagerly_when_compiling_fails(monkeypatch):
+    from dataclasses import replace
+
+    import gvu.models.pretrain as pt
+
+    calls = {"compile": 0, "compiled": 0}
+
+    def broken_compile(fn):
+        calls["compile"] += 1
+
+        def compiled(*args):
+            calls["compiled"] += 1
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    vq, pixels = _tiny_vq(), torch.rand(2, 3, 16, 16) * 2 - 1
+    cfg = replace(pt.PRESETS["smoke"], bf16=False)
+    eager = pt.vq_loss_fn(cfg, torch.device("cpu"))(vq, pixels)
+    assert calls["compile"] == 0  # compile_vq off: torch.compile is never asked
+    fn = pt.vq_loss_fn(replace(cfg, compile_vq=True), torch.device("cpu"))
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*running eagerly"):
+        first = fn(vq, pixels)
+    second = fn(vq, pixels)  # no second try: the stage stays eager
+    assert calls == {"compile": 1, "compiled": 1}
+    assert torch.equal(first[0], eager[0]) and torch.equal(second[0], eager[0]) and torch.equal(first[4], eager[4])
+
+
+@pytest.mark.slow
+def test_compiled_vq_loss_matches_the_eager_loss_and_gradients():
+    """The real torch.compile (needs a C++ compiler; about a minute with a cold cache)."""
+    import copy
+    from dataclasses import replace
+
+    import gvu.models.pretrain as pt
+
+    vq, pixels = _tiny_vq().train(), torch.rand(4, 3, 16, 16) * 2 - 1
+    twin = copy.deepcopy(vq)
+    cfg = replace(pt.PRESETS["smoke"], bf16=False, vq_edge_weight=1.0)
+    eager = pt.vq_loss_fn(cfg, torch.device("cpu"))(vq, pixels)
+    compiled = pt.vq_loss_fn(replace(cfg, compile_vq=True), torch.device("cpu"))(twin, pixels)
+    assert torch.allclose(compiled[0], eager[0], rtol=1e-5) and torch.equal(compiled[4], eager[4])
+    eager[0].backward()
+    compiled[0].backward()
+    for (name, a), b in zip(vq.named_parameters(), twin.parameters()):
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name
+
+
 def test_rows_sharing_an_image_encode_it_once_with_the_same_logits_and_gradients():
     """text_logits with image_index (stage 2's ranking rows: one image, several captions) equals giving every row its
     own copy of the image: logits, and the gradients reaching the vision encoder (fp32, tiny random model)."""
