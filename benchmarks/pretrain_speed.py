@@ -2,8 +2,6 @@
 
 Runs `--steps` steps of every stage of the preset (1, 1c, 1b, 2, 3) with the preset's batch sizes in a scratch
 folder (fresh weights; speed does not depend on them) and prints seconds per step and the projected total.
-A stage that compiles (compile_vq: stages 1 and 1c) counts its one-off compile time in its few timed steps, so its
-projection here runs high; benchmarks/compile_vq_speed.py times compiled steps apart from the compiling.
 Usage: python benchmarks/pretrain_speed.py [--preset nano] [--steps 20] [--device cpu]
 """
 

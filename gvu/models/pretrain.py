@@ -26,8 +26,7 @@ import torch
 from tqdm import tqdm
 
 from gvu.models import nano
-from gvu.models.vq_train import CodebookEMA, fp32_group_norms, normalise_codebook, restart_dead_codes, vq_metrics, \
-    vq_terms
+from gvu.models.vq_train import CodebookEMA, fp32_group_norms, normalise_codebook, restart_dead_codes, vq_loss
 from gvu.world.prompts import make_prompt, split_of, HELD_OUT_PAIRS
 from gvu.world.sampler import sample_scene
 from gvu.world.scene import render
@@ -46,10 +45,6 @@ class PretrainConfig:
     # stages 1 and 1c: the VQ's group norms compute in fp32 under bf16 autocast (vq_train.FP32GroupNorm): 1.5x faster
     # VQ steps on the CPU. False (v0-v5's runs) keeps torch's bf16 group norm.
     vq_norm_fp32: bool = False
-    # stages 1 and 1c: the VQ loss (forward, and its backward) through torch.compile, which fuses the group norms,
-    # activations and casts between the convolutions (needs a C++ compiler; without one the stage warns and runs
-    # eagerly). The same math up to float rounding, so a new draw of the stage, not the same weights.
-    compile_vq: bool = False
     save_every: int = 200  # steps between checkpoints
     # stage 1: VQ
     vq_steps: int = 1200
@@ -104,7 +99,7 @@ class PretrainConfig:
 
 # fields that change how fast a stage runs, not what it learns (up to float rounding): a run folder made before such a
 # field existed resumes under any value of it
-SPEED_ONLY = ("vq_norm_fp32", "compile_vq")
+SPEED_ONLY = ("vq_norm_fp32",)
 
 # v4: v3's stages 1, 1b and 2, then stage 1c (the VQ decoder alone, 800 steps) and stage 3 (400 steps of stage 2's
 # mix with half the understanding images shown as VQ reconstructions)
@@ -113,14 +108,12 @@ _V4 = PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps
 
 PRESETS = {
     # v5 (the shipped model): v4's recipe with 3,600 stage-2 steps instead of 2,400; see the model card. Since
-    # 2026-11-27 (eighth session) its VQ stages compute group norms in fp32 (faster on the CPU; v5 itself had bf16),
-    # and since 2026-11-28 (eleventh) they run through torch.compile (benchmarks/compile_vq_speed.py: -38% a stage-1
-    # step, -34% a stage-1c step on the 2-core CPU)
-    "nano": replace(_V4, lm_steps=3600, vq_norm_fp32=True, compile_vq=True),
+    # 2026-11-27 (eighth session) its VQ stages compute group norms in fp32 (faster on the CPU; v5 itself had bf16)
+    "nano": replace(_V4, lm_steps=3600, vq_norm_fp32=True),
     # a candidate (2026-11-28, eleventh session): the nano recipe with 4,000 VQ steps instead of 2,000. On an H200 two
     # draws of stages 1 and 1c reached 0.986 and 0.977 on the VQ target against 0.917 and 0.857 at 2,000 steps
-    # (experiments/vq_capacity_gpu.sh); on this 2-core CPU the longer stage 1 costs about 13 minutes more (compiled).
-    "nano-vq4k": replace(_V4, lm_steps=3600, vq_norm_fp32=True, compile_vq=True, vq_steps=4000),
+    # (experiments/vq_capacity_gpu.sh); on this 2-core CPU the longer stage 1 costs about 21 minutes more.
+    "nano-vq4k": replace(_V4, lm_steps=3600, vq_norm_fp32=True, vq_steps=4000),
     "nano-v4": _V4,
     # v3: v2's stages 1 and 1b; stage 2 spends its batch on generation (64 generation rows, 16 understanding rows, 6
     # ranking groups), weighs the generation loss 3x, and draws 30% of the understanding rows and ranking groups from
@@ -242,35 +235,6 @@ def to_pixels(images: list) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------- utils
 
-def vq_loss_fn(cfg: PretrainConfig, device: torch.device):
-    """(vq, pixels) -> vq_terms under the stage's autocast: stages 1 and 1c's loss, through torch.compile when
-    cfg.compile_vq. If compiling fails on the first call (no C++ compiler, an unsupported torch), the stage warns
-    and runs eagerly."""
-    def terms(vq, pixels):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            return vq_terms(vq, pixels, fg_weight=cfg.vq_fg_weight, edge_weight=cfg.vq_edge_weight)
-
-    if not cfg.compile_vq:
-        return terms
-    compiled, state = torch.compile(terms), {"ok": False}
-
-    def first_compiled(vq, pixels):
-        if state["ok"]:
-            return compiled(vq, pixels)
-        try:
-            out = compiled(vq, pixels)
-        except Exception as e:  # noqa: BLE001 - any failure to compile; eager is the same math
-            import warnings
-
-            warnings.warn(f"compile_vq: torch.compile failed ({type(e).__name__}: {str(e)[:200]}); running eagerly")
-            state["fn"] = terms
-            return terms(vq, pixels)
-        state["ok"] = True
-        return out
-
-    return lambda vq, pixels: state.get("fn", first_compiled)(vq, pixels)
-
-
 def atomic_save(obj, path: str) -> None:
     tmp = path + ".tmp"
     torch.save(obj, tmp)
@@ -343,14 +307,14 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
         step = restore(state, vq, opt, rng)
         ema.load_state_dict(state["ema"])
     usage = torch.zeros(config.vq_config.num_embeddings, dtype=torch.long)
-    loss_fn = vq_loss_fn(cfg, dev)
     bar = tqdm(total=cfg.vq_steps, initial=step, desc="stage 1: VQ", unit="step")
     t0 = time.time()
     while step < cfg.vq_steps:
         pixels = to_pixels([render(train_scene(rng)[1]) for _ in range(cfg.vq_batch)]).to(dev)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.vq_steps, cfg.vq_lr)
-        loss, metrics, idx, z = vq_metrics(loss_fn(vq, pixels))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, metrics, idx, z = vq_loss(vq, pixels, fg_weight=cfg.vq_fg_weight, edge_weight=cfg.vq_edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -698,14 +662,14 @@ def stage_decoder(cfg: PretrainConfig, out: str, config, vq_state: dict) -> dict
     opt = torch.optim.Adam(trained, lr=cfg.dec_lr)
     rng = random.Random(cfg.seed + 9)
     step = restore(state, vq, opt, rng) if state is not None else 0
-    loss_fn = vq_loss_fn(cfg, dev)
     bar = tqdm(total=cfg.dec_steps, initial=step, desc="stage 1c: VQ decoder", unit="step")
     t0 = time.time()
     while step < cfg.dec_steps:
         pixels = to_pixels([render(train_scene(rng)[1]) for _ in range(cfg.dec_batch)]).to(dev)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.dec_steps, cfg.dec_lr, cfg.dec_warmup)
-        loss, metrics, _, _ = vq_metrics(loss_fn(vq, pixels))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, metrics, _, _ = vq_loss(vq, pixels, fg_weight=cfg.vq_fg_weight, edge_weight=cfg.vq_edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -71,13 +71,6 @@ def vq_loss(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25, fg_weight:
     learnt slowly under an unweighted loss. The edge term asks the decoder for the image's edges and corners, which
     a pixel loss lets it round off (v0's reconstructions turned stars, hearts and crosses into blobs the evaluator
     read as circles). Returns loss, metrics, indices [B, N], unit encoder outputs z (detached)."""
-    return vq_metrics(vq_terms(vq, pixels, beta, fg_weight, edge_weight))
-
-
-def vq_terms(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25, fg_weight: float = 10.0,
-             edge_weight: float = 0.0) -> tuple[torch.Tensor, ...]:
-    """vq_loss's tensors, (loss, mse, commit, edge, indices, z detached), edge None without the edge term. No value
-    leaves the device here, so torch.compile takes the whole function as one graph (PretrainConfig.compile_vq)."""
     z, q, idx = quantize(vq, pixels)
     commit = F.mse_loss(z, q.detach())
     q_st = z + (q - z).detach()
@@ -87,21 +80,13 @@ def vq_terms(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25, fg_weight
     weight = weight / weight.mean()
     mse = F.mse_loss(recon, pixels)
     loss = (weight * ((recon - pixels) ** 2 + 0.5 * (recon - pixels).abs())).mean() + beta * commit
-    edge = None
+    metrics = {"vq/mse": mse.item(), "vq/commit": commit.item()}
     if edge_weight:
         (rx, ry), (px, py) = image_gradients(recon), image_gradients(pixels)
         edge = 0.5 * ((rx - px).abs().mean() + (ry - py).abs().mean())
         loss = loss + edge_weight * edge
-    return loss, mse, commit, edge, idx, z.detach()
-
-
-def vq_metrics(terms: tuple) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
-    """vq_terms' tensors -> vq_loss's (loss, metrics, indices, z)."""
-    loss, mse, commit, edge, idx, z = terms
-    metrics = {"vq/mse": mse.item(), "vq/commit": commit.item()}
-    if edge is not None:
         metrics["vq/edge"] = edge.item()
-    return loss, metrics, idx, z
+    return loss, metrics, idx, z.detach()
 
 
 class CodebookEMA:
