@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import replace
@@ -20,8 +19,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from lm_stage_harness import logged_times, new_run, scratch_setup  # noqa: E402
 import gvu.models.pretrain as pretrain  # noqa: E402
 
 
@@ -33,32 +33,20 @@ def main() -> None:
     full = pretrain.PRESETS[args.preset]
     torch.set_num_threads(full.threads)
     times = {(stage, w): [] for stage in ("2", "3") for w in (0, 1)}
-    with tempfile.TemporaryDirectory() as out:
-        short = replace(full, vq_steps=2, vis_steps=2, dec_steps=0, save_every=10**9, lm_steps=42, s3_steps=42)
-        spec, tok, config = pretrain.stage0(short, out)
-        vq = pretrain.stage1(short, out, config)
-        vision = pretrain.stage_vision(short, out, config)
-        logged = []
-        log = pretrain.log
-        pretrain.log = lambda o, rec: (logged.append(rec["time"]), log(o, rec))
-        try:
-            for r in range(args.rounds):
-                for w in ((0, 1) if r % 2 == 0 else (1, 0)):
-                    cfg = replace(short, data_workers=w)
-                    run = os.path.join(out, f"w{w}r{r}")
-                    os.makedirs(run)
-                    shutil.copy(os.path.join(out, "config.json"), run)
-                    shutil.copytree(os.path.join(out, "tokenizer"), os.path.join(run, "tokenizer"))
-                    logged.clear()
-                    model = pretrain.stage2(cfg, run, spec, tok, config, vq, vision)
-                    times["2", w].append((logged[1] - logged[0]) / 20)  # logged every 20 steps
-                    logged.clear()
-                    pretrain.stage3(cfg, run, spec, tok, model)
-                    times["3", w].append((logged[1] - logged[0]) / 20)
-                    print(f"round {r} data_workers={w}: stage 2 {times['2', w][-1]:.3f}, stage 3 "
-                          f"{times['3', w][-1]:.3f} s a step", flush=True)
-        finally:
-            pretrain.log = log
+    with tempfile.TemporaryDirectory() as out, logged_times() as logged:
+        short, spec, tok, config, vq, vision = scratch_setup(out, full, lm_steps=42, s3_steps=42)
+        for r in range(args.rounds):
+            for w in ((0, 1) if r % 2 == 0 else (1, 0)):
+                cfg = replace(short, data_workers=w)
+                run = new_run(out, f"w{w}r{r}")
+                logged.clear()
+                model = pretrain.stage2(cfg, run, spec, tok, config, vq, vision)
+                times["2", w].append((logged[1] - logged[0]) / 20)  # logged every 20 steps
+                logged.clear()
+                pretrain.stage3(cfg, run, spec, tok, model)
+                times["3", w].append((logged[1] - logged[0]) / 20)
+                print(f"round {r} data_workers={w}: stage 2 {times['2', w][-1]:.3f}, stage 3 "
+                      f"{times['3', w][-1]:.3f} s a step", flush=True)
     print(f"\n| {args.preset}, {full.threads} threads, s/step (median of {args.rounds}) | stage 2 | stage 3 |")
     print("|---|---:|---:|")
     med = {k: float(np.median(v)) for k, v in times.items()}

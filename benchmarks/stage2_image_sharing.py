@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import replace
@@ -21,8 +20,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from lm_stage_harness import logged_times, new_run, scratch_setup  # noqa: E402
 import gvu.models.janus as janus  # noqa: E402
 import gvu.models.pretrain as pretrain  # noqa: E402
 
@@ -40,28 +40,19 @@ def main() -> None:
         return shared_path(model, batch, pixel_values if image_index is None else pixel_values[image_index])
 
     times = {"shared": [], "per_row": []}
-    with tempfile.TemporaryDirectory() as out:
-        short = replace(full, vq_steps=2, vis_steps=2, dec_steps=0, save_every=10**9)
-        spec, tok, config = pretrain.stage0(short, out)
-        vq = pretrain.stage1(short, out, config)
-        vision = pretrain.stage_vision(short, out, config)
-        logged = []
-        log = pretrain.log
-        pretrain.log = lambda o, rec: (logged.append(rec["time"]), log(o, rec))
+    with tempfile.TemporaryDirectory() as out, logged_times() as logged:
+        short, spec, tok, config, vq, vision = scratch_setup(out, full)
         try:
             for r in range(args.rounds):
                 for mode in (("shared", "per_row") if r % 2 == 0 else ("per_row", "shared")):
                     janus.text_logits = shared_path if mode == "shared" else per_row
-                    run = os.path.join(out, f"{mode}{r}")
-                    os.makedirs(run)
-                    shutil.copy(os.path.join(out, "config.json"), run)
-                    shutil.copytree(os.path.join(out, "tokenizer"), os.path.join(run, "tokenizer"))
+                    run = new_run(out, f"{mode}{r}")
                     logged.clear()
                     pretrain.stage2(replace(short, lm_steps=42), run, spec, tok, config, vq, vision)
                     times[mode].append((logged[1] - logged[0]) / 20)  # logged every 20 steps
                     print(f"round {r} {mode}: {times[mode][-1]:.3f} s a step", flush=True)
         finally:
-            janus.text_logits, pretrain.log = shared_path, log
+            janus.text_logits = shared_path
     s, p = np.median(times["shared"]), np.median(times["per_row"])
     print(f"\n| stage-2 step ({args.preset}, {full.threads} threads) | s/step, median of {args.rounds} |\n|---|---:|")
     print(f"| each distinct image encoded once | {s:.3f} |\n| every row its own copy | {p:.3f} |")

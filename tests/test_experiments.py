@@ -11,13 +11,17 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="module")
-def dc():
-    path = os.path.join(HERE, "..", "experiments", "deadline_compare.py")
-    spec = importlib.util.spec_from_file_location("deadline_compare", path)
+def load_experiment(name: str):
+    """experiments/<name>.py as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "..", "experiments", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def dc():
+    return load_experiment("deadline_compare")
 
 
 def make_run(root, name, steps, committed=None, results=()):
@@ -67,11 +71,7 @@ def test_report_uses_the_steps_every_run_has_a_result_at(dc, tmp_path):
 
 @pytest.fixture(scope="module")
 def vqd():
-    path = os.path.join(HERE, "..", "experiments", "vq_draw.py")
-    spec = importlib.util.spec_from_file_location("vq_draw", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("vq_draw")
 
 
 def test_vq_draw_resolve_applies_sets_and_registers_a_spec(vqd):

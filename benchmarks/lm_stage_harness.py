@@ -1,0 +1,41 @@
+"""Shared set-up of the benchmarks that time short stage-2/3 runs (stage2_image_sharing.py, data_workers_speed.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from dataclasses import replace
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import gvu.models.pretrain as pretrain  # noqa: E402
+
+
+def scratch_setup(out: str, full: pretrain.PretrainConfig, **changes):
+    """Stages 0, 1 and 1b of `full` for 2 steps each in `out` (fresh weights: speed does not depend on them).
+    -> (short config with `changes`, spec, tokenizer, JanusConfig, VQ state, vision state)."""
+    short = replace(full, vq_steps=2, vis_steps=2, dec_steps=0, save_every=10**9, **changes)
+    spec, tok, config = pretrain.stage0(short, out)
+    return short, spec, tok, config, pretrain.stage1(short, out, config), pretrain.stage_vision(short, out, config)
+
+
+def new_run(out: str, name: str) -> str:
+    """A run folder under `out` holding the scratch set-up's config and tokenizer."""
+    run = os.path.join(out, name)
+    os.makedirs(run)
+    shutil.copy(os.path.join(out, "config.json"), run)
+    shutil.copytree(os.path.join(out, "tokenizer"), os.path.join(run, "tokenizer"))
+    return run
+
+
+@contextlib.contextmanager
+def logged_times():
+    """Collect the `time` of every record the stages log (every 20 steps) into the yielded list."""
+    times, log = [], pretrain.log
+    pretrain.log = lambda o, rec: (times.append(rec["time"]), log(o, rec))
+    try:
+        yield times
+    finally:
+        pretrain.log = log
