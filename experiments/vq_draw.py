@@ -6,8 +6,9 @@ eval-split renderings, once with stage 1's decoder and once after stage 1c. The 
 weights and its training scenes (and the tokenizer's corpus, which the VQ does not use).
 
 Usage: python experiments/vq_draw.py --seed 1 --out runs/vqdraw-s1 [--preset nano] [--threads 2]
-    [--set KEY=VALUE ...] (PretrainConfig fields: vq_steps=4000, device=cuda) [--spec KEY=VALUE ...] (NanoSpec
-    fields of the VQ: vq_base_channels=64, vq_res_blocks=2, vq_codebook=1024)
+    [--set KEY=VALUE ...] (PretrainConfig fields: vq_steps=4000, vq_batch=16, dec_steps=0 for no stage 1c,
+    device=cuda) [--spec KEY=VALUE ...] (NanoSpec fields of the VQ: vq_base_channels=64, vq_res_blocks=2,
+    vq_codebook=1024)
 Prints the two scores and writes OUT/vq_draw.json.
        python experiments/vq_draw.py --report DIR   prints one table row for each DIR/<run>/vq_draw.json
 """
@@ -123,10 +124,12 @@ def main() -> None:
     vq = stage1(cfg, args.out, config)
     t1 = time.time()
     before = score(vq, config, tok, spec, os.path.join(args.out, "model-stage1"))
+    print(f"VQ after stage 1: {before['overall']:.3f}", flush=True)  # known long before stage 1c ends
     t2 = time.time()
     vq = stage_decoder(cfg, args.out, config, vq)
     t3 = time.time()
-    after = score(vq, config, tok, spec, os.path.join(args.out, "model-stage1c"))
+    # with dec_steps=0 there is no stage 1c: the same VQ, so the same score
+    after = score(vq, config, tok, spec, os.path.join(args.out, "model-stage1c")) if cfg.dec_steps else before
     res = {"preset": args.preset, "seed": args.seed, "threads": cfg.threads, "set": args.set, "spec": args.spec,
            "vq_after_stage1": before["overall"], "vq_after_stage1c": after["overall"],
            "per_tag_after_stage1c": after["per_tag"], "stage1_minutes": round((t1 - t0) / 60, 1),

@@ -94,3 +94,30 @@ def test_non_square_images_are_refused():
     with pytest.raises(ValueError, match="square"):
         evaluate_image({"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "x"},
                        Image.new("RGB", (64, 48), BACKGROUND))
+
+
+def test_the_template_cache_detects_exactly_what_the_uncached_templates_do(monkeypatch):
+    # the cache only skips redrawing and reblurring templates: detections (floats included) must be identical,
+    # on clean and degraded images, whether the cache is empty, warm, or bypassed
+    from gvu.world import evaluator
+
+    rng, nrng = random.Random(5), np.random.default_rng(5)
+    prompts = make_suite("geneval", "eval", seed=0)
+    clean = [render(sample_scene(rng.choice(prompts), rng, 64)) for _ in range(12)]
+    images = clean + [degrade(im, nrng) for im in clean]
+    evaluator._templates.cache_clear()
+    cold = [detect(im) for im in images]
+    warm = [detect(im) for im in images]
+    assert evaluator._templates.cache_info().hits > 0
+    monkeypatch.setattr(evaluator, "_templates", evaluator._templates.__wrapped__)
+    assert [detect(im) for im in images] == cold == warm
+    assert sum(len(d) for d in cold) >= len(images)  # objects were found, so templates were compared
+
+
+def test_cached_templates_cannot_be_changed_in_place():
+    from gvu.world import evaluator
+
+    t = evaluator._templates("circle", 6.0, 6.0, 4.0, 4.0, 12, 12)
+    assert len(t) == len(evaluator.BLUR_SIGMAS) and t[0].shape == (12, 12)
+    with pytest.raises(ValueError):
+        t[1][0, 0] = 1.0

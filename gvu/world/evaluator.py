@@ -48,6 +48,19 @@ def _background(arr: np.ndarray) -> np.ndarray:
     return np.median(border, axis=0)
 
 
+@functools.lru_cache(maxsize=4096)
+def _templates(shape: str, cx: float, cy: float, rx: float, ry: float, h: int, w: int) -> tuple[np.ndarray, ...]:
+    """The shape's coverage as the renderer draws it, blurred at each of BLUR_SIGMAS (read-only arrays).
+
+    Cached: box corners are whole pixels, so centres and half-widths are multiples of 0.5 and the same boxes recur
+    across objects and images; drawing and blurring the templates was most of an evaluation's time."""
+    sharp = shape_coverage(shape, cx, cy, rx, ry, h, w)
+    out = tuple(ndimage.gaussian_filter(sharp, sigma) if sigma else sharp for sigma in BLUR_SIGMAS)
+    for t in out:
+        t.setflags(write=False)
+    return out
+
+
 def _fit_shape(mask: np.ndarray, cover: np.ndarray, y0: int, x0: int) -> tuple[str | None, float, float, float, float]:
     """Best template for a (cropped) object; returns shape, centre x, y and half-widths (full-image px).
 
@@ -64,9 +77,7 @@ def _fit_shape(mask: np.ndarray, cover: np.ndarray, y0: int, x0: int) -> tuple[s
     h, w = mask.shape
     for shape in SHAPES:
         for grow in (0.0, 0.5, 1.0):
-            sharp = shape_coverage(shape, cx, cy, rx + grow, ry + grow, h, w)
-            for sigma in BLUR_SIGMAS:
-                t = ndimage.gaussian_filter(sharp, sigma) if sigma else sharp
+            for t in _templates(shape, float(cx), float(cy), float(rx + grow), float(ry + grow), h, w):
                 iou = np.minimum(t, cover).sum() / max(np.maximum(t, cover).sum(), 1e-6)
                 if iou > best_iou:
                     best, best_iou, best_r = shape, iou, (rx + grow, ry + grow)
