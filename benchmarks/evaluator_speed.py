@@ -1,6 +1,6 @@
 """Time the exact evaluator's detect() with and without its template cache, and check they detect the same.
 
-The images: IMAGES eval-split scenes of both suites (GenEval and GenEval++, seed 0, 64 px), clean renderings and
+The images: --images eval-split scenes of both suites (GenEval and GenEval++, seed 0, 64 px), clean renderings and
 the same renderings degraded as benchmarks/evaluator_accuracy.py degrades them. "Without" calls the uncached
 template function (gvu.world.evaluator._templates.__wrapped__), the code path before the cache; each setting starts
 from an empty cache, so the cached row includes filling it.
@@ -60,19 +60,18 @@ def main() -> None:
         times = {"without": [], "with": []}
         same = True
         for r in range(args.rounds):
+            dets = {}
             for setting in (("without", "with") if r % 2 == 0 else ("with", "without")):
                 cached.cache_clear()
                 evaluator._templates = cached.__wrapped__ if setting == "without" else cached
                 try:
-                    t, dets = timed(imgs)
+                    t, dets[setting] = timed(imgs)
                 finally:
                     evaluator._templates = cached
                 times[setting].append(t)
-                if setting == "without":
-                    ref = dets
-                else:
-                    got, info = dets, cached.cache_info()
-            same &= got == ref
+                if setting == "with":
+                    info = cached.cache_info()
+            same &= dets["with"] == dets["without"]
         a, b = (1000 * float(np.median(times[k])) / len(imgs) for k in ("without", "with"))
         hits = f"{info.hits / max(info.hits + info.misses, 1):.0%} of {info.hits + info.misses}"
         print(f"| {name} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {hits} | {'yes' if same else 'NO'} |")
