@@ -58,7 +58,11 @@ def main() -> None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
         except Exception:
             pass
-    rows = [("1: VQ (batch %d)" % full.vq_batch, "1", full.vq_steps),
+    vq_label = "1: VQ (batch %d)" % full.vq_batch
+    if full.vq_crop:  # the timed steps mix crops and whole images as the recipe does (every vq_full_every-th whole)
+        vq_label = (f"1: VQ ({full.vq_crop_batch} crops of {full.vq_crop}x{full.vq_crop}"
+                    + (f", every {full.vq_full_every}th step {full.vq_batch} whole images)" if full.vq_full_every else ")"))
+    rows = [(vq_label, "1", full.vq_steps),
             ("1c: VQ decoder (batch %d)" % full.dec_batch, "1c", full.dec_steps),
             ("1b: vision encoder (batch %d)" % full.vis_batch, "1b", full.vis_steps),
             (f"2: LM (gen {full.gen_batch} + und {full.und_batch} + ranking {full.rank_images} images x 4)", "2", full.lm_steps),

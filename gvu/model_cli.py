@@ -20,7 +20,8 @@ def register_pretrain(sub) -> None:
                                    "understanding + generation (stage 2). Rerun the same command to resume.")
     p.add_argument("--preset", default="nano",
                    help="nano (the shipped model's recipe, about 2 h on 2 CPU cores), nano-vq4k (a candidate: 4,000 VQ "
-                        "steps, about 21 min more), nano-v4 ... nano-v0 (earlier models), or smoke (seconds)")
+                        "steps, about 21 min more), nano-crop (a stage 1 on object crops; no better than nano), "
+                        "nano-v4 ... nano-v0 (earlier models), or smoke (seconds)")
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu (default) or cuda; data are made on the CPU either way")

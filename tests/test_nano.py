@@ -93,6 +93,47 @@ def test_vq_stages_compute_group_norms_in_fp32_only_when_the_recipe_says_so(tmp_
     assert swapped == ["JanusVQVAE", "JanusVQVAE"]  # stages 1 and 1c, and only with the flag
 
 
+def test_object_crops_hold_the_drawn_object_and_stay_inside_the_image():
+    from gvu.models.pretrain import object_crops
+    from gvu.world.scene import Obj, Scene
+
+    # one object near the left edge: its crop centre lies within 8 px (32/4) of (10, 50), so the 32x32 crop starts
+    # at column round(10 +- 8 - 16) clamped to 0 -> 0..2 and at row round(50 +- 8 - 16) clamped to 32 -> 26..32
+    scene = Scene((Obj("circle", "red", "small", 10.0, 50.0),))
+    pixels = torch.arange(64 * 64, dtype=torch.float32).view(1, 1, 64, 64).repeat(40, 3, 1, 1)
+    crops = object_crops(pixels, [scene] * 40, 32, random.Random(0))
+    assert crops.shape == (40, 3, 32, 32)
+    tops, lefts = (crops[:, 0, 0, 0] // 64).long(), (crops[:, 0, 0, 0] % 64).long()
+    assert set(lefts.tolist()) <= {0, 1, 2} and set(tops.tolist()) <= set(range(26, 33))
+    assert len(set(tops.tolist())) > 3  # the jitter moves crops about
+    for c, t, l in zip(crops, tops, lefts):  # a plain slice of the image, not resampled
+        assert torch.equal(c, pixels[0, :, t:t + 32, l:l + 32])
+    with pytest.raises(ValueError, match="does not fit"):
+        object_crops(pixels, [scene] * 40, 72, random.Random(0))
+
+
+def test_stage1_trains_on_crops_with_every_nth_step_on_whole_images(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import gvu.models.pretrain as pt
+
+    shapes, real = [], pt.vq_loss
+    monkeypatch.setattr(pt, "vq_loss", lambda vq, px, **kw: shapes.append(tuple(px.shape)) or real(vq, px, **kw))
+    cfg = replace(pt.PRESETS["smoke"], vq_steps=6, vq_crop=16, vq_crop_batch=3, vq_full_every=3, threads=1)
+    _, _, config = pt.stage0(cfg, str(tmp_path))
+    pt.stage1(cfg, str(tmp_path), config)
+    crop, full = (3, 3, 16, 16), (cfg.vq_batch, 3, 64, 64)
+    assert shapes == [crop, crop, full, crop, crop, full]
+
+
+def test_a_crop_the_vq_cannot_train_on_is_refused_before_any_work(tmp_path):
+    for bad in (20, 4, 72):
+        out = tmp_path / f"crop{bad}"
+        with pytest.raises(ValueError, match=f"vq_crop={bad}: a crop side must be a multiple of 8"):
+            pretrain("smoke", str(out), vq_crop=bad)
+        assert not out.exists()  # nothing made, nothing to clean up
+
+
 def test_stage3_from_a_saved_model_trains_it_further_and_refuses_bad_sources(smoke_model, tmp_path):
     from safetensors.torch import load_file
 
