@@ -132,6 +132,9 @@ def test_a_crop_the_vq_cannot_train_on_is_refused_before_any_work(tmp_path):
         with pytest.raises(ValueError, match=f"vq_crop={bad}: a crop side must be a multiple of 8"):
             pretrain("smoke", str(out), vq_crop=bad)
         assert not out.exists()  # nothing made, nothing to clean up
+    with pytest.raises(ValueError, match="at least 1 crop"):
+        pretrain("smoke", str(tmp_path / "batch0"), vq_crop=16, vq_crop_batch=0)
+    assert not (tmp_path / "batch0").exists()
 
 
 def test_stage3_from_a_saved_model_trains_it_further_and_refuses_bad_sources(smoke_model, tmp_path):

@@ -121,10 +121,10 @@ PRESETS = {
     # draws of stages 1 and 1c reached 0.986 and 0.977 on the VQ target against 0.917 and 0.857 at 2,000 steps
     # (experiments/vq_capacity_gpu.sh); on this 2-core CPU the longer stage 1 costs about 21 minutes more.
     "nano-vq4k": replace(_V4, lm_steps=3600, vq_norm_fp32=True, vq_steps=4000),
-    # a candidate (2026-11-28, thirteenth session): the nano recipe with 3,800 stage-1 steps, 9 in 10 of them on 48
-    # object-centred 32x32 crops and every 10th on 32 whole images: about 20 minutes on this CPU, against 21 for
-    # nano's 2,000 whole-image steps and 43 for nano-vq4k's 4,000. Such a step holds 45% of the image tokens of a
-    # whole-image step, so codes are restarted after 100 unused steps instead of 50 (the same tokens seen)
+    # tried (2026-11-28, thirteenth session; no better than nano, see the model card): the nano recipe with 3,800
+    # stage-1 steps, 9 in 10 of them on 48 object-centred 32x32 crops and every 10th on 32 whole images: 20 minutes on
+    # this CPU, against 21 for nano's 2,000 whole-image steps and 43 for nano-vq4k's 4,000. A crop step holds 45% of
+    # the image tokens of a whole-image step, so codes are restarted after 100 unused steps instead of 50
     "nano-crop": replace(_V4, lm_steps=3600, vq_norm_fp32=True, vq_steps=3800, vq_crop=32, vq_crop_batch=48,
                          vq_full_every=10, vq_restart_every=100),
     "nano-v4": _V4,
@@ -248,12 +248,19 @@ def to_pixels(images: list) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------- utils
 
-def check_crop(size: int, spec) -> None:
-    """A clear error for a vq_crop that the VQ cannot train on (spec: the NanoSpec)."""
+def check_crop(cfg: "PretrainConfig") -> None:
+    """A clear error for crop settings (vq_crop, vq_crop_batch, vq_full_every) that stage 1 cannot train with."""
+    if not cfg.vq_crop:
+        return
+    spec = nano.SPECS[cfg.spec]
+    size = cfg.vq_crop
     if size % spec.patch_size or not spec.patch_size <= size <= spec.image_size:
         raise ValueError(f"vq_crop={size}: a crop side must be a multiple of {spec.patch_size} (the VQ's downsampling) "
                          f"between {spec.patch_size} and the image side {spec.image_size}; 0 trains stage 1 on whole "
                          "images")
+    if cfg.vq_crop_batch < 1 or cfg.vq_full_every < 0:
+        raise ValueError(f"vq_crop_batch={cfg.vq_crop_batch}, vq_full_every={cfg.vq_full_every}: give at least 1 crop "
+                         "a step, and every N-th step on whole images with N >= 0 (0: none)")
 
 
 def object_crops(pixels: torch.Tensor, scenes: list, size: int, rng: random.Random) -> torch.Tensor:
@@ -330,8 +337,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     state = torch.load(path, weights_only=False, map_location=cfg.device) if os.path.exists(path) else None
     if state is not None and state["step"] >= cfg.vq_steps:
         return state["model"]
-    if cfg.vq_crop:
-        check_crop(cfg.vq_crop, nano.SPECS[cfg.spec])
+    check_crop(cfg)
     torch.manual_seed(cfg.seed)
     dev = torch.device(cfg.device)
     vq = JanusVQVAE(config.vq_config).to(dev)
@@ -925,8 +931,7 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
     """Run (or resume) every stage; returns the model directory."""
     cfg = PRESETS[preset] if isinstance(preset, str) else preset
     cfg = replace(cfg, **overrides)
-    if cfg.vq_crop:  # before any work
-        check_crop(cfg.vq_crop, nano.SPECS[cfg.spec])
+    check_crop(cfg)  # before any work
     os.makedirs(out, exist_ok=True)
     meta = os.path.join(out, "pretrain_config.json")
     if os.path.exists(meta):
