@@ -355,11 +355,10 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     bar = tqdm(total=cfg.vq_steps, initial=step, desc="stage 1: VQ", unit="step")
     t0 = time.time()
     while step < cfg.vq_steps:
-        if cfg.vq_crop and not (cfg.vq_full_every and (step + 1) % cfg.vq_full_every == 0):
-            scenes = [train_scene(rng)[1] for _ in range(cfg.vq_crop_batch)]
-            pixels = object_crops(to_pixels([render(s) for s in scenes]), scenes, cfg.vq_crop, rng).to(dev)
-        else:
-            pixels = to_pixels([render(train_scene(rng)[1]) for _ in range(cfg.vq_batch)]).to(dev)
+        crop = cfg.vq_crop and not (cfg.vq_full_every and (step + 1) % cfg.vq_full_every == 0)
+        scenes = [train_scene(rng)[1] for _ in range(cfg.vq_crop_batch if crop else cfg.vq_batch)]
+        pixels = to_pixels([render(s) for s in scenes])  # render draws nothing from rng: the same stream as before
+        pixels = (object_crops(pixels, scenes, cfg.vq_crop, rng) if crop else pixels).to(dev)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.vq_steps, cfg.vq_lr)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
