@@ -23,8 +23,10 @@ def register_pretrain(sub) -> None:
                         "steps, about 21 min more), nano-crop (a stage 1 on object crops; no better than nano), "
                         "nano-v4 ... nano-v0 (earlier models), or smoke (seconds)")
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default=None, help="cpu (default) or cuda; data are made on the CPU either way")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the preset's, 2); a run may resume under another count")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda; data are made on the CPU either way (a run "
+                                                   "may resume on another device)")
     p.add_argument("--from-model", default=None, metavar="DIR",
                    help="run only stages 1c and 3 of the preset, starting from this saved model directory (how v4 "
                         "was made from v3; see the model card)")

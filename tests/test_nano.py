@@ -52,6 +52,7 @@ def test_pretraining_resumes_instead_of_starting_over(smoke_model):
     out = os.path.dirname(smoke_model)
     before = os.path.getmtime(os.path.join(out, "stage2.pt"))
     pretrain("smoke", out, threads=1)  # both stages are complete: nothing retrains
+    pretrain("smoke", out, threads=2)  # nor under another thread count: where a run runs is not its recipe
     assert os.path.getmtime(os.path.join(out, "stage2.pt")) == before
     with pytest.raises(ValueError, match="different config"):
         pretrain("smoke", out, threads=1, lm_steps=31)

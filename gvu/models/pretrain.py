@@ -107,6 +107,9 @@ class PretrainConfig:
 # fields that change how fast a stage runs, not what it learns (up to float rounding): a run folder made before such a
 # field existed resumes under any value of it
 SPEED_ONLY = ("vq_norm_fp32",)
+# fields that say where a stage runs, not what it learns: a run resumes under any value of them (the resumed steps then
+# round floats as that machine and thread count do, as any two machines differ)
+RUNTIME = ("threads", "device")
 
 # v4: v3's stages 1, 1b and 2, then stage 1c (the VQ decoder alone, 800 steps) and stage 3 (400 steps of stage 2's
 # mix with half the understanding images shown as VQ reconstructions)
@@ -937,8 +940,10 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
         with open(meta) as f:
             run = json.load(f)
         # fields added since the run began take their defaults, which keep the old recipe; a speed-only field
-        # (SPEED_ONLY) takes this command's value instead, so a run begun before it existed still resumes
-        saved = {**asdict(PretrainConfig()), **{k: getattr(cfg, k) for k in SPEED_ONLY}, **run}
+        # (SPEED_ONLY) takes this command's value instead, so a run begun before it existed still resumes; so does a
+        # runtime field (RUNTIME: e.g. a run begun at --threads 1 resumes at --threads 2)
+        saved = {**asdict(PretrainConfig()), **{k: getattr(cfg, k) for k in SPEED_ONLY}, **run,
+                 **{k: getattr(cfg, k) for k in RUNTIME}}
         if saved != asdict(cfg):
             raise ValueError(f"{out} holds a pretraining run with a different config; pick another --out "
                              f"or delete it. Differences: { {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v} }")
