@@ -11,6 +11,8 @@ Usage: python experiments/vq_draw.py --seed 1 --out runs/vqdraw-s1 [--preset nan
     vq_codebook=1024)
 Prints the two scores and writes OUT/vq_draw.json.
        python experiments/vq_draw.py --report DIR   prints one table row for each DIR/<run>/vq_draw.json
+       python experiments/vq_draw.py --curve RUN [RUN ...]   prints each run's stage-1 reconstruction MSE by step (the
+           mean of the logged values in the 100 steps up to it), from RUN/log.jsonl or RUN/log.jsonl.gz
 """
 
 from __future__ import annotations
@@ -93,9 +95,39 @@ def report(folder: str) -> None:
             print(f"| {name} | not finished | | | | |")
 
 
+def stage1_mse(run: str) -> dict[int, float]:
+    """{step: reconstruction MSE} of the stage-1 records in run's log (log.jsonl, or log.jsonl.gz as committed)."""
+    import gzip
+
+    for name, opener in (("log.jsonl", open), ("log.jsonl.gz", gzip.open)):
+        path = os.path.join(run, name)
+        if os.path.exists(path):
+            with opener(path, "rt") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            return {r["step"]: r["vq/mse"] for r in rows if r.get("stage") == 1 and "vq/mse" in r}
+    raise ValueError(f"{run}: no log.jsonl or log.jsonl.gz (give a run folder of vq_draw.py or gvu pretrain)")
+
+
+def curve(runs: list[str], steps=(200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 3000, 4000),
+          window: int = 100) -> None:
+    """A markdown table: one row per step, one column per run; each cell the mean stage-1 MSE of the logged steps in
+    (step - window, step], blank where the run has none (it stopped earlier)."""
+    logs = {run: stage1_mse(run) for run in runs}
+    print("| step | " + " | ".join(os.path.basename(os.path.normpath(r)) for r in runs) + " |")
+    print("|---:|" + "---:|" * len(runs))
+    for step in steps:
+        cells = []
+        for run in runs:
+            vals = [v for s, v in logs[run].items() if step - window < s <= step]
+            cells.append(f"{sum(vals) / len(vals):.4f}" if vals else "")
+        if any(cells):
+            print(f"| {step} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--report", metavar="DIR", help="print the table of the runs in DIR and stop")
+    ap.add_argument("--curve", nargs="+", metavar="RUN", help="print the runs' stage-1 MSE by step and stop")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--preset", default="nano")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
@@ -107,6 +139,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.report:
         return report(args.report)
+    if args.curve:
+        try:
+            return curve(args.curve)
+        except ValueError as e:
+            ap.error(str(e))
     if args.seed is None or not args.out:
         ap.error("--seed and --out are required (or --report DIR)")
     import torch

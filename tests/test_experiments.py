@@ -109,3 +109,22 @@ def test_vq_draw_report_lists_finished_and_unfinished_runs(vqd, tmp_path, capsys
     vqd.report(str(tmp_path))
     rows = capsys.readouterr().out.strip().splitlines()[2:]
     assert rows == ["| a-s0 | 0.980 | 0.986 | 0.950 | 5.7 | 0.8 |", "| b-s1 | not finished | | | | |"]
+
+
+def test_vq_draw_curve_averages_each_runs_logged_mse_over_the_last_100_steps(vqd, tmp_path, capsys):
+    import gzip
+
+    os.makedirs(tmp_path / "a")
+    with open(tmp_path / "a" / "log.jsonl", "w") as f:  # steps 20..200; stage-2 and other records are skipped
+        for step in range(20, 201, 20):
+            f.write(json.dumps({"stage": 1, "step": step, "vq/mse": step / 1000}) + "\n")
+        f.write(json.dumps({"stage": 2, "step": 200, "loss": 9.0}) + "\n")
+    os.makedirs(tmp_path / "b")
+    with gzip.open(tmp_path / "b" / "log.jsonl.gz", "wt") as f:  # a committed, gzipped log that stops at step 100
+        f.write(json.dumps({"stage": 1, "step": 100, "vq/mse": 0.5}) + "\n")
+    vqd.curve([str(tmp_path / "a"), str(tmp_path / "b")], steps=(100, 200, 300))
+    rows = capsys.readouterr().out.strip().splitlines()
+    # step 100: (0.02 + 0.04 + 0.06 + 0.08 + 0.10) / 5 = 0.06; step 200: (0.12 + ... + 0.20) / 5 = 0.16; no row at 300
+    assert rows == ["| step | a | b |", "|---:|---:|---:|", "| 100 | 0.0600 | 0.5000 |", "| 200 | 0.1600 |  |"]
+    with pytest.raises(ValueError, match="no log.jsonl"):
+        vqd.curve([str(tmp_path)])
