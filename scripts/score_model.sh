@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Score a nano-Janus model directory with the model card's commands, as the card's columns were scored: two 1-thread
+# processes side by side on a 2-core CPU (about 6.5 minutes there), then print every result file.
+#   bash scripts/score_model.sh MODEL OUT      e.g.  bash scripts/score_model.sh runs/v13cpu/model runs/v13cpu/score
+# OUT gets nano_model_eval-{understanding,generation}/results.json, auc.json and auc.npz (per-token log-probs, for
+# experiments/token_weighting.py), counting_probe/, and each command's log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -ne 2 ]; then
+    echo "usage: bash scripts/score_model.sh MODEL OUT   (MODEL: a directory written by gvu pretrain, e.g. runs/X/model)" >&2
+    exit 2
+fi
+MODEL=$1
+OUT=$2
+for f in config.json model.safetensors tokenizer.json; do
+    if [ ! -f "$MODEL/$f" ]; then
+        echo "$MODEL is not a saved nano-Janus directory (no $f); give the model folder of a finished gvu pretrain run" >&2
+        exit 2
+    fi
+done
+PY=.venv/bin/python
+[ -x "$PY" ] || PY=python3
+mkdir -p "$OUT"
+
+pair() {  # run two commands side by side, each logging to its file; fail if either fails
+    local log1=$1 cmd1=$2 log2=$3 cmd2=$4
+    echo "[$(date +%T)] $cmd1  &  $cmd2"
+    bash -c "$cmd1" >"$OUT/$log1" 2>&1 &
+    local p1=$!
+    bash -c "$cmd2" >"$OUT/$log2" 2>&1 &
+    local p2=$!
+    local rc=0
+    wait $p1 || { echo "failed, see $OUT/$log1" >&2; rc=1; }
+    wait $p2 || { echo "failed, see $OUT/$log2" >&2; rc=1; }
+    return $rc
+}
+
+pair understanding.log "$PY benchmarks/nano_model_eval.py --model $MODEL --threads 1 --only vq,understanding,understanding_recon,qa --out $OUT/nano_model_eval-understanding" \
+     auc.log "$PY benchmarks/reward_auc.py --model $MODEL --threads 1 --out $OUT --dump $OUT/auc.npz"
+pair generation.log "$PY benchmarks/nano_model_eval.py --model $MODEL --threads 1 --only generation,groups --out $OUT/nano_model_eval-generation" \
+     counting.log "$PY experiments/counting_probe.py --model $MODEL --threads 1 --out $OUT/counting_probe"
+echo "[$(date +%T)] done; the tables each command printed:"
+for log in understanding auc generation counting; do
+    echo "===== $log ($OUT/$log.log)"
+    tr '\r' '\n' <"$OUT/$log.log" | grep -v -E "it/s|s/it|%\|" || true
+done
