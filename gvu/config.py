@@ -52,7 +52,7 @@ class RewardConfig:
     reduction: str = "geometric_mean"  # per-token log p -> reward: geometric_mean = exp(mean log p) (paper), product = exp(sum), min
     token_weights: str = "uniform"  # "uniform" (paper: every prompt token counts alike) or "surprisal" (see gvu.reward)
     judge: str = "policy"  # whose understanding scores: "policy" (live model, as the official code does), "frozen" (start weights), "ema"
-    ema_decay: float = 0.99  # for judge="ema": judge <- decay * judge + (1 - decay) * policy after every update
+    ema_decay: float = 0.99  # for judge="ema": judge <- decay * judge + (1 - decay) * policy once per training step (after its mu updates)
 
     def validate(self) -> None:
         if self.kind not in REWARD_KINDS:
@@ -100,7 +100,7 @@ class TrainConfig:
     # optimisation
     lora_r: int = 0  # LoRA rank; 0 = full fine-tuning
     lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    lora_dropout: float = 0.0  # must stay 0: the policy runs in eval mode (sampling and the loss see one network)
     lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # LM only (JANUS-NOTES 13)
     lr: float = 2e-5  # full fine-tuning above ~1e-4 destroyed generation in the JANUS-NOTES probe
     weight_decay: float = 0.0
@@ -122,7 +122,7 @@ class TrainConfig:
     eval_images_per_prompt: int = 2
     grid_every: int = 25  # steps between sample grids of the fixed prompts
     grid_prompts: int = 8
-    checkpoint_every: int = 50
+    checkpoint_every: int = 50  # steps between checkpoints; 0 = only the last step's
     guard_patience: int = 5  # steps of all-equal rewards or zero gradients before the alarm
     final_eval: bool = True  # before/after table on the eval and ood splits at the end (nano world)
     final_eval_prompts: int | None = None  # None = the whole split
@@ -146,6 +146,10 @@ class TrainConfig:
             (self.beta >= 0, f"beta must be >= 0 (got {self.beta})"),
             (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
             (self.lora_r >= 0, f"lora_r must be >= 0 (got {self.lora_r}); 0 means full fine-tuning"),
+            (self.lora_dropout == 0, f"lora_dropout must be 0 (got {self.lora_dropout}): the policy runs in eval mode, "
+                                     "so that sampling and the loss score one network, and dropout would never act"),
+            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (got {self.checkpoint_every}); 0 saves only "
+                                         "the last step"),
             (self.schedule in ("constant", "cosine"), f"schedule must be constant or cosine (got {self.schedule!r})"),
             (self.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (got {self.dtype!r})"),
             (self.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp (got {self.parallel!r})"),

@@ -105,13 +105,23 @@ def rank_slice(items: Sequence[T] | torch.Tensor, rank: int, world: int):
     return items[rank::world]
 
 
+def collective_device() -> torch.device:
+    """Where the process group's collectives take tensors: this rank's GPU under NCCL (which rejects CPU tensors),
+    the CPU under gloo."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's tensor along dim 0, in rank order: [W * n, ...]. Shapes must be equal on all ranks."""
+    """Concatenate every rank's tensor along dim 0, in rank order: [W * n, ...], on t's device. Shapes must be equal
+    on all ranks. t may live anywhere (the rewards are on the CPU): it travels through collective_device()."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
+    x = t.contiguous().to(collective_device())
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts).to(t.device)
 
 
 def gather_rows(local: torch.Tensor) -> torch.Tensor:
@@ -149,8 +159,7 @@ def reduce_metrics(metrics: dict) -> dict:
     dist.all_gather_object(every, keys)
     if any(k != keys for k in every):
         raise ValueError(f"ranks report different metrics: {every}")
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=collective_device())
     dist.all_reduce(values)
     return {**metrics, **dict(zip(keys, (values / w).tolist()))}
 

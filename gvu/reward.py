@@ -111,7 +111,7 @@ class Judge:
 
     policy  the live model being trained (what the official GvU code effectively does);
     frozen  the weights at the start of training (under LoRA: the base model with adapters disabled; otherwise a copy);
-    ema     an exponential moving average of the policy's weights, updated after every optimiser step.
+    ema     an exponential moving average of the policy's weights, updated once per training step (after its mu updates).
     """
 
     def __init__(self, policy, cfg: RewardConfig, adapter_off=None):

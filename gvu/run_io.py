@@ -49,13 +49,21 @@ class MetricsLog:
 
     def truncate(self, step: int) -> None:
         """On resume: drop lines written after the checkpoint's step (they will be written again)."""
-        if not os.path.exists(self.path):
-            return
-        with open(self.path) as f:
-            keep = [ln for ln in f if json.loads(ln).get("step", 0) <= step]
-        with open(self.path, "w") as f:
-            f.writelines(keep)
-        self.lines = len(keep)
+        self.lines = truncate_jsonl(self.path, step)
+
+
+def truncate_jsonl(path: str, step: int) -> int:
+    """Keep the lines of a jsonl file whose "step" is at most `step` (on resume, the later ones are written again);
+    returns how many lines are kept. A missing file is left missing."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        keep = [ln for ln in f if json.loads(ln).get("step", 0) <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)  # a crash here leaves the old file whole
+    return len(keep)
 
 
 def save_grid(path: str, pixels, prompts: list[str], per_prompt: int, scale: int = 2) -> None:

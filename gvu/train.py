@@ -28,7 +28,7 @@ from gvu.evaluate import evaluate, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
 from gvu.reward import Judge, compute_reward, gvu_reward
 from gvu.rollout import rollout
-from gvu.run_io import MetricsLog, save_grid, save_json, write_config
+from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
 
 
 # fields that change how fast a run goes, never what it computes: a run resumes under other values of them
@@ -85,7 +85,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def prompts_for_step(pool: list[dict], step: int, cfg: TrainConfig) -> list[dict]:
     """B prompts for `step`, a pure function of (seed, step) so that resuming draws the same ones."""
-    return random.Random(cfg.seed * 1_000_003 + step).sample(pool, min(cfg.batch_prompts, len(pool)))
+    return random.Random(cfg.seed * 1_000_003 + step).sample(pool, cfg.batch_prompts)  # train() checked the pool's size
 
 
 # ----------------------------------------------------------------------------------------------- one step
@@ -178,6 +178,13 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     rows_per_rank = cfg.batch_prompts * cfg.group_size // world
     if rows_per_rank % cfg.grad_accum:
         raise ValueError(f"grad_accum ({cfg.grad_accum}) must divide the rows each rank holds ({rows_per_rank})")
+    pool = load_prompts(cfg)  # the prompts' own checks come before the model loads and before the run folder exists
+    if len(pool) < cfg.batch_prompts:
+        raise ValueError(f"{len(pool)} training prompts, fewer than batch_prompts={cfg.batch_prompts}: every step draws "
+                         f"B distinct prompts. Give more prompts or --set batch_prompts={len(pool)}")
+    nano = world_judgeable(pool)
+    if cfg.reward.kind == "oracle" and not nano:
+        raise ValueError("the oracle reward needs nano-world prompts (it is the nano world's exact evaluator)")
     info = dist.init(cfg.device)
     if info.is_main:
         prepare_run_dir(run_dir, cfg, resume, overwrite)
@@ -187,11 +194,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     random.seed(cfg.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=dtype)
-    pool = load_prompts(cfg)
     backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
-    nano = world_judgeable(pool)
-    if cfg.reward.kind == "oracle" and not nano:
-        raise ValueError("the oracle reward needs nano-world prompts (it is the nano world's exact evaluator)")
     eval_md, grid_md = eval_sets(cfg, nano)
 
     params, adapter_off = setup_trainable(backend, cfg)
@@ -202,16 +205,18 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     judge = Judge(backend, cfg.reward, adapter_off) if cfg.reward.kind == "gvu" else None
     log = MetricsLog(run_dir) if info.is_main else None
 
-    start = 0
+    start, low_signal = 0, 0  # low_signal: steps in a row without a learning signal (the alarm's count)
     ckpt = checkpoint.latest(run_dir) if resume else None
     if ckpt:  # weights now (unsharded), the optimiser once it exists
-        start, _, tensors = checkpoint.load(ckpt, backend.model, None)
+        start, extra, tensors = checkpoint.load(ckpt, backend.model, None)
+        low_signal = extra.get("low_signal", 0)  # 0 for checkpoints written before the count was saved
         if judge is not None and judge.mode == "ema":
             with torch.no_grad():
                 for n, p in judge.copy.model.named_parameters():
                     p.copy_(tensors["ema." + n])
         if log:
             log.truncate(start)
+            truncate_jsonl(os.path.join(run_dir, "diagnostics.jsonl"), start)
 
     # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
     guidance = loss_guidance(backend, cfg)
@@ -236,7 +241,6 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
                 periodic(backend, cfg, 0, eval_md, grid_md, run_dir, log)
             dist.barrier()
     bar = make_bar(cfg, start, progress and info.is_main)
-    low_signal = 0
     for step in range(start, cfg.steps):
         t0 = time.time()
         for g in optimizer.param_groups:
@@ -277,7 +281,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         s = step + 1
         eval_now = bool(cfg.eval_every) and (s % cfg.eval_every == 0 or s == cfg.steps)
         evaluate_now = eval_now or (cfg.grid_every and s % cfg.grid_every == 0) or s == cfg.steps
-        save_now = s % cfg.checkpoint_every == 0 or s == cfg.steps
+        save_now = (cfg.checkpoint_every and s % cfg.checkpoint_every == 0) or s == cfg.steps
         optim_state = dist.full_optimizer_state(policy, optimizer) if save_now else None  # collective under FSDP
         with dist.full_params(policy) if (evaluate_now or save_now) else contextlib.nullcontext():
             if info.is_main:
@@ -286,7 +290,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
                     periodic(backend, cfg, s, eval_md if eval_now else None, grid_md, run_dir, log)
                 if save_now:
                     tensors = {"ema." + n: p for n, p in judge.copy.model.named_parameters()} if judge and judge.mode == "ema" else None
-                    checkpoint.save(run_dir, s, backend.model, optimizer, extra_tensors=tensors, optimizer_state=optim_state)
+                    checkpoint.save(run_dir, s, backend.model, optimizer, extra={"low_signal": low_signal},
+                                    extra_tensors=tensors, optimizer_state=optim_state)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", eval=log.last_eval, step_s=f"{metrics['perf/step_s']:.1f}")
             dist.barrier()

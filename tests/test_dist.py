@@ -186,3 +186,36 @@ def test_without_torchrun_everything_is_one_process(monkeypatch):
 
 if __name__ == "__main__":
     worker(sys.argv[1])
+
+
+def test_under_nccl_a_cpu_tensor_is_gathered_through_the_gpu_and_comes_back_to_the_cpu(monkeypatch):
+    """NCCL rejects CPU tensors, and the rewards are on the CPU. Under a fake two-rank NCCL group the collective
+    device is the rank's GPU; the gather then moves the tensor there and back (traced with the CPU standing in for
+    the GPU, which this CPU-only torch lacks). The fake all_gather returns rank 1's rows as 10 + rank 0's."""
+    seen = []
+
+    def fake_all_gather(parts, x):
+        seen.append(x.device)
+        parts[0].copy_(x)
+        parts[1].copy_(x + 10)
+
+    monkeypatch.setattr(gd.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(gd.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(gd.dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(gd.torch.cuda, "current_device", lambda: 0)
+    assert gd.collective_device() == torch.device("cuda", 0)
+    monkeypatch.setattr(gd, "collective_device", lambda: torch.device("cpu"))  # the move itself, traced below
+    moved = []
+    real_to = torch.Tensor.to
+
+    def tracing_to(self, *a, **k):
+        moved.append(a[0] if a else k.get("device"))
+        return real_to(self, *a, **k)
+
+    monkeypatch.setattr(gd.dist, "all_gather", fake_all_gather)
+    monkeypatch.setattr(torch.Tensor, "to", tracing_to)
+    out = gd.all_gather_tensor(torch.tensor([1.0, 2.0]))
+    assert moved == [torch.device("cpu"), torch.device("cpu")]  # into collective_device(), then back to t's device
+    assert seen == [torch.device("cpu")] and out.tolist() == [1.0, 2.0, 11.0, 12.0]
+    monkeypatch.undo()
+    assert gd.collective_device() == torch.device("cpu")  # no group at all: the CPU

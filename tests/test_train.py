@@ -69,28 +69,57 @@ def strip_perf(path):
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
 
 
+def crash_on_update(monkeypatch, n):
+    """Make the n-th call of update() raise KeyboardInterrupt, as a crash would; returns a function that undoes it."""
+    real_update, calls = train_mod.update, {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated crash")
+        return real_update(*a, **k)
+
+    monkeypatch.setattr(train_mod, "update", crashing)
+    return lambda: monkeypatch.setattr(train_mod, "update", real_update)
+
+
 def test_resume_after_a_crash_equals_an_uninterrupted_run(model_dir, tmp_path, monkeypatch):
     cfg = tiny(model_dir)
     train_mod.train(cfg, str(tmp_path / "straight"), progress=False)
 
-    real_update, calls = train_mod.update, {"n": 0}
-
-    def crash_on_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real_update(*a, **k)
-
-    monkeypatch.setattr(train_mod, "update", crash_on_third)
+    undo = crash_on_update(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(cfg, str(tmp_path / "resumed"), progress=False)
-    monkeypatch.setattr(train_mod, "update", real_update)
+    undo()
     train_mod.train(cfg, str(tmp_path / "resumed"), resume=True, progress=False)
 
     a = load_file(str(tmp_path / "straight/checkpoints/step_000004/trainable.safetensors"))
     b = load_file(str(tmp_path / "resumed/checkpoints/step_000004/trainable.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert strip_perf(tmp_path / "straight/metrics.jsonl") == strip_perf(tmp_path / "resumed/metrics.jsonl")
+
+
+def test_a_resumed_run_writes_each_steps_diagnostics_once(model_dir, tmp_path, monkeypatch):
+    # grids (with their per-token diagnostics) every step, checkpoints every 2: a crash in step 4 leaves step 3's
+    # diagnostics written after the last checkpoint (step 2); the resumed run writes step 3 again
+    cfg = tiny(model_dir, grid_every=1, grid_prompts=1, eval_every=0, checkpoint_every=2)
+    train_mod.train(cfg, str(tmp_path / "straight"), progress=False)
+    undo = crash_on_update(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, str(tmp_path / "resumed"), progress=False)
+    assert [json.loads(ln)["step"] for ln in open(tmp_path / "resumed/diagnostics.jsonl")] == [1, 2, 3]
+    undo()
+    train_mod.train(cfg, str(tmp_path / "resumed"), resume=True, progress=False)
+    straight = [json.loads(ln) for ln in open(tmp_path / "straight/diagnostics.jsonl")]
+    resumed = [json.loads(ln) for ln in open(tmp_path / "resumed/diagnostics.jsonl")]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4] and resumed == straight
+
+
+def test_checkpoint_every_0_saves_only_the_last_step(model_dir, tmp_path):
+    train_mod.train(tiny(model_dir, steps=3, eval_every=0, checkpoint_every=0), str(tmp_path / "run"), progress=False)
+    assert sorted(os.listdir(tmp_path / "run/checkpoints")) == ["latest", "step_000003"]
+    with pytest.raises(ConfigError, match="checkpoint_every must be >= 0"):
+        tiny(model_dir, checkpoint_every=-1).validate()
 
 
 def test_more_steps_extend_a_finished_run_exactly_under_the_constant_schedule(model_dir, tmp_path):
@@ -130,6 +159,21 @@ def test_equal_rewards_raise_the_alarm(model_dir, tmp_path, monkeypatch):
     assert ["alarm" in r for r in rows] == [False, True, True]
 
 
+def test_the_alarms_count_survives_a_resume(model_dir, tmp_path, monkeypatch):
+    # every group's rewards equal from step 1, alarm after 2 such steps: steps 2 and 3 carry it. A crash in step 3
+    # resumes from step 2's checkpoint, and step 3 must still see 2 steps without signal before it, not 0.
+    monkeypatch.setattr(train_mod, "compute_reward", constant_reward(0.5))
+    cfg = tiny(model_dir, steps=3, guard_patience=2, eval_every=0, checkpoint_every=1)
+    undo = crash_on_update(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, str(tmp_path / "run"), progress=False)
+    undo()
+    train_mod.train(cfg, str(tmp_path / "run"), resume=True, progress=False)
+    rows = [json.loads(ln) for ln in open(tmp_path / "run/metrics.jsonl")]
+    assert [("alarm" in r, r["step"]) for r in rows] == [(False, 1), (True, 2), (True, 3)]
+    assert rows[2]["alarm"].startswith("3 steps")
+
+
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(model_dir, tmp_path, monkeypatch):
     cfg = tiny(model_dir, steps=4, eval_every=0)
     real, calls = train_mod.compute_reward, {"n": 0}
@@ -154,6 +198,14 @@ def test_bad_config_and_existing_run_are_refused_before_work(model_dir, tmp_path
     with pytest.raises(ConfigError, match="needs reduction=geometric_mean"):
         train_mod.train(tiny(model_dir, reward=RewardConfig(token_weights="surprisal", reduction="min")),
                         str(tmp_path / "a"), progress=False)
+    with pytest.raises(ConfigError, match="lora_dropout must be 0"):
+        train_mod.train(tiny(model_dir, lora_r=4, lora_dropout=0.1), str(tmp_path / "a"), progress=False)
+    few = tmp_path / "few.jsonl"  # 1 prompt for a batch of 2
+    few.write_text(json.dumps({"tag": "single_object", "include": [{"class": "cat", "count": 1}],
+                               "prompt": "a photo of a cat"}) + "\n")
+    with pytest.raises(ValueError, match="1 training prompts, fewer than batch_prompts=2.*batch_prompts=1"):
+        train_mod.train(tiny(model_dir, prompts_file=str(few)), str(tmp_path / "a"), progress=False)
+    assert not (tmp_path / "a").exists()  # no run folder is made for a refused config
     os.makedirs(tmp_path / "b")
     (tmp_path / "b" / "keep.txt").write_text("user data")
     with pytest.raises(ValueError, match="already holds a run"):
