@@ -152,6 +152,10 @@ class TrainConfig:
                                          "the last step"),
             (self.schedule in ("constant", "cosine"), f"schedule must be constant or cosine (got {self.schedule!r})"),
             (self.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (got {self.dtype!r})"),
+            (self.dtype == "float32" or self.lora_r > 0,
+             "full fine-tuning (lora_r=0) needs dtype=float32: AdamW's steps at these learning rates are far below "
+             "bfloat16's resolution (8 bits of mantissa), so most updates to bf16 weights round away. Use LoRA "
+             "(lora_r > 0; peft keeps the adapters in float32) or dtype=float32"),
             (self.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp (got {self.parallel!r})"),
             (self.grad_accum >= 1 and (self.batch_prompts * self.group_size) % self.grad_accum == 0,
              f"grad_accum ({self.grad_accum}) must divide the rows per step B*G = {self.batch_prompts * self.group_size}"),
