@@ -129,13 +129,34 @@ class Judge:
                 return gvu_reward(self.policy, pixels, prompts, cfg)
         return gvu_reward(self.copy or self.policy, pixels, prompts, cfg)
 
+    def _moving(self):
+        """(name, judge parameter, policy parameter) for the policy's trainable parameters: the only ones an EMA
+        judge can differ in (the frozen rest, e.g. a LoRA base model, equals the policy's from the start)."""
+        for (name, pj), pp in zip(self.copy.model.named_parameters(), self.policy.model.parameters(), strict=True):
+            if pp.requires_grad:
+                yield name, pj, pp
+
     @torch.no_grad()
     def update(self) -> None:
-        """After an optimiser step: move the EMA judge towards the policy (no-op for policy and frozen)."""
+        """After a training step: move the EMA judge towards the policy (no-op for policy and frozen)."""
         if self.mode != "ema":
             return
-        for pj, pp in zip(self.copy.model.parameters(), self.policy.model.parameters(), strict=True):
+        for _, pj, pp in self._moving():
             pj.lerp_(pp.detach().to(pj.dtype), 1 - self.decay)
+
+    def ema_tensors(self) -> dict[str, torch.Tensor] | None:
+        """The EMA judge's state for a checkpoint ("ema." + name; trainable parameters only, so under LoRA the
+        adapters' size, not a second base model), or None when the judge has no state of its own."""
+        if self.mode != "ema":
+            return None
+        return {"ema." + name: pj for name, pj, _ in self._moving()}
+
+    @torch.no_grad()
+    def load_ema_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore ema_tensors() (checkpoints that saved every parameter load too)."""
+        for name, pj in self.copy.model.named_parameters():
+            if "ema." + name in tensors:
+                pj.copy_(tensors["ema." + name])
 
 
 def compute_reward(cfg: RewardConfig, judge: Judge | None, pixels: torch.Tensor, metadata: list[dict],

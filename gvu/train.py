@@ -211,9 +211,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         start, extra, tensors = checkpoint.load(ckpt, backend.model, None)
         low_signal = extra.get("low_signal", 0)  # 0 for checkpoints written before the count was saved
         if judge is not None and judge.mode == "ema":
-            with torch.no_grad():
-                for n, p in judge.copy.model.named_parameters():
-                    p.copy_(tensors["ema." + n])
+            judge.load_ema_tensors(tensors)
         if log:
             log.truncate(start)
             truncate_jsonl(os.path.join(run_dir, "diagnostics.jsonl"), start)
@@ -289,7 +287,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
                 if evaluate_now:
                     periodic(backend, cfg, s, eval_md if eval_now else None, grid_md, run_dir, log)
                 if save_now:
-                    tensors = {"ema." + n: p for n, p in judge.copy.model.named_parameters()} if judge and judge.mode == "ema" else None
+                    tensors = judge.ema_tensors() if judge else None
                     checkpoint.save(run_dir, s, backend.model, optimizer, extra={"low_signal": low_signal},
                                     extra_tensors=tensors, optimizer_state=optim_state)
                 bar.update(1)

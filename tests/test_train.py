@@ -99,6 +99,22 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(model_dir, tmp_path, m
     assert strip_perf(tmp_path / "straight/metrics.jsonl") == strip_perf(tmp_path / "resumed/metrics.jsonl")
 
 
+def test_an_ema_judge_under_lora_checkpoints_only_its_adapters_and_resumes_exactly(model_dir, tmp_path, monkeypatch):
+    cfg = tiny(model_dir, lora_r=4, reward=RewardConfig(judge="ema", ema_decay=0.5), eval_every=0)
+    train_mod.train(cfg, str(tmp_path / "straight"), progress=False)
+    undo = crash_on_update(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, str(tmp_path / "resumed"), progress=False)
+    undo()
+    train_mod.train(cfg, str(tmp_path / "resumed"), resume=True, progress=False)
+    ema = {run: load_file(str(tmp_path / run / "checkpoints/step_000004/extra.safetensors")) for run in ("straight", "resumed")}
+    adapters = load_file(str(tmp_path / "straight/checkpoints/step_000004/trainable.safetensors"))
+    # one EMA tensor per trainable (LoRA) parameter, none for the frozen base model
+    assert sorted(k.removeprefix("ema.") for k in ema["straight"]) == sorted(adapters) and len(adapters) > 0
+    assert all(torch.equal(ema["straight"][k], ema["resumed"][k]) for k in ema["straight"])
+    assert strip_perf(tmp_path / "straight/metrics.jsonl") == strip_perf(tmp_path / "resumed/metrics.jsonl")
+
+
 def test_a_resumed_run_writes_each_steps_diagnostics_once(model_dir, tmp_path, monkeypatch):
     # grids (with their per-token diagnostics) every step, checkpoints every 2: a crash in step 4 leaves step 3's
     # diagnostics written after the last checkpoint (step 2); the resumed run writes step 3 again
