@@ -45,35 +45,18 @@ def score(vq_state: dict, config, tok, spec, out_dir: str) -> dict:
     return bench_vq(JanusBackend.from_pretrained(out_dir), eval_scenes(None, seed=99))
 
 
-def parse_sets(items: list[str], cls, flag: str) -> dict:
-    """KEY=VALUE strings -> {field: value} for the dataclass cls (values parsed as JSON, else kept as text)."""
-    out = {}
-    for kv in items:
-        key, eq, value = kv.partition("=")
-        if not eq:
-            raise ValueError(f"{flag} {kv}: no value; write {flag} FIELD=VALUE")
-        if key not in cls.__dataclass_fields__:
-            raise ValueError(f"{flag} {kv}: {key!r} is not a {cls.__name__} field")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def resolve(preset: str, seed: int, threads: int | None = None, sets: list[str] = (), specs: list[str] = ()):
     """The PretrainConfig of a draw: the preset with the seed, threads and --set changes; with --spec changes, a spec
     of its own registered in nano.SPECS under a name that says what changed. Raises ValueError on bad input."""
     from gvu.models import nano
-    from gvu.models.pretrain import PRESETS, PretrainConfig
+    from gvu.models.pretrain import PRESETS, parse_overrides
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    changes = {"seed": seed, **({"threads": threads} if threads else {}), **parse_sets(sets, PretrainConfig, "--set")}
+    changes = {"seed": seed, **({"threads": threads} if threads else {}), **parse_overrides(sets)}
     cfg = replace(PRESETS[preset], **changes)
     if specs:
-        spec_changes = {k: tuple(v) if isinstance(v, list) else v
-                        for k, v in parse_sets(specs, nano.NanoSpec, "--spec").items()}
+        spec_changes = parse_overrides(specs, nano.NanoSpec, "--spec")
         name = cfg.spec + "+" + ",".join(f"{k}={v}" for k, v in sorted(spec_changes.items()))
         nano.SPECS[name] = replace(nano.SPECS[cfg.spec], **spec_changes)
         cfg = replace(cfg, spec=name)

@@ -23,6 +23,10 @@ def register_pretrain(sub) -> None:
                         "steps, about 21 min more), nano-crop (a stage 1 on object crops; no better than nano), "
                         "nano-v4 ... nano-v0 (earlier models), or smoke (seconds)")
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a recipe field of the preset (PretrainConfig in gvu/models/pretrain.py; repeatable), "
+                        "e.g. --set vq_steps=4000 --set lm_steps=3000. The run folder keeps its recipe: a resume "
+                        "must give the same changes")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the preset's, 2); a run may resume under another count")
     p.add_argument("--device", default=None, help="cpu (default) or cuda; data are made on the CPU either way (a run "
@@ -166,12 +170,13 @@ def resolve_train_config(preset: str | None, config: str | None, sets: list[str]
 # ----------------------------------------------------------------------------------------------- commands
 
 def cmd_pretrain(args) -> None:
-    from gvu.models.pretrain import PRESETS, pretrain
+    from gvu.models.pretrain import PRESETS, parse_overrides, pretrain
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     try:
-        over = {k: v for k, v in (("threads", args.threads), ("device", args.device), ("from_model", args.from_model)) if v}
+        over = {**parse_overrides(args.set),
+                **{k: v for k, v in (("threads", args.threads), ("device", args.device), ("from_model", args.from_model)) if v}}
         path = pretrain(args.preset, args.out, **over)
     except ValueError as e:
         raise UserError(str(e)) from e

@@ -357,3 +357,24 @@ def test_lm_stages_train_with_eager_attention_on_the_cpu_and_give_the_model_back
     assert os.path.exists(tmp_path / "stage3.pt")
     assert seen and set(seen) == {"eager"}
     assert model.config._attn_implementation == model.config.text_config._attn_implementation == "sdpa"
+
+
+def test_pretrain_set_overrides_are_typed_and_bad_ones_fail_before_any_work(tmp_path, monkeypatch, capsys):
+    from gvu import cli
+    from gvu.models import pretrain as pt
+
+    assert pt.parse_overrides(["vq_steps=4000", "vq_lr=1", "bf16=false", "device=cuda", "spec=nano"]) == {
+        "vq_steps": 4000, "vq_lr": 1.0, "bf16": False, "device": "cuda", "spec": "nano"}  # 1 -> 1.0 for a float
+    assert pt.parse_overrides(["vq_channel_multiplier=[1, 2]"], nano.NanoSpec, "--spec") == {"vq_channel_multiplier": (1, 2)}
+    for bad, words in (("vq_steps=4e3", "vq_steps takes int"), ("vq_lr=fast", "vq_lr takes float"),
+                       ("bf16=1", "bf16 takes bool"), ("vq_stepz=3", "'vq_stepz' is not a PretrainConfig field"),
+                       ("vq_steps", "no value")):
+        with pytest.raises(ValueError, match=words):
+            pt.parse_overrides([bad])
+    seen = {}
+    monkeypatch.setattr(pt, "pretrain", lambda preset, out, **kw: seen.update(preset=preset, **kw) or out + "/model")
+    assert cli.main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "a"), "--set", "lm_steps=31",
+                     "--threads", "1"]) == 0
+    assert seen == {"preset": "smoke", "lm_steps": 31, "threads": 1}
+    assert cli.main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "b"), "--set", "lm_steps=many"]) == 2
+    assert "lm_steps takes int" in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -19,7 +19,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -110,6 +110,39 @@ SPEED_ONLY = ("vq_norm_fp32",)
 # fields that say where a stage runs, not what it learns: a run resumes under any value of them (the resumed steps then
 # round floats as that machine and thread count do, as any two machines differ)
 RUNTIME = ("threads", "device")
+
+def parse_overrides(items, cls=None, flag: str = "--set") -> dict:
+    """KEY=VALUE strings -> {field: value} for the dataclass cls (default PretrainConfig), each value read as JSON
+    (4000, 2e-3, true, [1, 2]) or else kept as text (cuda), and checked against the field's type. Raises ValueError
+    naming the bad item; nothing has run yet when it does."""
+    cls = cls or PretrainConfig
+    types = {f.name: f.type for f in fields(cls)}
+    out = {}
+    for kv in items:
+        key, eq, text = kv.partition("=")
+        if not eq:
+            raise ValueError(f"{flag} {kv}: no value; write {flag} FIELD=VALUE")
+        if key not in types:
+            raise ValueError(f"{flag} {kv}: {key!r} is not a {cls.__name__} field")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        want = types[key]
+        if want == "str":
+            value = text
+        elif want == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif want.startswith("tuple") and isinstance(value, list):
+            value = tuple(value)
+        ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool), "float": lambda v: isinstance(v, float),
+              "bool": lambda v: isinstance(v, bool), "str": lambda v: True}.get(
+            want, lambda v: isinstance(v, tuple) and all(isinstance(x, int) for x in v))
+        if not ok(value):
+            raise ValueError(f"{flag} {kv}: {key} takes {want} (got {value!r})")
+        out[key] = value
+    return out
+
 
 # v4: v3's stages 1, 1b and 2, then stage 1c (the VQ decoder alone, 800 steps) and stage 3 (400 steps of stage 2's
 # mix with half the understanding images shown as VQ reconstructions)
