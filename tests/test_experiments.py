@@ -128,3 +128,21 @@ def test_vq_draw_curve_averages_each_runs_logged_mse_over_the_last_100_steps(vqd
     assert rows == ["| step | a | b |", "|---:|---:|---:|", "| 100 | 0.0600 | 0.5000 |", "| 200 | 0.1600 |  |"]
     with pytest.raises(ValueError, match="no log.jsonl"):
         vqd.curve([str(tmp_path)])
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks/evaluator_change.py
+
+def test_evaluator_change_loads_the_evaluator_of_a_revision_and_refuses_an_unknown_one():
+    spec = importlib.util.spec_from_file_location("evaluator_change", os.path.join(HERE, "..", "benchmarks", "evaluator_change.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from gvu.world.evaluator import evaluate_image
+    from gvu.world.scene import Obj, Scene, render
+
+    then = mod.evaluator_at("HEAD")
+    assert then.__name__ == "evaluator_then" and then.evaluate_image is not evaluate_image  # its own module
+    md = {"tag": "single_object", "include": [{"class": "star", "count": 1}], "prompt": "a photo of a star"}
+    img = render(Scene((Obj("star", "red", "large", 30, 30),)))
+    assert then.evaluate_image(md, img).correct and evaluate_image(md, img).correct
+    with pytest.raises(ValueError, match="--against no-such-rev"):
+        mod.evaluator_at("no-such-rev")

@@ -121,3 +121,25 @@ def test_cached_templates_cannot_be_changed_in_place():
     assert len(t) == len(evaluator.BLUR_SIGMAS) and t[0].shape == (12, 12)
     with pytest.raises(ValueError):
         t[1][0, 0] = 1.0
+
+
+# Known gaps, found by a review (2026-11-28). The sampler keeps a gap between objects, so renderings never touch and
+# every test above holds; generated images can touch. Both tests must fail until the evaluator is fixed (strict
+# xfail); a fix changes verdicts on generated images, so it lands with re-measured README numbers
+# (benchmarks/evaluator_change.py measures what a change does to a model's scores).
+
+@pytest.mark.xfail(strict=True, reason="known gap: touching objects of one colour merge into one blob, which a "
+                                       "stretched template still fits, so a wrong count can be judged right")
+def test_two_touching_squares_of_one_colour_are_not_one_square():
+    scene = Scene((Obj("square", "red", "small", 12, 12), Obj("square", "red", "small", 28, 12),
+                   Obj("square", "red", "small", 40, 48)))  # the first two touch: three squares
+    md = {"tag": "counting", "include": [{"class": "square", "count": 2}], "exclude": [{"class": "square", "count": 3}],
+          "prompt": "a photo of two squares"}
+    assert not evaluate_image(md, render(scene)).correct
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: a colour needs 20% of its component's core, so a small object "
+                                       "touching a large one of another colour is lost")
+def test_a_small_star_touching_a_large_square_is_still_found():
+    scene = Scene((Obj("square", "red", "large", 20, 32), Obj("star", "blue", "small", 40, 32)))
+    assert sorted(d.shape for d in detect(render(scene))) == ["square", "star"]
