@@ -4,6 +4,9 @@ of this checkout and by the one at a git revision.
 The images are nano_model_eval.py's generation benchmark (the 553 eval-split prompts of nano-GenEval, 4 images each,
 its sampling settings and seeds), so the "now" column is that benchmark's score under this checkout's evaluator.
 Prints both scores per tag and every verdict that changed; with --out, also a picture of the changed images.
+Only gvu/world/evaluator.py is taken from REV: what it imports (GenEval's rules, the renderer's shape templates, the
+vocabulary) comes from this checkout, so a change to those files is not compared, and REV's evaluator must still
+import against them.
 
 Usage: python benchmarks/evaluator_change.py --against REV [--model models/nano-janus] [--threads 1] [--out DIR]
 """

@@ -128,7 +128,7 @@ def main() -> None:
         except ValueError as e:
             ap.error(str(e))
     if args.seed is None or not args.out:
-        ap.error("--seed and --out are required (or --report DIR)")
+        ap.error("--seed and --out are required (or --report DIR, or --curve RUN ...)")
     import torch
 
     from gvu.models.pretrain import stage0, stage1, stage_decoder

@@ -100,7 +100,7 @@ class TrainConfig:
     # optimisation
     lora_r: int = 0  # LoRA rank; 0 = full fine-tuning
     lora_alpha: int = 16
-    lora_dropout: float = 0.0  # must stay 0: the policy runs in eval mode (sampling and the loss see one network)
+    lora_dropout: float = 0.0  # must stay 0: sampling and the loss must score one network
     lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # LM only (JANUS-NOTES 13)
     lr: float = 2e-5  # full fine-tuning above ~1e-4 destroyed generation in the JANUS-NOTES probe
     weight_decay: float = 0.0
@@ -146,8 +146,8 @@ class TrainConfig:
             (self.beta >= 0, f"beta must be >= 0 (got {self.beta})"),
             (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
             (self.lora_r >= 0, f"lora_r must be >= 0 (got {self.lora_r}); 0 means full fine-tuning"),
-            (self.lora_dropout == 0, f"lora_dropout must be 0 (got {self.lora_dropout}): the policy runs in eval mode, "
-                                     "so that sampling and the loss score one network, and dropout would never act"),
+            (self.lora_dropout == 0, f"lora_dropout must be 0 (got {self.lora_dropout}): sampling and the loss must "
+                                     "score one network, and dropout would act in the update's pass only"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (got {self.checkpoint_every}); 0 saves only "
                                          "the last step"),
             (self.schedule in ("constant", "cosine"), f"schedule must be constant or cosine (got {self.schedule!r})"),

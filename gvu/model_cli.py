@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gvu.config import REDUCTIONS, TOKEN_WEIGHTS
 from gvu.errors import UserError
+from gvu.settings import check_type, coerce
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -69,52 +70,6 @@ def register_score(sub) -> None:
 
 # ----------------------------------------------------------------------------------------------- config resolution
 
-def _allowed(annotation) -> list[str]:
-    """The type names of a field annotation such as "float | None" (config.py's annotations are strings)."""
-    return [a.strip() for a in str(annotation).split("|")]
-
-
-def _coerce(value: str, annotation: str, where: str):
-    """A --set value, read by the field's annotation (e.g. "str | None"): none/null -> None where None is allowed,
-    the raw text for strings, true/false for bools, else JSON (numbers); _check_type then checks the result."""
-    allowed = _allowed(annotation)
-    if "None" in allowed and value.lower() in ("none", "null"):
-        return None
-    if "str" in allowed:
-        return value
-    if "bool" in allowed:
-        if value.lower() in ("true", "1", "yes"):
-            return True
-        if value.lower() in ("false", "0", "no"):
-            return False
-        raise UserError(f"{where}: expected true or false, got {value!r}")
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
-
-
-_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
-
-
-def _check_type(value, annotation: str, where: str):
-    """value checked against a field annotation such as "float | None"; an int is accepted for a float."""
-    allowed = _allowed(annotation)
-    if value is None:
-        if "None" in allowed:
-            return value
-    else:
-        for a in allowed:
-            t = _TYPES.get(a)
-            if t is None:  # a type this check does not know: leave it to the dataclass's own validation
-                return value
-            if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-            if type(value) is t:
-                return value
-    raise UserError(f"{where}: expected {' or '.join(allowed)}, got {value!r}")
-
-
 def apply_dict(cfg, d: dict, where: str):
     """Return cfg with the fields of d (nested dicts for nested dataclasses); unknown keys and values of the wrong
     type are errors."""
@@ -131,7 +86,7 @@ def apply_dict(cfg, d: dict, where: str):
                 raise UserError(f"{where}: {k!r} is a settings group; give its fields (e.g. --set {k}.FIELD=VALUE)")
             changes[k] = apply_dict(cur, v, f"{where}.{k}")
         else:
-            changes[k] = _check_type(v, names[k].type, f"{where}: {k}")
+            changes[k] = check_type(v, names[k].type, f"{where}: {k}")
     return replace(cfg, **changes)
 
 
@@ -160,7 +115,7 @@ def resolve_train_config(preset: str | None, config: str | None, sets: list[str]
         known = {f.name: f for f in fields(obj)}
         if parts[-1] not in known:
             raise UserError(f"--set {key}: unknown setting {parts[-1]!r}")
-        nested: dict = {parts[-1]: _coerce(value, known[parts[-1]].type, f"--set {key}")}
+        nested: dict = {parts[-1]: coerce(value, known[parts[-1]].type, f"--set {key}")}
         for p in reversed(parts[:-1]):
             nested = {p: nested}
         cfg = apply_dict(cfg, nested, "--set")

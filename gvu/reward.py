@@ -153,10 +153,14 @@ class Judge:
 
     @torch.no_grad()
     def load_ema_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Restore ema_tensors() (checkpoints that saved every parameter load too)."""
-        for name, pj in self.copy.model.named_parameters():
-            if "ema." + name in tensors:
-                pj.copy_(tensors["ema." + name])
+        """Restore ema_tensors() (checkpoints that saved every parameter load too: the frozen ones are skipped)."""
+        moving = list(self._moving())
+        missing = [name for name, _, _ in moving if "ema." + name not in tensors]
+        if missing:
+            raise ValueError(f"the checkpoint holds no EMA judge state for {len(missing)} trainable parameters (e.g. "
+                             f"{missing[0]}); was it written by a run with another judge or LoRA setting?")
+        for name, pj, _ in moving:
+            pj.copy_(tensors["ema." + name])
 
 
 def compute_reward(cfg: RewardConfig, judge: Judge | None, pixels: torch.Tensor, metadata: list[dict],

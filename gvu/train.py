@@ -212,9 +212,9 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         low_signal = extra.get("low_signal", 0)  # 0 for checkpoints written before the count was saved
         if judge is not None and judge.mode == "ema":
             judge.load_ema_tensors(tensors)
-        if log:
-            log.truncate(start)
-            truncate_jsonl(os.path.join(run_dir, "diagnostics.jsonl"), start)
+    if log and resume:  # lines after the step resumed from are written again (all of them without a checkpoint)
+        log.truncate(start if ckpt else -1)
+        truncate_jsonl(os.path.join(run_dir, "diagnostics.jsonl"), start if ckpt else -1)
 
     # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
     guidance = loss_guidance(backend, cfg)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Score a nano-Janus model directory with the model card's commands, as the card's columns were scored: two 1-thread
-# processes side by side on a 2-core CPU (about 6.5 minutes there), then print every result file.
+# processes side by side on a 2-core CPU (about 6 minutes there), then print what each command printed (progress bars
+# left out).
 #   bash scripts/score_model.sh MODEL OUT      e.g.  bash scripts/score_model.sh runs/v13cpu/model runs/v13cpu/score
 # OUT gets nano_model_eval-{understanding,generation}/results.json, auc.json and auc.npz (per-token log-probs, for
 # experiments/token_weighting.py), counting_probe/, and each command's log.
@@ -12,6 +13,7 @@ if [ $# -ne 2 ]; then
 fi
 MODEL=$1
 OUT=$2
+case "$MODEL$OUT" in *[[:space:]]*) echo "MODEL and OUT must be paths without spaces" >&2; exit 2;; esac
 for f in config.json model.safetensors tokenizer.json; do
     if [ ! -f "$MODEL/$f" ]; then
         echo "$MODEL is not a saved nano-Janus directory (no $f); give the model folder of a finished gvu pretrain run" >&2

@@ -184,10 +184,6 @@ def test_without_torchrun_everything_is_one_process(monkeypatch):
     assert gd.ddp(policy, info) is policy
 
 
-if __name__ == "__main__":
-    worker(sys.argv[1])
-
-
 def test_under_nccl_a_cpu_tensor_is_gathered_through_the_gpu_and_comes_back_to_the_cpu(monkeypatch):
     """NCCL rejects CPU tensors, and the rewards are on the CPU. Under a fake two-rank NCCL group the collective
     device is the rank's GPU; the gather then moves the tensor there and back (traced with the CPU standing in for
@@ -219,3 +215,8 @@ def test_under_nccl_a_cpu_tensor_is_gathered_through_the_gpu_and_comes_back_to_t
     assert seen == [torch.device("cpu")] and out.tolist() == [1.0, 2.0, 11.0, 12.0]
     monkeypatch.undo()
     assert gd.collective_device() == torch.device("cpu")  # no group at all: the CPU
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
+

@@ -51,8 +51,8 @@ def test_smoke_pretraining_writes_a_model_that_loads_offline(smoke_model, monkey
 def test_pretraining_resumes_instead_of_starting_over(smoke_model):
     out = os.path.dirname(smoke_model)
     before = os.path.getmtime(os.path.join(out, "stage2.pt"))
-    pretrain("smoke", out, threads=1)  # both stages are complete: nothing retrains
-    pretrain("smoke", out, threads=2)  # nor under another thread count: where a run runs is not its recipe
+    pretrain("smoke", out, threads=2)  # both stages are complete: nothing retrains, under another thread count
+    pretrain("smoke", out, threads=1)  # too (where a run runs is not its recipe); torch is left at 1 thread
     assert os.path.getmtime(os.path.join(out, "stage2.pt")) == before
     with pytest.raises(ValueError, match="different config"):
         pretrain("smoke", out, threads=1, lm_steps=31)
@@ -363,18 +363,24 @@ def test_pretrain_set_overrides_are_typed_and_bad_ones_fail_before_any_work(tmp_
     from gvu import cli
     from gvu.models import pretrain as pt
 
-    assert pt.parse_overrides(["vq_steps=4000", "vq_lr=1", "bf16=false", "device=cuda", "spec=nano"]) == {
-        "vq_steps": 4000, "vq_lr": 1.0, "bf16": False, "device": "cuda", "spec": "nano"}  # 1 -> 1.0 for a float
+    # read as `gvu train --set` reads its fields: an int is taken for a float, 1/0 and yes/no for a bool
+    assert pt.parse_overrides(["vq_steps=4000", "vq_lr=1", "bf16=no", "device=cuda", "spec=nano"]) == {
+        "vq_steps": 4000, "vq_lr": 1.0, "bf16": False, "device": "cuda", "spec": "nano"}
     assert pt.parse_overrides(["vq_channel_multiplier=[1, 2]"], nano.NanoSpec, "--spec") == {"vq_channel_multiplier": (1, 2)}
-    for bad, words in (("vq_steps=4e3", "vq_steps takes int"), ("vq_lr=fast", "vq_lr takes float"),
-                       ("bf16=1", "bf16 takes bool"), ("vq_stepz=3", "'vq_stepz' is not a PretrainConfig field"),
+    for bad, words in (("vq_steps=4e3", "expected int, got 4000.0"), ("vq_lr=fast", "expected float, got 'fast'"),
+                       ("bf16=maybe", "expected true or false"), ("vq_stepz=3", "'vq_stepz' is not a PretrainConfig field"),
                        ("vq_steps", "no value")):
         with pytest.raises(ValueError, match=words):
             pt.parse_overrides([bad])
+    with pytest.raises(ValueError, match="a list of integers"):
+        pt.parse_overrides(["vq_channel_multiplier=2"], nano.NanoSpec, "--spec")
+    # the command passes the overrides on to pretrain() ...
     seen = {}
-    monkeypatch.setattr(pt, "pretrain", lambda preset, out, **kw: seen.update(preset=preset, **kw) or out + "/model")
-    assert cli.main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "a"), "--set", "lm_steps=31",
-                     "--threads", "1"]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(pt, "pretrain", lambda preset, out, **kw: seen.update(preset=preset, **kw) or out + "/model")
+        assert cli.main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "a"), "--set", "lm_steps=31",
+                         "--threads", "1"]) == 0
     assert seen == {"preset": "smoke", "lm_steps": 31, "threads": 1}
+    # ... and a bad one stops the real command before any work: no run folder
     assert cli.main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "b"), "--set", "lm_steps=many"]) == 2
-    assert "lm_steps takes int" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert "expected int" in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -131,6 +131,20 @@ def test_a_resumed_run_writes_each_steps_diagnostics_once(model_dir, tmp_path, m
     assert [r["step"] for r in resumed] == [1, 2, 3, 4] and resumed == straight
 
 
+def test_a_resume_before_the_first_checkpoint_starts_the_logs_afresh(model_dir, tmp_path, monkeypatch):
+    # checkpoint_every=0 saves only the last step, so a crash in step 2 of 3 leaves logs and no checkpoint
+    cfg = tiny(model_dir, steps=3, eval_every=1, grid_every=1, grid_prompts=1, checkpoint_every=0)
+    train_mod.train(cfg, str(tmp_path / "straight"), progress=False)
+    undo = crash_on_update(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, str(tmp_path / "resumed"), progress=False)
+    assert not (tmp_path / "resumed/checkpoints").exists() or not os.listdir(tmp_path / "resumed/checkpoints")
+    undo()
+    train_mod.train(cfg, str(tmp_path / "resumed"), resume=True, progress=False)
+    assert strip_perf(tmp_path / "straight/metrics.jsonl") == strip_perf(tmp_path / "resumed/metrics.jsonl")
+    assert open(tmp_path / "straight/diagnostics.jsonl").read() == open(tmp_path / "resumed/diagnostics.jsonl").read()
+
+
 def test_checkpoint_every_0_saves_only_the_last_step(model_dir, tmp_path):
     train_mod.train(tiny(model_dir, steps=3, eval_every=0, checkpoint_every=0), str(tmp_path / "run"), progress=False)
     assert sorted(os.listdir(tmp_path / "run/checkpoints")) == ["latest", "step_000003"]

@@ -112,9 +112,12 @@ SPEED_ONLY = ("vq_norm_fp32",)
 RUNTIME = ("threads", "device")
 
 def parse_overrides(items, cls=None, flag: str = "--set") -> dict:
-    """KEY=VALUE strings -> {field: value} for the dataclass cls (default PretrainConfig), each value read as JSON
-    (4000, 2e-3, true, [1, 2]) or else kept as text (cuda), and checked against the field's type. Raises ValueError
-    naming the bad item; nothing has run yet when it does."""
+    """KEY=VALUE strings -> {field: value} for the dataclass cls (default PretrainConfig), each read and checked by
+    the field's type as `gvu train --set` reads its fields (gvu.settings: 4000, 2e-3, true/false, text; a JSON list
+    for a tuple field). Raises ValueError naming the bad item; nothing has run yet when it does."""
+    from gvu.errors import UserError
+    from gvu.settings import check_type, coerce
+
     cls = cls or PretrainConfig
     types = {f.name: f.type for f in fields(cls)}
     out = {}
@@ -124,22 +127,15 @@ def parse_overrides(items, cls=None, flag: str = "--set") -> dict:
             raise ValueError(f"{flag} {kv}: no value; write {flag} FIELD=VALUE")
         if key not in types:
             raise ValueError(f"{flag} {kv}: {key!r} is not a {cls.__name__} field")
+        where = f"{flag} {kv}"
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        want = types[key]
-        if want == "str":
-            value = text
-        elif want == "float" and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif want.startswith("tuple") and isinstance(value, list):
+            value = check_type(coerce(text, types[key], where), types[key], where)
+        except UserError as e:
+            raise ValueError(str(e)) from e
+        if types[key].startswith("tuple"):
+            if not (isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
+                raise ValueError(f"{where}: expected a list of integers such as [1, 2, 2], got {value!r}")
             value = tuple(value)
-        ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool), "float": lambda v: isinstance(v, float),
-              "bool": lambda v: isinstance(v, bool), "str": lambda v: True}.get(
-            want, lambda v: isinstance(v, tuple) and all(isinstance(x, int) for x in v))
-        if not ok(value):
-            raise ValueError(f"{flag} {kv}: {key} takes {want} (got {value!r})")
         out[key] = value
     return out
 
@@ -977,6 +973,10 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
         # runtime field (RUNTIME: e.g. a run begun at --threads 1 resumes at --threads 2)
         saved = {**asdict(PretrainConfig()), **{k: getattr(cfg, k) for k in SPEED_ONLY}, **run,
                  **{k: getattr(cfg, k) for k in RUNTIME}}
+        moved = {k: (run[k], getattr(cfg, k)) for k in RUNTIME if k in run and run[k] != getattr(cfg, k)}
+        if moved:
+            print(f"resuming {out} with " + ", ".join(f"{k}={new} (begun with {old})" for k, (old, new) in moved.items()),
+                  flush=True)
         if saved != asdict(cfg):
             raise ValueError(f"{out} holds a pretraining run with a different config; pick another --out "
                              f"or delete it. Differences: { {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v} }")
