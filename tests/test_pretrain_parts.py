@@ -1,5 +1,6 @@
 """Pieces of the nano-Janus pretraining recipe, checked with hand-worked numbers."""
 
+import json
 import math
 import random
 
@@ -307,3 +308,16 @@ def test_rows_sharing_an_image_encode_it_once_with_the_same_logits_and_gradients
         assert torch.allclose(ga[k], gb[k], atol=1e-6, rtol=1e-4), k
     with pytest.raises(ValueError, match="image placeholders"):
         text_logits(model, batch, images, torch.tensor([0, 1]))  # 3 rows, 2 image indices
+
+
+def test_a_resumed_stage_drops_its_own_log_records_after_the_checkpoint(tmp_path):
+    from gvu.models.pretrain import log, trim_log
+
+    for rec in ({"stage": 1, "step": 200}, {"stage": 1, "step": 220}, {"stage": "1c", "step": 20},
+                {"stage": 2, "step": 200}, {"stage": 2, "step": 220}, {"stage": 2, "step": 240}):
+        log(str(tmp_path), rec)
+    trim_log(str(tmp_path), 2, 200)  # stage 2 resumes from its step-200 save: 220 and 240 will be written again
+    trim_log(str(tmp_path), 3, 0)  # stage 3 starts afresh: it has no records, nothing else moves
+    rows = [json.loads(ln) for ln in open(tmp_path / "log.jsonl")]
+    assert [(r["stage"], r["step"]) for r in rows] == [(1, 200), (1, 220), ("1c", 20), (2, 200)]
+    trim_log(str(tmp_path / "none"), 1, 0)  # a folder without a log: nothing to do

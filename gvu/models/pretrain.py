@@ -322,6 +322,21 @@ def log(out: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def trim_log(out: str, stage, step: int) -> None:
+    """On resuming `stage` from its checkpoint at `step`: drop that stage's log records after the step, which the
+    stopped run wrote and the resumed one writes again (other stages' records stay)."""
+    path = os.path.join(out, "log.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = [ln for ln in lines if not ((r := json.loads(ln)).get("stage") == stage and r.get("step", 0) > step)]
+    if len(keep) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int = 0) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -383,6 +398,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     if state is not None:
         step = restore(state, vq, opt, rng)
         ema.load_state_dict(state["ema"])
+    trim_log(out, 1, step)  # records after the step resumed from (or any, starting afresh) are written again
     usage = torch.zeros(config.vq_config.num_embeddings, dtype=torch.long)
     bar = tqdm(total=cfg.vq_steps, initial=step, desc="stage 1: VQ", unit="step")
     t0 = time.time()
@@ -684,6 +700,7 @@ def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
     opt = torch.optim.AdamW(both.parameters(), lr=cfg.vis_lr, weight_decay=0.01)
     rng = random.Random(cfg.seed + 5)
     step = restore(state, both, opt, rng) if state is not None else 0
+    trim_log(out, "1b", step)
     bar = tqdm(total=cfg.vis_steps, initial=step, desc="stage 1b: vision", unit="step")
     t0 = time.time()
     while step < cfg.vis_steps:
@@ -742,6 +759,7 @@ def stage_decoder(cfg: PretrainConfig, out: str, config, vq_state: dict) -> dict
     opt = torch.optim.Adam(trained, lr=cfg.dec_lr)
     rng = random.Random(cfg.seed + 9)
     step = restore(state, vq, opt, rng) if state is not None else 0
+    trim_log(out, "1c", step)
     bar = tqdm(total=cfg.dec_steps, initial=step, desc="stage 1c: VQ decoder", unit="step")
     t0 = time.time()
     while step < cfg.dec_steps:
@@ -846,6 +864,7 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
             probe.load_state_dict(state["probe"])
         if pos_probe is not None:
             pos_probe.load_state_dict(state["pos_probe"])
+    trim_log(out, int(name), step)
     features = {}  # the vision features of the current understanding pass (aligner input and output), for the probes
     hooks = [model.model.aligner.register_forward_pre_hook(lambda mod, args: features.__setitem__("v", args[0])),
              model.model.aligner.register_forward_hook(lambda mod, args, out: features.__setitem__("aligned", out))]
