@@ -83,15 +83,20 @@ def crash_on_update(monkeypatch, n):
     return lambda: monkeypatch.setattr(train_mod, "update", real_update)
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(model_dir, tmp_path, monkeypatch):
-    cfg = tiny(model_dir)
+def straight_and_resumed(cfg, tmp_path, monkeypatch, crash_at: int) -> None:
+    """Run cfg uninterrupted into tmp_path/straight, and into tmp_path/resumed with a crash in update crash_at and a
+    --resume after it."""
     train_mod.train(cfg, str(tmp_path / "straight"), progress=False)
-
-    undo = crash_on_update(monkeypatch, 3)
+    undo = crash_on_update(monkeypatch, crash_at)
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(cfg, str(tmp_path / "resumed"), progress=False)
     undo()
     train_mod.train(cfg, str(tmp_path / "resumed"), resume=True, progress=False)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(model_dir, tmp_path, monkeypatch):
+    cfg = tiny(model_dir)
+    straight_and_resumed(cfg, tmp_path, monkeypatch, 3)
 
     a = load_file(str(tmp_path / "straight/checkpoints/step_000004/trainable.safetensors"))
     b = load_file(str(tmp_path / "resumed/checkpoints/step_000004/trainable.safetensors"))
@@ -101,12 +106,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(model_dir, tmp_path, m
 
 def test_an_ema_judge_under_lora_checkpoints_only_its_adapters_and_resumes_exactly(model_dir, tmp_path, monkeypatch):
     cfg = tiny(model_dir, lora_r=4, reward=RewardConfig(judge="ema", ema_decay=0.5), eval_every=0)
-    train_mod.train(cfg, str(tmp_path / "straight"), progress=False)
-    undo = crash_on_update(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(cfg, str(tmp_path / "resumed"), progress=False)
-    undo()
-    train_mod.train(cfg, str(tmp_path / "resumed"), resume=True, progress=False)
+    straight_and_resumed(cfg, tmp_path, monkeypatch, 3)
     ema = {run: load_file(str(tmp_path / run / "checkpoints/step_000004/extra.safetensors")) for run in ("straight", "resumed")}
     adapters = load_file(str(tmp_path / "straight/checkpoints/step_000004/trainable.safetensors"))
     # one EMA tensor per trainable (LoRA) parameter, none for the frozen base model
