@@ -46,7 +46,7 @@ def evaluate(backend, metadata: list[dict], images_per_prompt: int, sampling: Sa
             by_tag[m.get("tag", "all")].append(x)
         if exact:
             for m, j in zip(chunk, evaluate_images(chunk, to_uint8(px), evaluator_workers)):
-                correct[m["tag"]].append(j.correct)
+                correct[m.get("tag", "all")].append(j.correct)
         if len(kept) < keep_images:
             kept.extend(to_uint8(px)[: keep_images - len(kept)])
     out = {"reward": float(torch.cat(rewards).mean()), "n": len(rows),

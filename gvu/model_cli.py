@@ -125,16 +125,18 @@ def resolve_train_config(preset: str | None, config: str | None, sets: list[str]
 # ----------------------------------------------------------------------------------------------- commands
 
 def cmd_pretrain(args) -> None:
-    from gvu.models.pretrain import PRESETS, parse_overrides, pretrain
+    from gvu.models.pretrain import RunFolder, parse_overrides, resolve, run_stages
 
-    if args.preset not in PRESETS:
-        raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    try:
-        over = {**parse_overrides(args.set),
-                **{k: v for k, v in (("threads", args.threads), ("device", args.device), ("from_model", args.from_model)) if v}}
-        path = pretrain(args.preset, args.out, **over)
+    try:  # every user error is found here, before any work; an error during the stages keeps its traceback
+        flags = (("threads", args.threads), ("device", args.device), ("from_model", args.from_model))
+        cfg = resolve(args.preset, **{**parse_overrides(args.set), **{k: v for k, v in flags if v is not None}})
+        folder = RunFolder(cfg, args.out)
     except ValueError as e:
         raise UserError(str(e)) from e
+    try:
+        path = run_stages(cfg, args.out)
+    finally:
+        folder.close()
     print(f"model written to {path}")
 
 

@@ -57,8 +57,15 @@ def truncate_jsonl(path: str, step: int) -> int:
     returns how many lines are kept. A missing file is left missing."""
     if not os.path.exists(path):
         return 0
+    keep = []
     with open(path) as f:
-        keep = [ln for ln in f if json.loads(ln).get("step", 0) <= step]
+        for ln in f:
+            try:
+                record = json.loads(ln)
+            except json.JSONDecodeError:  # a line cut short by a crash mid-write
+                continue
+            if record.get("step", 0) <= step:
+                keep.append(ln if ln.endswith("\n") else ln + "\n")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(keep)
@@ -92,6 +99,8 @@ def before_after_table(before: dict, after: dict) -> str:
             lines.append(f"| {split} | {tag} | {b['per_tag'][tag]:.3f} | {a['per_tag'][tag]:.3f} | {rew} |")
         lines.append(f"| {split} | **overall** | **{b['overall']:.3f}** | **{a['overall']:.3f}** | "
                      f"{b['reward']:.4f} | {a['reward']:.4f} |")
+    lines.append("\n(overall: the exact score is the mean of the tags' scores, as GenEval reports it; the reward is the "
+                 "mean over all images)")
     return "\n".join(lines)
 
 

@@ -6,14 +6,13 @@
 # OUT gets nano_model_eval-{understanding,generation}/results.json, auc.json and auc.npz (per-token log-probs, for
 # experiments/token_weighting.py), counting_probe/, and each command's log.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 if [ $# -ne 2 ]; then
     echo "usage: bash scripts/score_model.sh MODEL OUT   (MODEL: a directory written by gvu pretrain, e.g. runs/X/model)" >&2
     exit 2
 fi
-MODEL=$1
-OUT=$2
-case "$MODEL$OUT" in *[[:space:]]*) echo "MODEL and OUT must be paths without spaces" >&2; exit 2;; esac
+MODEL=$(realpath -m -- "$1")  # relative to where the command was typed, before the cd below
+OUT=$(realpath -m -- "$2")
+cd "$(dirname "$0")/.."
 for f in config.json model.safetensors tokenizer.json; do
     if [ ! -f "$MODEL/$f" ]; then
         echo "$MODEL is not a saved nano-Janus directory (no $f); give the model folder of a finished gvu pretrain run" >&2
@@ -24,6 +23,11 @@ PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 mkdir -p "$OUT"
 
+M=$(printf %q "$MODEL")  # the paths as shell words, for the command strings below
+O=$(printf %q "$OUT")
+children=()
+trap 'kill "${children[@]}" 2>/dev/null; exit 130' INT TERM  # Ctrl-C stops both commands, not only this script
+
 pair() {  # run two commands side by side, each logging to its file; fail if either fails
     local log1=$1 cmd1=$2 log2=$3 cmd2=$4
     echo "[$(date +%T)] $cmd1  &  $cmd2"
@@ -31,16 +35,17 @@ pair() {  # run two commands side by side, each logging to its file; fail if eit
     local p1=$!
     bash -c "$cmd2" >"$OUT/$log2" 2>&1 &
     local p2=$!
+    children=("$p1" "$p2")
     local rc=0
     wait $p1 || { echo "failed, see $OUT/$log1" >&2; rc=1; }
     wait $p2 || { echo "failed, see $OUT/$log2" >&2; rc=1; }
     return $rc
 }
 
-pair understanding.log "$PY benchmarks/nano_model_eval.py --model $MODEL --threads 1 --only vq,understanding,understanding_recon,qa --out $OUT/nano_model_eval-understanding" \
-     auc.log "$PY benchmarks/reward_auc.py --model $MODEL --threads 1 --out $OUT --dump $OUT/auc.npz"
-pair generation.log "$PY benchmarks/nano_model_eval.py --model $MODEL --threads 1 --only generation,groups --out $OUT/nano_model_eval-generation" \
-     counting.log "$PY experiments/counting_probe.py --model $MODEL --threads 1 --out $OUT/counting_probe"
+pair understanding.log "$PY benchmarks/nano_model_eval.py --model $M --threads 1 --only vq,understanding,understanding_recon,qa --out $O/nano_model_eval-understanding" \
+     auc.log "$PY benchmarks/reward_auc.py --model $M --threads 1 --out $O --dump $O/auc.npz"
+pair generation.log "$PY benchmarks/nano_model_eval.py --model $M --threads 1 --only generation,groups --out $O/nano_model_eval-generation" \
+     counting.log "$PY experiments/counting_probe.py --model $M --threads 1 --out $O/counting_probe"
 echo "[$(date +%T)] done; the tables each command printed:"
 for log in understanding auc generation counting; do
     echo "===== $log ($OUT/$log.log)"

@@ -10,10 +10,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PY=.venv/bin/python
 
-# torch first and pinned: left to pyproject's range, pip would pull a multi-GB CUDA build here.
+# torch first and pinned, and only when .venv has none (a torch you installed there, e.g. a CUDA build, is kept).
+# On this project's CPU machines pip finds a local CPU wheel of torch 2.13.0 (its find-links); left to pyproject's range
+# it would pull a multi-GB CUDA build. Elsewhere, PyPI's torch==2.13.0 for Linux is itself a CUDA build: set
+# GVU_TORCH_INDEX=https://download.pytorch.org/whl/cpu to take the CPU one from PyTorch's index instead.
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-    echo "setup: installing torch==2.13.0"
-    "$PY" -m pip install --quiet "torch==2.13.0"
+    echo "setup: installing torch==2.13.0${GVU_TORCH_INDEX:+ from $GVU_TORCH_INDEX}"
+    "$PY" -m pip install --quiet ${GVU_TORCH_INDEX:+--index-url "$GVU_TORCH_INDEX"} "torch==2.13.0"
 fi
 
 stamp=.venv/.gvu-setup-stamp

@@ -2,6 +2,7 @@
 trained model's understanding on a handful of scenes."""
 
 import json
+from dataclasses import replace
 import os
 import random
 from pathlib import Path
@@ -374,13 +375,13 @@ def test_pretrain_set_overrides_are_typed_and_bad_ones_fail_before_any_work(tmp_
             pt.parse_overrides([bad])
     with pytest.raises(ValueError, match="a list of integers"):
         pt.parse_overrides(["vq_channel_multiplier=2"], nano.NanoSpec, "--spec")
-    # the command passes the overrides on to pretrain() ...
+    # the command runs the preset with the overrides ...
     seen = {}
     with monkeypatch.context() as m:
-        m.setattr(pt, "pretrain", lambda preset, out, **kw: seen.update(preset=preset, **kw) or out + "/model")
+        m.setattr(pt, "run_stages", lambda cfg, out: seen.update(cfg=cfg, out=out) or out + "/model")
         assert cli.main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "a"), "--set", "lm_steps=31",
                          "--threads", "1"]) == 0
-    assert seen == {"preset": "smoke", "lm_steps": 31, "threads": 1}
+    assert seen == {"cfg": replace(pt.PRESETS["smoke"], lm_steps=31, threads=1), "out": str(tmp_path / "a")}
     # ... and a bad one stops the real command before any work: no run folder
     assert cli.main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "b"), "--set", "lm_steps=many"]) == 2
     assert "expected int" in capsys.readouterr().err and not (tmp_path / "b").exists()

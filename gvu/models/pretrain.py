@@ -107,9 +107,66 @@ class PretrainConfig:
 # fields that change how fast a stage runs, not what it learns (up to float rounding): a run folder made before such a
 # field existed resumes under any value of it
 SPEED_ONLY = ("vq_norm_fp32",)
-# fields that say where a stage runs, not what it learns: a run resumes under any value of them (the resumed steps then
-# round floats as that machine and thread count do, as any two machines differ)
-RUNTIME = ("threads", "device")
+# fields that say where or how a stage runs, not what it learns: a run resumes under any value of them (the resumed steps
+# then round floats as that machine and thread count do, as any two machines differ). Stage-2 batches are the same for
+# any data_workers, and a checkpoint holds everything the next steps read (RNGs, optimiser, the VQ's usage counts), so
+# save_every changes only how much a crash loses
+RUNTIME = ("threads", "device", "data_workers", "save_every")
+
+# integer fields and their least allowed value; float fields in [lo, hi] (None: unbounded)
+_MIN_INT = {"threads": 1, "save_every": 1, "vq_batch": 1, "vq_restart_every": 1, "vis_batch": 1, "gen_batch": 1,
+            "und_batch": 1, "dec_batch": 1, "vq_steps": 0, "vis_steps": 0, "lm_steps": 0, "dec_steps": 0, "s3_steps": 0,
+            "vis_warmup": 0, "lm_warmup": 0, "dec_warmup": 0, "s3_warmup": 0, "rank_images": 0, "data_workers": 0,
+            "vq_crop": 0}
+_FLOAT_RANGE = {"prompt_dropout": (0.0, 1.0), "spatial_share": (0.0, 1.0), "und_recon": (0.0, 1.0),
+                "und_extra": (0.0, 1.0), "vq_lr": (0.0, None), "vis_lr": (0.0, None), "lm_lr": (0.0, None),
+                "dec_lr": (0.0, None), "s3_lr": (0.0, None), "vq_fg_weight": (0.0, None), "vq_edge_weight": (0.0, None),
+                "gen_weight": (0.0, None), "rank_weight": (0.0, None), "aux_weight": (0.0, None), "pos_weight": (0.0, None)}
+
+
+def validate(cfg: "PretrainConfig") -> None:
+    """Every check that a recipe (a preset with its --set fields, --threads, --device, --from-model) can fail, before
+    any folder is made or any work starts. Raises ValueError saying which field is wrong and what it may be."""
+    if cfg.spec not in nano.SPECS:
+        raise ValueError(f"spec={cfg.spec!r}: not a model size; choose one of {', '.join(nano.SPECS)}")
+    for name, least in _MIN_INT.items():
+        if getattr(cfg, name) < least:
+            raise ValueError(f"{name}={getattr(cfg, name)}: must be at least {least}")
+    for name, (lo, hi) in _FLOAT_RANGE.items():
+        v = getattr(cfg, name)
+        if name.endswith("_lr"):
+            if not v > 0:
+                raise ValueError(f"{name}={v}: a learning rate must be above 0")
+        elif not (lo <= v and (hi is None or v <= hi)):  # also refuses nan
+            raise ValueError(f"{name}={v}: must be " + (f"between {lo} and {hi}" if hi is not None else f"at least {lo}"))
+    if not (cfg.device == "cpu" or cfg.device == "cuda" or cfg.device.startswith("cuda:")):
+        raise ValueError(f"device={cfg.device!r}: give cpu or cuda (or cuda:N)")
+    if cfg.device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device!r}, but this torch sees no GPU (torch {torch.__version__}); "
+                         "use --device cpu, or install a CUDA build of torch")
+    check_crop(cfg)
+    if cfg.from_model:
+        check_source(cfg)
+
+
+def check_source(cfg: "PretrainConfig") -> None:
+    """A clear error for a --from-model directory that stages 1c and 3 cannot start from."""
+    src = cfg.from_model
+    missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not os.path.exists(os.path.join(src, f))]
+    if missing:
+        raise ValueError(f"--from-model {src!r} is not a saved nano-Janus directory (missing {', '.join(missing)}); "
+                         "give a directory written by `gvu pretrain` (its OUT/model), e.g. models/nano-janus")
+    if not cfg.s3_steps and not cfg.dec_steps:
+        raise ValueError("this preset has no stage 1c or 3 (dec_steps=0, s3_steps=0): --from-model runs only those")
+    with open(os.path.join(src, "config.json")) as f:
+        vq = json.load(f).get("vq_config", {})
+    spec = nano.SPECS[cfg.spec]
+    if "num_patches" not in vq:
+        from transformers import JanusVQVAEConfig
+        vq["num_patches"] = JanusVQVAEConfig().num_patches
+    tokens = vq["num_patches"] ** 2
+    if tokens != spec.num_image_tokens:
+        raise ValueError(f"--from-model {src}: {tokens} image tokens, but spec {cfg.spec!r} has {spec.num_image_tokens}")
 
 def parse_overrides(items, cls=None, flag: str = "--set") -> dict:
     """KEY=VALUE strings -> {field: value} for the dataclass cls (default PretrainConfig), each read and checked by
@@ -311,6 +368,25 @@ def object_crops(pixels: torch.Tensor, scenes: list, size: int, rng: random.Rand
     return torch.stack(crops)
 
 
+def save_config(config, out: str) -> None:
+    """config.json written whole or not at all (a crash mid-write must not leave a file that later runs trip on)."""
+    tmp = os.path.join(out, ".config.tmp")
+    config.save_pretrained(tmp)
+    os.replace(os.path.join(tmp, "config.json"), os.path.join(out, "config.json"))
+    os.rmdir(tmp)
+
+
+def read_jsonl(lines) -> list[tuple[str, dict]]:
+    """(line, record) for each whole record; a line cut short by a crash mid-write is dropped."""
+    out = []
+    for ln in lines:
+        try:
+            out.append((ln if ln.endswith("\n") else ln + "\n", json.loads(ln)))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def atomic_save(obj, path: str) -> None:
     tmp = path + ".tmp"
     torch.save(obj, tmp)
@@ -330,8 +406,8 @@ def trim_log(out: str, stage, step: int) -> None:
         return
     with open(path) as f:
         lines = f.readlines()
-    keep = [ln for ln in lines if not ((r := json.loads(ln)).get("stage") == stage and r.get("step", 0) > step)]
-    if len(keep) != len(lines):
+    keep = [ln for ln, r in read_jsonl(lines) if not (r.get("stage") == stage and r.get("step", 0) > step)]
+    if keep != lines:
         with open(path + ".tmp", "w") as f:
             f.writelines(keep)
         os.replace(path + ".tmp", path)
@@ -371,7 +447,7 @@ def stage0(cfg: PretrainConfig, out: str):
         tok = nano.build_tokenizer(spec, nano.corpus(seed=cfg.seed))
         config = nano.build_config(spec, tok)
         tok.save_pretrained(tok_dir)
-        config.save_pretrained(out)
+        save_config(config, out)  # last: its presence says stage 0 is done
     tok = AutoTokenizer.from_pretrained(tok_dir)
     return spec, tok, JanusConfig.from_pretrained(out)
 
@@ -395,11 +471,13 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     opt = torch.optim.Adam([p for p in vq.parameters() if p.requires_grad], lr=cfg.vq_lr)
     rng = random.Random(cfg.seed + 1)
     step = 0
+    usage = torch.zeros(config.vq_config.num_embeddings, dtype=torch.long)  # code use since the last restart
     if state is not None:
         step = restore(state, vq, opt, rng)
         ema.load_state_dict(state["ema"])
+        if "usage" in state:  # checkpoints from before 2026-11-28 lack it (their saves fell on restart steps)
+            usage.copy_(state["usage"])
     trim_log(out, 1, step)  # records after the step resumed from (or any, starting afresh) are written again
-    usage = torch.zeros(config.vq_config.num_embeddings, dtype=torch.long)
     bar = tqdm(total=cfg.vq_steps, initial=step, desc="stage 1: VQ", unit="step")
     t0 = time.time()
     while step < cfg.vq_steps:
@@ -429,7 +507,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
             if step == cfg.vq_steps:
                 normalise_codebook(vq)
             atomic_save({"model": vq.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": step,
-                         "rng": rng_state(), "data_rng": rng.getstate()}, path)
+                         "rng": rng_state(), "data_rng": rng.getstate(), "usage": usage.clone()}, path)
     bar.close()
     return vq.state_dict()
 
@@ -853,7 +931,11 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
     vq = model.model.vqmodel
     vq.requires_grad_(False)  # frozen; put in eval mode below, after model.train()
     grid = int(model.config.vision_config.num_image_tokens ** 0.5)
-    pos_probe = PositionProbe(model.config.text_config.hidden_size, grid).to(dev) if cfg.pos_weight else None
+    pos_probe = None
+    if cfg.pos_weight:  # its own seed: a stage resumed before its first save starts from the same probe
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 20 + int(name))
+            pos_probe = PositionProbe(model.config.text_config.hidden_size, grid).to(dev)
     params = [p for p in model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else []) \
         + (list(pos_probe.parameters()) if pos_probe else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
@@ -940,7 +1022,11 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
 
 def save_model(model, tok, spec, out_dir: str) -> None:
     """The whole model directory, loadable offline with from_pretrained (safetensors, tokenizer, processor)."""
+    import shutil
+
     tmp = out_dir + ".tmp"
+    if os.path.exists(tmp):  # left by a crash mid-save
+        shutil.rmtree(tmp)
     model.eval().cpu()
     model.save_pretrained(tmp, safe_serialization=True)
     nano.build_processor(spec, tok).save_pretrained(tmp)
@@ -948,7 +1034,6 @@ def save_model(model, tok, spec, out_dir: str) -> None:
     # guidance 3: the JANUS-NOTES probe found it best for this model family (5 over-saturates a small model)
     JanusBackendConfig(default_cfg_scale=3.0).save(tmp)
     if os.path.exists(out_dir):
-        import shutil
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
 
@@ -957,34 +1042,69 @@ def from_saved(cfg: PretrainConfig, out: str):
     """Stages 0-2 taken from the saved model directory cfg.from_model: -> (spec, tokenizer, config, model)."""
     from transformers import AutoTokenizer, JanusConfig, JanusForConditionalGeneration
 
-    src = cfg.from_model
-    missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not os.path.exists(os.path.join(src, f))]
-    if missing:
-        raise ValueError(f"--from-model {src!r} is not a saved nano-Janus directory (missing {', '.join(missing)}); "
-                         "give a directory written by `gvu pretrain` (its OUT/model), e.g. models/nano-janus")
-    if not cfg.s3_steps and not cfg.dec_steps:
-        raise ValueError("this preset has no stage 1c or 3 (dec_steps=0, s3_steps=0): --from-model runs only those")
+    src = cfg.from_model  # checked by check_source before the run began
     spec = nano.SPECS[cfg.spec]
     config = JanusConfig.from_pretrained(src)
-    if config.vq_config.num_patches ** 2 != spec.num_image_tokens:
-        raise ValueError(f"{src} has {config.vq_config.num_patches ** 2} image tokens; spec {cfg.spec!r} has {spec.num_image_tokens}")
     tok = AutoTokenizer.from_pretrained(src)
     tok_dir = os.path.join(out, "tokenizer")
-    if not os.path.exists(tok_dir):
+    if not os.path.exists(os.path.join(out, "config.json")):
         tok.save_pretrained(tok_dir)
-        config.save_pretrained(out)
+        save_config(config, out)
     model = JanusForConditionalGeneration.from_pretrained(src, torch_dtype=torch.float32).to(cfg.device)
     return spec, tok, config, model
 
 
-def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
-    """Run (or resume) every stage; returns the model directory."""
+def resolve(preset: str | PretrainConfig, **overrides) -> PretrainConfig:
+    """A preset (name or config) with fields replaced, validated (ValueError before any work)."""
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[preset] if isinstance(preset, str) else preset
     cfg = replace(cfg, **overrides)
-    check_crop(cfg)  # before any work
-    os.makedirs(out, exist_ok=True)
-    meta = os.path.join(out, "pretrain_config.json")
-    if os.path.exists(meta):
+    validate(cfg)
+    return cfg
+
+
+class RunFolder:
+    """The run folder of a pretraining run, held for the run's length: made (or checked to hold this same recipe),
+    locked against a second `gvu pretrain` writing into it at the same time, its recipe written atomically.
+    Every refusal comes before anything in the folder changes."""
+
+    def __init__(self, cfg: PretrainConfig, out: str):
+        self.out = out
+        model_dir = os.path.realpath(os.path.join(out, "model"))
+        if cfg.from_model:
+            src = os.path.realpath(cfg.from_model)
+            if src == model_dir or src.startswith(model_dir + os.sep):
+                raise ValueError(f"--from-model {cfg.from_model} lies in --out {out}'s model folder, which the run "
+                                 "replaces when it ends: copy the model elsewhere first, or pick another --out")
+        meta = os.path.join(out, "pretrain_config.json")
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"--out {out} is a file; give a folder (new, empty, or an earlier run of this recipe)")
+        if not os.path.exists(meta) and os.path.exists(os.path.join(out, "model")):
+            # stage checkpoints placed there beforehand are taken up (experiments/stage2_variants.py seeds folders
+            # so), but the model folder would be replaced when the run ends
+            raise ValueError(f"--out {out} holds a model/ folder but no pretraining run (no pretrain_config.json); "
+                             "the run would replace that folder when it ends: give a new or empty --out")
+        if os.path.exists(meta):
+            self.check_same_recipe(cfg, meta)
+        os.makedirs(out, exist_ok=True)
+        self.lock = open(os.path.join(out, ".lock"), "w")
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: no lock
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.lock.close()
+                raise ValueError(f"another `gvu pretrain` is writing into {out} now; wait for it to end (or stop it) "
+                                 "before resuming, or pick another --out") from None
+        if not os.path.exists(meta):
+            write_json_atomic(meta, asdict(cfg))
+
+    @staticmethod
+    def check_same_recipe(cfg: PretrainConfig, meta: str) -> None:
         with open(meta) as f:
             run = json.load(f)
         # fields added since the run began take their defaults, which keep the old recipe; a speed-only field
@@ -992,16 +1112,37 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
         # runtime field (RUNTIME: e.g. a run begun at --threads 1 resumes at --threads 2)
         saved = {**asdict(PretrainConfig()), **{k: getattr(cfg, k) for k in SPEED_ONLY}, **run,
                  **{k: getattr(cfg, k) for k in RUNTIME}}
+        out = os.path.dirname(meta)
+        if saved != asdict(cfg):
+            raise ValueError(f"{out} holds a pretraining run with a different config; pick another --out "
+                             f"or delete it. Differences: { {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v} }")
         moved = {k: (run[k], getattr(cfg, k)) for k in RUNTIME if k in run and run[k] != getattr(cfg, k)}
         if moved:
             print(f"resuming {out} with " + ", ".join(f"{k}={new} (begun with {old})" for k, (old, new) in moved.items()),
                   flush=True)
-        if saved != asdict(cfg):
-            raise ValueError(f"{out} holds a pretraining run with a different config; pick another --out "
-                             f"or delete it. Differences: { {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v} }")
-    else:
-        with open(meta, "w") as f:
-            json.dump(asdict(cfg), f, indent=2)
+
+    def close(self) -> None:
+        self.lock.close()  # releases the lock
+
+
+def write_json_atomic(path: str, obj) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
+    """Run (or resume) every stage; returns the model directory. Bad input raises ValueError before any work."""
+    cfg = resolve(preset, **overrides)
+    folder = RunFolder(cfg, out)
+    try:
+        return run_stages(cfg, out)
+    finally:
+        folder.close()
+
+
+def run_stages(cfg: PretrainConfig, out: str) -> str:
+    """The stages of a validated recipe in its (locked) run folder; returns the model directory."""
     torch.set_num_threads(cfg.threads)
     if cfg.from_model:
         spec, tok, config, model = from_saved(cfg, out)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers import JanusVQVAE
 
+from gvu.world.vocab import BACKGROUND
+
 
 class FP32GroupNorm(torch.nn.GroupNorm):
     """GroupNorm that normalises in fp32 under autocast (same parameters and state dict as nn.GroupNorm).
@@ -61,12 +63,22 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
+def foreground_weight(pixels: torch.Tensor, fg_weight: float) -> torch.Tensor:
+    """[B, 1, H, W] loss weights, mean 1: pixels of pixels [B, 3, H, W] in [-1, 1] that differ from the world's
+    background colour weigh fg_weight times the background's. (Until 2026-11-28 the background was read from each
+    image's corner pixel, the same for whole renderings, whose objects keep off the border, but inverted for a crop
+    whose corner an object covers.)"""
+    bg = torch.tensor(BACKGROUND, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1) / 127.5 - 1.0
+    weight = 1.0 + (fg_weight - 1.0) * ((pixels - bg).abs().amax(1, keepdim=True) > 0.1).to(pixels.dtype)
+    return weight / weight.mean()
+
+
 def vq_loss(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25, fg_weight: float = 10.0,
             edge_weight: float = 0.0) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
     """Reconstruction (MSE + 0.5 L1) + edge_weight * L1 of image-gradient differences + beta * commitment
     (the codebook itself moves by EMA, see CodebookEMA).
 
-    Pixels that differ from the background corner weigh fg_weight times more: the plain background is ~85% of
+    Pixels that differ from the world's background colour weigh fg_weight times more: the plain background is ~85% of
     every image and is learnt at once, while colours and edges of the objects (what the evaluator reads) were
     learnt slowly under an unweighted loss. The edge term asks the decoder for the image's edges and corners, which
     a pixel loss lets it round off (v0's reconstructions turned stars, hearts and crosses into blobs the evaluator
@@ -75,9 +87,7 @@ def vq_loss(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25, fg_weight:
     commit = F.mse_loss(z, q.detach())
     q_st = z + (q - z).detach()
     recon = vq.decoder(vq.post_quant_conv(q_st)).float()
-    bg = pixels[:, :, :1, :1]
-    weight = 1.0 + (fg_weight - 1.0) * ((pixels - bg).abs().amax(1, keepdim=True) > 0.1).float()
-    weight = weight / weight.mean()
+    weight = foreground_weight(pixels, fg_weight)
     mse = F.mse_loss(recon, pixels)
     loss = (weight * ((recon - pixels) ** 2 + 0.5 * (recon - pixels).abs())).mean() + beta * commit
     metrics = {"vq/mse": mse.item(), "vq/commit": commit.item()}

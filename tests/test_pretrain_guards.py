@@ -1,0 +1,138 @@
+"""`gvu pretrain`'s guards: bad input refused before any folder or work, a user's model never replaced, one writer
+per run folder, crash leftovers (cut log lines) tolerated, and stage 1 resumed exactly between two code restarts."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import gvu.models.pretrain as pt
+from gvu.models.pretrain import RunFolder, pretrain, resolve
+from gvu.models.vq_train import foreground_weight
+from gvu.world.vocab import BACKGROUND
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "nano-janus"
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("spec", "nanoo", "spec='nanoo': not a model size"),
+    ("save_every", 0, "save_every=0: must be at least 1"),
+    ("vq_restart_every", 0, "vq_restart_every=0: must be at least 1"),
+    ("vq_batch", 0, "vq_batch=0: must be at least 1"),
+    ("lm_steps", -5, "lm_steps=-5: must be at least 0"),
+    ("threads", 0, "threads=0: must be at least 1"),
+    ("lm_lr", 0.0, "lm_lr=0.0: a learning rate must be above 0"),
+    ("prompt_dropout", 1.5, "prompt_dropout=1.5: must be between 0.0 and 1.0"),
+    ("und_extra", float("nan"), "und_extra=nan"),
+    ("device", "gpu", "device='gpu': give cpu or cuda"),
+    ("from_model", "models/nano-janu", "is not a saved nano-Janus directory"),
+])
+def test_a_bad_recipe_is_refused_before_any_folder_is_made(tmp_path, field, value, words):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        pretrain("smoke", str(out), **{field: value})
+    assert not out.exists()
+
+
+def test_the_cli_refuses_bad_input_with_a_message_and_no_folder(tmp_path):
+    out = tmp_path / "run"
+    for args, words in ((["--threads", "0"], "threads=0: must be at least 1"),
+                        (["--set", "spec=nanoo"], "not a model size"),
+                        (["--from-model", str(tmp_path / "nowhere")], "not a saved nano-Janus directory")):
+        r = subprocess.run([sys.executable, "-m", "gvu.cli", "pretrain", "--preset", "smoke", "--out", str(out), *args],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "gvu: error:" in r.stderr and words in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert not out.exists()
+
+
+def test_a_users_model_in_the_run_folder_is_never_replaced(tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(SHIPPED, work / "model")  # e.g. the shipped model copied there to train further
+    before = sorted(os.listdir(work / "model"))
+    with pytest.raises(ValueError, match="lies in --out .* model folder"):
+        pretrain("nano", str(work), from_model=str(work / "model"))
+    with pytest.raises(ValueError, match="holds a model/ folder but no pretraining run"):
+        pretrain("nano", str(work), from_model=str(SHIPPED))
+    assert sorted(os.listdir(work / "model")) == before and not (work / "pretrain_config.json").exists()
+
+
+def test_one_writer_at_a_time_per_run_folder(tmp_path):
+    cfg = resolve("smoke", threads=1)
+    first = RunFolder(cfg, str(tmp_path / "run"))
+    try:
+        with pytest.raises(ValueError, match="another `gvu pretrain` is writing into"):
+            RunFolder(cfg, str(tmp_path / "run"))
+    finally:
+        first.close()
+    RunFolder(cfg, str(tmp_path / "run")).close()  # free again once the first has ended
+    assert json.loads((tmp_path / "run" / "pretrain_config.json").read_text())["lm_steps"] == cfg.lm_steps
+
+
+def test_where_and_how_a_run_runs_is_not_its_recipe(tmp_path):
+    RunFolder(resolve("smoke", threads=1), str(tmp_path / "run")).close()
+    # another thread count, checkpoint interval or number of data workers resumes the same run
+    RunFolder(resolve("smoke", threads=2, save_every=7, data_workers=2), str(tmp_path / "run")).close()
+    with pytest.raises(ValueError, match="different config"):
+        RunFolder(resolve("smoke", threads=1, vq_steps=31), str(tmp_path / "run"))
+
+
+def test_log_lines_cut_short_by_a_crash_are_dropped_on_resume(tmp_path):
+    from gvu.run_io import truncate_jsonl
+
+    lines = [json.dumps({"stage": 1, "step": s}) + "\n" for s in (20, 40, 60)]
+    (tmp_path / "log.jsonl").write_text("".join(lines) + '{"stage": 1, "st')
+    pt.trim_log(str(tmp_path), 1, 40)
+    assert (tmp_path / "log.jsonl").read_text() == "".join(lines[:2])
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"ste')
+    assert truncate_jsonl(str(tmp_path / "metrics.jsonl"), 5) == 2
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_foreground_weight_reads_the_world_background_not_the_corner():
+    bg = torch.tensor(BACKGROUND, dtype=torch.float32).view(3, 1, 1) / 127.5 - 1
+    img = bg.repeat(1, 4, 4)
+    img[:, :2, :2] = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)  # an object over the top-left corner: 4 of 16 pixels
+    w = foreground_weight(img[None], fg_weight=10.0)[0, 0]
+    # weights 10 on the 4 object pixels and 1 on the 12 others, divided by their mean (40 + 12) / 16 = 3.25
+    assert torch.allclose(w[:2, :2], torch.full((2, 2), 10 / 3.25))
+    assert torch.allclose(w[2:, :], torch.full((2, 4), 1 / 3.25)) and torch.allclose(w[:2, 2:], torch.full((2, 2), 1 / 3.25))
+
+
+def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    # restarts every 4 steps, saves every 3: a crash after the step-3 save resumes inside a restart window, whose
+    # code-use counts (steps 1-3) must come back from the checkpoint, or codes used only then count as dead at step 4
+    cfg = replace(pt.PRESETS["smoke"], vq_steps=8, vq_restart_every=4, save_every=3, threads=1)
+    straight = tmp_path / "straight"
+    os.makedirs(straight)
+    _, _, config = pt.stage0(cfg, str(straight))
+    want = pt.stage1(cfg, str(straight), config)
+
+    crashed = tmp_path / "crashed"
+    os.makedirs(crashed)
+    pt.stage0(cfg, str(crashed))
+    real, saves = pt.atomic_save, []
+
+    def crash_on_second_save(obj, path):
+        if saves:
+            raise KeyboardInterrupt("stopped after step 6, before its save")
+        saves.append(obj["step"])
+        real(obj, path)
+
+    monkeypatch.setattr(pt, "atomic_save", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        pt.stage1(cfg, str(crashed), config)
+    monkeypatch.setattr(pt, "atomic_save", real)
+    assert saves == [3]
+    got = pt.stage1(cfg, str(crashed), config)
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])]
+    logs = [json.loads(x) for x in open(straight / "log.jsonl")], [json.loads(x) for x in open(crashed / "log.jsonl")]
+    restarted = [[r.get("vq/restarted") for r in log if "vq/restarted" in r] for log in logs]
+    assert restarted[0] == restarted[1]
