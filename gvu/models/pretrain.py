@@ -202,21 +202,26 @@ def parse_overrides(items, cls=None, flag: str = "--set") -> dict:
 _V4 = PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps=2400, gen_batch=64, und_batch=16,
                      rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3, dec_steps=800, s3_steps=400)
 
+_V5 = replace(_V4, lm_steps=3600, vq_norm_fp32=True)
+
 PRESETS = {
-    # v5 (the shipped model): v4's recipe with 3,600 stage-2 steps instead of 2,400; see the model card. Since
-    # 2026-11-27 (eighth session) its VQ stages compute group norms in fp32 (faster on the CPU; v5 itself had bf16)
-    "nano": replace(_V4, lm_steps=3600, vq_norm_fp32=True),
-    # a candidate (2026-11-28, eleventh session): the nano recipe with 4,000 VQ steps instead of 2,000. On an H200 two
-    # draws of stages 1 and 1c reached 0.986 and 0.977 on the VQ target against 0.917 and 0.857 at 2,000 steps
-    # (experiments/vq_capacity_gpu.sh); on this 2-core CPU the longer stage 1 costs about 21 minutes more.
-    "nano-vq4k": replace(_V4, lm_steps=3600, vq_norm_fp32=True, vq_steps=4000),
-    # tried (2026-11-28, thirteenth session; no better than nano, see the model card): the nano recipe with 3,800
+    # v6 (the shipped model, since 2026-11-28): v5's recipe with 4,000 VQ steps instead of 2,000. On an H200 two draws of
+    # stages 1 and 1c reached 0.986 and 0.977 on the VQ target against 0.917 and 0.857 at 2,000 steps
+    # (experiments/vq_capacity_gpu.sh); on this 2-core CPU the longer stage 1 costs about 21 minutes more (about 146
+    # in all). v6 is its second CPU draw (runs/v13cpu); see the model card
+    "nano": replace(_V5, vq_steps=4000),
+    # v5: v4's recipe with 3,600 stage-2 steps instead of 2,400 (the shipped model until 2026-11-28, and `nano` until
+    # then). Since 2026-11-27 (eighth session) its VQ stages compute group norms in fp32 (faster on the CPU; v5 itself
+    # had bf16). About 120 minutes on this CPU
+    "nano-v5": _V5,
+    # tried (2026-11-28, thirteenth session; no better than nano-v5, see the model card): the nano-v5 recipe with 3,800
     # stage-1 steps, 9 in 10 of them on 48 object-centred 32x32 crops and every 10th on 32 whole images: 20 minutes on
-    # this CPU, against 21 for nano's 2,000 whole-image steps and 43 for nano-vq4k's 4,000. A crop step holds 45% of
+    # this CPU, against 21 for nano-v5's 2,000 whole-image steps and 43 for nano's 4,000. A crop step holds 45% of
     # the image tokens of a whole-image step, so codes are restarted after 100 unused steps instead of 50
-    "nano-crop": replace(_V4, lm_steps=3600, vq_norm_fp32=True, vq_steps=3800, vq_crop=32, vq_crop_batch=48,
-                         vq_full_every=10, vq_restart_every=100),
+    "nano-crop": replace(_V5, vq_steps=3800, vq_crop=32, vq_crop_batch=48, vq_full_every=10, vq_restart_every=100),
     "nano-v4": _V4,
+    # the name `nano` had while it was a candidate (2026-11-28): the same recipe, kept so that the model card's commands run
+    "nano-vq4k": replace(_V5, vq_steps=4000),
     # v3: v2's stages 1 and 1b; stage 2 spends its batch on generation (64 generation rows, 16 understanding rows, 6
     # ranking groups), weighs the generation loss 3x, and draws 30% of the understanding rows and ranking groups from
     # spatial prompts
