@@ -52,20 +52,25 @@ class MetricsLog:
         self.lines = truncate_jsonl(self.path, step)
 
 
+def whole_records(lines) -> list[tuple[str, dict]]:
+    """(line, record) for each whole jsonl record, each line ending in a newline; a line cut short by a crash
+    mid-write is dropped."""
+    out = []
+    for ln in lines:
+        try:
+            out.append((ln if ln.endswith("\n") else ln + "\n", json.loads(ln)))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def truncate_jsonl(path: str, step: int) -> int:
     """Keep the lines of a jsonl file whose "step" is at most `step` (on resume, the later ones are written again);
     returns how many lines are kept. A missing file is left missing."""
     if not os.path.exists(path):
         return 0
-    keep = []
     with open(path) as f:
-        for ln in f:
-            try:
-                record = json.loads(ln)
-            except json.JSONDecodeError:  # a line cut short by a crash mid-write
-                continue
-            if record.get("step", 0) <= step:
-                keep.append(ln if ln.endswith("\n") else ln + "\n")
+        keep = [ln for ln, r in whole_records(f) if r.get("step", 0) <= step]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(keep)

@@ -113,14 +113,14 @@ SPEED_ONLY = ("vq_norm_fp32",)
 # save_every changes only how much a crash loses
 RUNTIME = ("threads", "device", "data_workers", "save_every")
 
-# integer fields and their least allowed value; float fields in [lo, hi] (None: unbounded)
+# integer fields and their least allowed value; learning rates (> 0); other float fields in [lo, hi] (None: unbounded)
 _MIN_INT = {"threads": 1, "save_every": 1, "vq_batch": 1, "vq_restart_every": 1, "vis_batch": 1, "gen_batch": 1,
             "und_batch": 1, "dec_batch": 1, "vq_steps": 0, "vis_steps": 0, "lm_steps": 0, "dec_steps": 0, "s3_steps": 0,
             "vis_warmup": 0, "lm_warmup": 0, "dec_warmup": 0, "s3_warmup": 0, "rank_images": 0, "data_workers": 0,
             "vq_crop": 0}
+_LR_FIELDS = ("vq_lr", "vis_lr", "lm_lr", "dec_lr", "s3_lr")
 _FLOAT_RANGE = {"prompt_dropout": (0.0, 1.0), "spatial_share": (0.0, 1.0), "und_recon": (0.0, 1.0),
-                "und_extra": (0.0, 1.0), "vq_lr": (0.0, None), "vis_lr": (0.0, None), "lm_lr": (0.0, None),
-                "dec_lr": (0.0, None), "s3_lr": (0.0, None), "vq_fg_weight": (0.0, None), "vq_edge_weight": (0.0, None),
+                "und_extra": (0.0, 1.0), "vq_fg_weight": (0.0, None), "vq_edge_weight": (0.0, None),
                 "gen_weight": (0.0, None), "rank_weight": (0.0, None), "aux_weight": (0.0, None), "pos_weight": (0.0, None)}
 
 
@@ -132,12 +132,12 @@ def validate(cfg: "PretrainConfig") -> None:
     for name, least in _MIN_INT.items():
         if getattr(cfg, name) < least:
             raise ValueError(f"{name}={getattr(cfg, name)}: must be at least {least}")
+    for name in _LR_FIELDS:
+        if not getattr(cfg, name) > 0:  # also refuses nan
+            raise ValueError(f"{name}={getattr(cfg, name)}: a learning rate must be above 0")
     for name, (lo, hi) in _FLOAT_RANGE.items():
         v = getattr(cfg, name)
-        if name.endswith("_lr"):
-            if not v > 0:
-                raise ValueError(f"{name}={v}: a learning rate must be above 0")
-        elif not (lo <= v and (hi is None or v <= hi)):  # also refuses nan
+        if not (lo <= v and (hi is None or v <= hi)):  # also refuses nan
             raise ValueError(f"{name}={v}: must be " + (f"between {lo} and {hi}" if hi is not None else f"at least {lo}"))
     if not (cfg.device == "cpu" or cfg.device == "cuda" or cfg.device.startswith("cuda:")):
         raise ValueError(f"device={cfg.device!r}: give cpu or cuda (or cuda:N)")
@@ -381,17 +381,6 @@ def save_config(config, out: str) -> None:
     os.rmdir(tmp)
 
 
-def read_jsonl(lines) -> list[tuple[str, dict]]:
-    """(line, record) for each whole record; a line cut short by a crash mid-write is dropped."""
-    out = []
-    for ln in lines:
-        try:
-            out.append((ln if ln.endswith("\n") else ln + "\n", json.loads(ln)))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def atomic_save(obj, path: str) -> None:
     tmp = path + ".tmp"
     torch.save(obj, tmp)
@@ -406,12 +395,14 @@ def log(out: str, record: dict) -> None:
 def trim_log(out: str, stage, step: int) -> None:
     """On resuming `stage` from its checkpoint at `step`: drop that stage's log records after the step, which the
     stopped run wrote and the resumed one writes again (other stages' records stay)."""
+    from gvu.run_io import whole_records
+
     path = os.path.join(out, "log.jsonl")
     if not os.path.exists(path):
         return
     with open(path) as f:
         lines = f.readlines()
-    keep = [ln for ln, r in read_jsonl(lines) if not (r.get("stage") == stage and r.get("step", 0) > step)]
+    keep = [ln for ln, r in whole_records(lines) if not (r.get("stage") == stage and r.get("step", 0) > step)]
     if keep != lines:
         with open(path + ".tmp", "w") as f:
             f.writelines(keep)
