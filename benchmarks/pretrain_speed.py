@@ -1,8 +1,10 @@
 """Time the nano pretraining recipe's steps on this machine and extrapolate the full recipe's wall time.
 
 Runs `--steps` steps of every stage of the preset (1, 1c, 1b, 2, 3) with the preset's batch sizes in a scratch
-folder (fresh weights; speed does not depend on them) and prints seconds per step and the projected total.
-Usage: python benchmarks/pretrain_speed.py [--preset nano] [--steps 20] [--device cpu]
+folder (fresh weights; speed does not depend on them) and prints seconds per step and the projected total. A stage's
+seconds per step are timed from its 20th step to its last (the stages log every 20 steps), so that warm-up and
+torch.compile's one-off compilation (preset field torch_compile) stay out of them; `--set torch_compile=false` times
+the same preset eagerly. Usage: python benchmarks/pretrain_speed.py [--preset nano] [--steps 60] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -13,34 +15,38 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from dataclasses import replace
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gvu.models.pretrain import PRESETS, stage0, stage1, stage2, stage3, stage_decoder, stage_vision  # noqa: E402
+from gvu.models.pretrain import (PRESETS, parse_overrides, stage0, stage1, stage2, stage3, stage_decoder,  # noqa: E402
+                                 stage_vision)
+from lm_stage_harness import logged_times  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="nano")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=60, help="steps a stage runs: a multiple of 20, at least 40")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="preset fields to change")
     args = ap.parse_args()
-    full = replace(PRESETS[args.preset], device=args.device)
+    if args.steps < 40 or args.steps % 20:
+        ap.error(f"--steps {args.steps}: give a multiple of 20, at least 40 (steps 21 to the last are timed)")
+    full = replace(PRESETS[args.preset], device=args.device, **parse_overrides(args.set))
     torch.set_num_threads(full.threads)
-    n = args.steps + 2  # 2 warm-up steps + the timed ones; the schedule length does not change the cost of a step
+    n = args.steps  # the schedule length does not change the cost of a step
     per_step = {}  # stage -> seconds per step
 
     def timed(name, steps, fn):
         if not steps:
             per_step[name] = 0.0
             return None
-        t = time.time()
-        result = fn()
-        per_step[name] = (time.time() - t) / n
+        with logged_times() as times:  # the stage's log records at steps 20, 40, ..., n
+            result = fn()
+        per_step[name] = (times[-1] - times[0]) / (n - 20)
         return result
 
     with tempfile.TemporaryDirectory() as out:
@@ -70,6 +76,7 @@ def main() -> None:
     minutes = {k: per_step[k] * steps / 60 for _, k, steps in rows}
     total = sum(minutes.values())
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {full.threads} threads",
+           "torch_compile": full.torch_compile,
            **{f"stage{k}_s_per_step": round(v, 3) for k, v in per_step.items()},
            "projected_minutes": {**{f"stage{k}": round(v, 1) for k, v in minutes.items()}, "total": round(total, 1)},
            "peak_rss_gb": round(peak, 2) if peak else None}
