@@ -15,7 +15,9 @@ import gvu.models.pretrain as pretrain  # noqa: E402
 
 def scratch_setup(out: str, full: pretrain.PretrainConfig, **changes):
     """Stages 0, 1 and 1b of `full` for 2 steps each in `out` (fresh weights: speed does not depend on them).
-    -> (short config with `changes`, spec, tokenizer, JanusConfig, VQ state, vision state)."""
+    -> (short config with `changes`, spec, tokenizer, JanusConfig, VQ state, vision state). Eager unless `changes`
+    say torch_compile=True: the benchmarks that use it were measured eagerly and compare two eager code paths."""
+    changes = {"torch_compile": False, **changes}
     short = replace(full, vq_steps=2, vis_steps=2, dec_steps=0, save_every=10**9, **changes)
     spec, tok, config = pretrain.stage0(short, out)
     return short, spec, tok, config, pretrain.stage1(short, out, config), pretrain.stage_vision(short, out, config)

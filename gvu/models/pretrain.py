@@ -46,9 +46,10 @@ class PretrainConfig:
     # stages 1 and 1c: the VQ's group norms compute in fp32 under bf16 autocast (vq_train.FP32GroupNorm): 1.5x faster
     # VQ steps on the CPU. False (v0-v5's runs) keeps torch's bf16 group norm.
     vq_norm_fp32: bool = False
-    # torch.compile the VQ's encoder and decoder (stages 1 and 1c) and the language model (stages 2 and 3). On the
-    # 2-core CPU: a stage-1 step 0.60 -> 0.38 s, a stage-2 step 1.20 -> 1.04 s (benchmarks/pretrain_speed.py). Where
-    # torch cannot compile (no C++ compiler), the stages run eagerly and say so.
+    # torch.compile the VQ's encoder and decoder (stages 1 and 1c) and the language model (stages 2 and 3), on the CPU
+    # only (not yet checked on a GPU, where stages run eagerly). On the 2-core CPU a step of stage 1 takes 0.41 s instead
+    # of 0.63, of 1c 0.34 instead of 0.47, of 2 1.10 instead of 1.20 (benchmarks/pretrain_speed.py). Where torch cannot
+    # compile (no C++ compiler), the stages run eagerly and say so.
     torch_compile: bool = False
     save_every: int = 200  # steps between checkpoints
     # stage 1: VQ
@@ -109,8 +110,8 @@ class PretrainConfig:
     from_model: str = ""  # a saved model directory to run stages 1c and 3 from, instead of stages 0-2 (--from-model)
 
 
-# fields that change how fast a stage runs, not what it learns (up to float rounding): a run folder made before such a
-# field existed resumes under any value of it
+# fields that change how fast a stage runs, not what it learns (up to float rounding): a run resumes under any value of
+# them, also a run folder made before such a field existed
 SPEED_ONLY = ("vq_norm_fp32", "torch_compile")
 # fields that say where or how a stage runs, not what it learns: a run resumes under any value of them (the resumed steps
 # then round floats as that machine and thread count do, as any two machines differ). Stage-2 batches are the same for
@@ -469,7 +470,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     vq = JanusVQVAE(config.vq_config).to(dev)
     if cfg.vq_norm_fp32:
         fp32_group_norms(vq)
-    if cfg.torch_compile:
+    if use_compile(cfg):
         compile_vq(vq)
     vq.train()  # JanusVQVAE.__init__ calls eval() (JANUS-NOTES pitfall 5)
     ema = CodebookEMA(vq)  # the codebook moves by EMA, not by the optimiser
@@ -834,7 +835,7 @@ def stage_decoder(cfg: PretrainConfig, out: str, config, vq_state: dict) -> dict
     vq.load_state_dict(vq_state)
     if cfg.vq_norm_fp32:
         fp32_group_norms(vq)
-    if cfg.torch_compile:
+    if use_compile(cfg):
         compile_vq(vq)
     vq.requires_grad_(False)
     trained = [*vq.decoder.parameters(), *vq.post_quant_conv.parameters()]
@@ -964,7 +965,8 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
     if dev.type == "cpu":
         model.set_attn_implementation("eager")
     lm = model.model.language_model
-    if cfg.torch_compile:  # only the language model: compiling the vision encoder too gained nothing on the CPU
+    compiled = use_compile(cfg)
+    if compiled:  # only the language model: compiling the vision encoder too gained nothing on the CPU
         lm.compile()
     model.train()
     vq.eval()
@@ -1027,7 +1029,9 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
             h.remove()
         bar.close()
         model.set_attn_implementation(attn)
-        lm._compiled_call_impl = None  # what nn.Module.compile set: the caller gets the eager module back
+        if compiled:  # the caller gets the eager module back, and stage 3's compile starts from empty caches
+            lm._compiled_call_impl = None  # what nn.Module.compile set
+            torch._dynamo.reset()
     return model
 
 
@@ -1119,15 +1123,16 @@ class RunFolder:
         with open(meta) as f:
             run = json.load(f)
         # fields added since the run began take their defaults, which keep the old recipe; a speed-only field
-        # (SPEED_ONLY) takes this command's value instead, so a run begun before it existed still resumes; so does a
-        # runtime field (RUNTIME: e.g. a run begun at --threads 1 resumes at --threads 2)
-        saved = {**asdict(PretrainConfig()), **{k: getattr(cfg, k) for k in SPEED_ONLY}, **run,
-                 **{k: getattr(cfg, k) for k in RUNTIME}}
+        # (SPEED_ONLY) or a runtime field (RUNTIME) takes this command's value: a run begun before the field existed
+        # still resumes, a run begun compiled resumes eagerly (--set torch_compile=false) and one begun at --threads 1
+        # resumes at --threads 2
+        free = SPEED_ONLY + RUNTIME
+        saved = {**asdict(PretrainConfig()), **run, **{k: getattr(cfg, k) for k in free}}
         out = os.path.dirname(meta)
         if saved != asdict(cfg):
             raise ValueError(f"{out} holds a pretraining run with a different config; pick another --out "
                              f"or delete it. Differences: { {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v} }")
-        moved = {k: (run[k], getattr(cfg, k)) for k in RUNTIME if k in run and run[k] != getattr(cfg, k)}
+        moved = {k: (run[k], getattr(cfg, k)) for k in free if k in run and run[k] != getattr(cfg, k)}
         if moved:
             print(f"resuming {out} with " + ", ".join(f"{k}={new} (begun with {old})" for k, (old, new) in moved.items()),
                   flush=True)
@@ -1152,25 +1157,44 @@ def pretrain(preset: str | PretrainConfig, out: str, **overrides) -> str:
         folder.close()
 
 
-def compile_works() -> str:
-    """'' when torch.compile can build and run a kernel here, else why not (on the CPU it needs a C++ compiler)."""
+def compile_works(device: str = "cpu") -> str:
+    """'' when torch.compile can build and run here what the stages compile (convolutions, group norm, a linear layer,
+    forward and backward under bf16 autocast), else why not (on the CPU inductor needs a C++ compiler)."""
     try:
-        fn = torch.compile(lambda x: torch.sigmoid(x) * x + 1)
-        fn(torch.ones(4))
+        with torch.random.fork_rng(devices=[]):  # the probe's random weights leave the run's random streams alone
+            net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(),
+                                      torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 2)).to(device)
+        net.compile()
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            loss = net(torch.ones(2, 3, 4, 4, device=device)).float().sum()
+        loss.backward()
+        torch._dynamo.reset()
         return ""
     except Exception as e:  # inductor raises many kinds (no compiler, unsupported Python, ...)
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+_COMPILE_CHECKED: dict[str, str] = {}  # device -> compile_works(device), checked once a process
+
+
+def use_compile(cfg: PretrainConfig) -> bool:
+    """Whether a stage compiles: the recipe asks (torch_compile), it runs on the CPU (compiled stages were checked there
+    only: benchmarks/vq_compile_check.py) and torch can compile. The first time it cannot, says so; the stages then run
+    eagerly (a speed-only field: they learn the same)."""
+    if not cfg.torch_compile or cfg.device != "cpu":
+        return False
+    if cfg.device not in _COMPILE_CHECKED:
+        _COMPILE_CHECKED[cfg.device] = why = compile_works(cfg.device)
+        if why:
+            print(f"torch.compile does not work here ({why}); running the stages eagerly (slower, same recipe)",
+                  flush=True)
+    return not _COMPILE_CHECKED[cfg.device]
 
 
 def run_stages(cfg: PretrainConfig, out: str) -> str:
     """The stages of a validated recipe in its (locked) run folder; returns the model directory."""
     torch.set_num_threads(cfg.threads)
-    if cfg.torch_compile:
-        why = compile_works()
-        if why:  # a speed-only field (SPEED_ONLY): the stages learn the same without it
-            print(f"torch.compile does not work here ({why}); running the stages eagerly (slower, same recipe)",
-                  flush=True)
-            cfg = replace(cfg, torch_compile=False)
     if cfg.from_model:
         spec, tok, config, model = from_saved(cfg, out)
         vq = model.model.vqmodel

@@ -42,7 +42,8 @@ def fp32_group_norms(module: torch.nn.Module) -> torch.nn.Module:
 
 class NearestUpsample2x(JanusVQVAEConvUpsample):
     """The VQ decoder's upsampling (nearest-neighbour 2x, then its conv) written as a broadcast instead of
-    F.interpolate: the same numbers forward and backward, and the same parameters and state dict.
+    F.interpolate: the same numbers forward, the same sums backward (added in another order), and the same parameters
+    and state dict.
 
     Why: compiled with torch.compile under CPU bf16 autocast (torch 2.13), the library's F.interpolate version passes
     no gradient back: every decoder layer before the last upsampling, post_quant_conv and the whole encoder got
@@ -57,8 +58,9 @@ class NearestUpsample2x(JanusVQVAEConvUpsample):
 
 def compile_vq(vq: JanusVQVAE) -> JanusVQVAE:
     """torch.compile the VQ's encoder and decoder in place (the quantizer stays eager: its code choice runs in fp32).
-    The upsamplings become NearestUpsample2x first. On the 2-core CPU a stage-1 step under bf16 autocast takes 0.38 s
-    instead of 0.60, and its loss follows the eager run's (benchmarks/vq_compile_check.py). State dict unchanged."""
+    The upsamplings become NearestUpsample2x first. On the 2-core CPU a stage-1 step under bf16 autocast takes 0.41 s
+    instead of 0.63 (benchmarks/pretrain_speed.py), and its gradient is as close to the eager one as bf16 rounding
+    leaves it (benchmarks/vq_compile_check.py). State dict unchanged."""
     for m in vq.modules():
         if type(m) is JanusVQVAEConvUpsample:
             m.__class__ = NearestUpsample2x
