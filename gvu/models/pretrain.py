@@ -456,6 +456,14 @@ def stage0(cfg: PretrainConfig, out: str):
     return spec, tok, JanusConfig.from_pretrained(out)
 
 
+def vq_kernels(cfg: PretrainConfig, vq) -> None:
+    """The recipe's speed-only kernel choices for a VQ that stage 1 or 1c trains: fp32 group norms, torch.compile."""
+    if cfg.vq_norm_fp32:
+        fp32_group_norms(vq)
+    if use_compile(cfg):
+        compile_vq(vq)
+
+
 def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     """Train the VQ tokenizer; returns its state dict."""
     from transformers import JanusVQVAE
@@ -468,10 +476,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     torch.manual_seed(cfg.seed)
     dev = torch.device(cfg.device)
     vq = JanusVQVAE(config.vq_config).to(dev)
-    if cfg.vq_norm_fp32:
-        fp32_group_norms(vq)
-    if use_compile(cfg):
-        compile_vq(vq)
+    vq_kernels(cfg, vq)
     vq.train()  # JanusVQVAE.__init__ calls eval() (JANUS-NOTES pitfall 5)
     ema = CodebookEMA(vq)  # the codebook moves by EMA, not by the optimiser
     opt = torch.optim.Adam([p for p in vq.parameters() if p.requires_grad], lr=cfg.vq_lr)
@@ -833,10 +838,7 @@ def stage_decoder(cfg: PretrainConfig, out: str, config, vq_state: dict) -> dict
     dev = torch.device(cfg.device)
     vq = JanusVQVAE(config.vq_config).to(dev)
     vq.load_state_dict(vq_state)
-    if cfg.vq_norm_fp32:
-        fp32_group_norms(vq)
-    if use_compile(cfg):
-        compile_vq(vq)
+    vq_kernels(cfg, vq)
     vq.requires_grad_(False)
     trained = [*vq.decoder.parameters(), *vq.post_quant_conv.parameters()]
     for p in trained:

@@ -46,9 +46,9 @@ class NearestUpsample2x(JanusVQVAEConvUpsample):
     and state dict.
 
     Why: compiled with torch.compile under CPU bf16 autocast (torch 2.13), the library's F.interpolate version passes
-    no gradient back: every decoder layer before the last upsampling, post_quant_conv and the whole encoder got
-    exactly zero gradient (benchmarks/vq_compile_check.py), which is how an earlier compiled stage 1 collapsed its
-    codebook. Eager runs are unaffected; this class is used only when stages 1 and 1c are compiled."""
+    no gradient back: every decoder layer before the last upsampling and post_quant_conv got exactly zero gradient,
+    and the encoder only the commitment term's (benchmarks/vq_compile_check.py), which is how an earlier compiled
+    stage 1 collapsed its codebook. Eager runs are unaffected; this class is used only when stages 1 and 1c are compiled."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         b, c, h, w = hidden_states.shape
