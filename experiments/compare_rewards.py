@@ -12,6 +12,8 @@ Usage: python experiments/compare_rewards.py [--seeds 0 1] [--rows base,gvu_poli
 on to --steps; under the constant schedule that equals training --steps from the start.
 --eval-at also evaluates each training row's checkpoints at those steps (multiples of checkpoint_every), shown
 as rows "name@step": one run of N steps gives the table at several budgets.
+--eval-cfg S evaluates every row (already trained, or trained now) with guidance S instead of the training config's,
+cached apart (result-cfgS.json): e.g. rows trained without guidance (--set sampling.cfg_scale=1.01) judged at 3.
 Long: about (steps x step time + 2 evaluations) per run; run it in the background and read OUT/table.md.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 import numpy as np
 
@@ -66,7 +69,8 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     from gvu.train import final_tables, load_trained, train
 
     out = os.path.join(args.out, f"{name}-s{seed}")
-    done = os.path.join(out, f"result-step{step}.json" if step else "result.json")
+    suffix = (f"-step{step}" if step else "") + (f"-cfg{args.eval_cfg:g}" if args.eval_cfg else "")
+    done = os.path.join(out, f"result{suffix}.json")
     if os.path.exists(done):
         with open(done) as f:
             res = json.load(f)
@@ -83,6 +87,8 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
         if not (step and os.path.exists(os.path.join(out, "checkpoints", f"step_{step:06d}"))):
             train(cfg, out, resume=os.path.exists(os.path.join(out, "config.json")), progress=True)
         backend = load_trained(out, step)
+    if args.eval_cfg:  # training used cfg's guidance; only the evaluation changes
+        cfg = replace(cfg, sampling=replace(cfg.sampling, cfg_scale=args.eval_cfg))
     tables = final_tables(backend, cfg)
     res = {"eval": tables["eval"]["overall"], "ood": tables["ood"]["overall"],
            "eval_reward": tables["eval"]["reward"], "per_tag": tables["eval"]["per_tag"],
@@ -133,7 +139,11 @@ def main() -> None:
     ap.add_argument("--extend", metavar="OUT", default=None,
                     help="start each training row from the same row of a shorter comparison's --out (same --set), "
                          "resuming it to --steps; its own result becomes the row at its step count")
+    ap.add_argument("--eval-cfg", type=float, default=None, metavar="S",
+                    help="evaluate every row with guidance S (> 1) instead of the training config's (cached apart)")
     args = ap.parse_args()
+    if args.eval_cfg is not None and args.eval_cfg <= 1:
+        ap.error(f"--eval-cfg must be > 1 (got {args.eval_cfg}); for almost no guidance use 1.01")
     rows = args.rows.split(",")
     bad = [r for r in rows if r not in ROWS]
     if bad:
@@ -154,8 +164,9 @@ def main() -> None:
                     results.setdefault(f"{name}@{s}", []).append(run_row(name, seed, args, s))
     table = "\n".join(table_lines(results))
     print(table)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + f"\n\nsteps {args.steps}, preset configs/nano.json, model {args.model}, --set {args.set}\n")
+    with open(os.path.join(args.out, f"table-cfg{args.eval_cfg:g}.md" if args.eval_cfg else "table.md"), "w") as f:
+        f.write(table + f"\n\nsteps {args.steps}, preset configs/nano.json, model {args.model}, --set {args.set}"
+                + (f", evaluated with guidance {args.eval_cfg:g}" if args.eval_cfg else "") + "\n")
     if args.eval_at:
         print(f"plot: {plot_budget(results, rows, args)}")
 

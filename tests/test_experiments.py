@@ -1,5 +1,5 @@
 """Helpers of the experiment scripts: deadline_compare.py's step bookkeeping (which checkpoint every run is evaluated
-at) and vq_draw.py's settings and report."""
+at), compare_rewards.py's evaluation under another guidance, and vq_draw.py's settings and report."""
 
 import importlib.util
 import json
@@ -68,6 +68,32 @@ def test_report_uses_the_steps_every_run_has_a_result_at(dc, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- experiments/vq_draw.py
+
+def test_compare_rewards_eval_cfg_changes_only_the_evaluations_guidance_and_caches_apart(tmp_path, monkeypatch):
+    cr = load_experiment("compare_rewards")
+    import gvu.train
+    seen = {}
+    def train(cfg, out, **kw):
+        seen["train"] = cfg.sampling.cfg_scale
+        os.makedirs(out)
+    monkeypatch.setattr(gvu.train, "train", train)
+    monkeypatch.setattr(gvu.train, "load_trained", lambda out, step=None: "policy")
+
+    def tables(backend, cfg):
+        seen.setdefault("eval", []).append(cfg.sampling.cfg_scale)
+        split = {"overall": 0.25, "reward": 0.4, "per_tag": {"colors": 0.5}}
+        return {"eval": split, "ood": dict(split, overall=0.05)}
+    monkeypatch.setattr(gvu.train, "final_tables", tables)
+    monkeypatch.setattr(cr, "understanding", lambda backend, n: 0.79)
+    args = SimpleNamespace(out=str(tmp_path), set=["sampling.cfg_scale=1.01"], eval_cfg=3.0, steps=150, extend=None,
+                           model="models/nano-janus", threads=1, eval_prompts=None, understanding_prompts=8)
+    res = cr.run_row("gvu_policy", 0, args)
+    # trained without guidance, evaluated with guidance 3, and kept apart from the run's own evaluation
+    assert seen == {"train": 1.01, "eval": [3.0]}
+    assert res["eval"] == 0.25 and res["ood"] == 0.05 and res["understanding"] == 0.79
+    assert os.listdir(tmp_path / "gvu_policy-s0") == ["result-cfg3.json"]
+    assert cr.run_row("gvu_policy", 0, args) == res and seen["eval"] == [3.0]  # cached: not evaluated again
+
 
 @pytest.fixture(scope="module")
 def vqd():
