@@ -117,8 +117,10 @@ def extend_from(src: str, out: str, args) -> None:
         sys.exit(f"--extend: {src} already has {old_steps} steps; --steps must be larger")
     shutil.rmtree(out + ".tmp", ignore_errors=True)  # left by a copy that was stopped
     shutil.copytree(src, out + ".tmp")  # its results at earlier steps stay valid: the same weights at those steps
-    if os.path.exists(os.path.join(out + ".tmp", "result.json")):
-        os.replace(os.path.join(out + ".tmp", "result.json"), os.path.join(out + ".tmp", f"result-step{old_steps}.json"))
+    for name in os.listdir(out + ".tmp"):  # result.json and result-cfgS.json (--eval-cfg) are results at old_steps
+        if name.startswith("result") and name.endswith(".json") and not name.startswith("result-step"):
+            os.replace(os.path.join(out + ".tmp", name),
+                       os.path.join(out + ".tmp", name.replace("result", f"result-step{old_steps}", 1)))
     os.replace(out + ".tmp", out)
 
 

@@ -95,6 +95,23 @@ def test_compare_rewards_eval_cfg_changes_only_the_evaluations_guidance_and_cach
     assert cr.run_row("gvu_policy", 0, args) == res and seen["eval"] == [3.0]  # cached: not evaluated again
 
 
+def test_compare_rewards_extend_keeps_every_result_of_the_shorter_run_as_a_result_at_its_step(tmp_path):
+    cr = load_experiment("compare_rewards")
+    src = tmp_path / "short" / "gvu_policy-s0"
+    os.makedirs(src)
+    (src / "config.json").write_text(json.dumps({"steps": 150}))
+    for name in ("result.json", "result-cfg3.json", "result-step100.json", "result-step100-cfg3.json"):
+        (src / name).write_text(json.dumps({"name": name}))
+    out = tmp_path / "long" / "gvu_policy-s0"
+    os.makedirs(out.parent)
+    cr.extend_from(str(src), str(out), SimpleNamespace(steps=300))
+    moved = {n: json.loads((out / n).read_text())["name"] for n in os.listdir(out) if n.startswith("result")}
+    # the 150-step evaluations (with the run's guidance and with --eval-cfg 3) become step-150 results: none of them
+    # may pass for the 300-step run's own result
+    assert moved == {"result-step150.json": "result.json", "result-step150-cfg3.json": "result-cfg3.json",
+                     "result-step100.json": "result-step100.json", "result-step100-cfg3.json": "result-step100-cfg3.json"}
+
+
 @pytest.fixture(scope="module")
 def vqd():
     return load_experiment("vq_draw")
