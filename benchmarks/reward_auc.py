@@ -2,7 +2,7 @@
 generated image is correct", over images the model itself generated for eval-split prompts, overall and per tag;
 also per reduction (geometric_mean, product, min) and within prompt groups (what GRPO actually uses).
 
-Usage: python benchmarks/reward_auc.py [--model models/nano-janus] [--prompts 553] [--images 4] [--dump tokens.npz]
+Usage: python benchmarks/reward_auc.py [--model models/nano-janus] [--prompts 553] [--images 4] [--cfg-scale S] [--dump tokens.npz]
 
 --dump saves the per-token log-probs, token ids, verdicts and tags, plus each prompt's per-token log-probs under
 a blank grey image (a text-only prior), so token-weighting variants can be studied without regenerating
@@ -65,7 +65,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (AUCs match within sampling noise, not bit for bit)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--dump", default=None, help="save per-token log-probs etc. to this .npz")
+    ap.add_argument("--cfg-scale", type=float, default=None,
+                    help="guidance of the generated images (> 1; default: the backend's, 3 for nano-Janus; 1.01 is "
+                         "the nano training preset's, almost none)")
     args = ap.parse_args()
+    try:
+        SamplingConfig(cfg_scale=args.cfg_scale).validate()  # a bad scale fails here, before the model loads
+    except ValueError as e:
+        ap.error(f"--cfg-scale: {e}")
     torch.set_num_threads(args.threads)
     t0 = time.time()
     b = JanusBackend.from_pretrained(args.model, device=args.device)
@@ -75,7 +82,7 @@ def main() -> None:
     for s in tqdm(range(0, len(rows), 64), desc="generate + score"):
         chunk = rows[s:s + 64]
         texts = [m["prompt"] for m in chunk]
-        px = b.decode_images(b.sample_image_tokens(texts, SamplingConfig(seed=2024 + s)))
+        px = b.decode_images(b.sample_image_tokens(texts, SamplingConfig(cfg_scale=args.cfg_scale, seed=2024 + s)))
         tl = gvu_reward(b, px, texts, RewardConfig()).token_logprobs
         width = 48
         lp = torch.zeros(len(chunk), width)
@@ -91,7 +98,7 @@ def main() -> None:
         partial += [v.partial for v in verdicts]
     lp, mk, y = torch.cat(lps), torch.cat(masks), np.array(correct)
     tags = np.array([m["tag"] for m in rows])
-    res = {"images": len(rows), "correct_rate": float(y.mean())}
+    res = {"images": len(rows), "correct_rate": float(y.mean()), "cfg_scale": args.cfg_scale or b.default_cfg_scale}
     for red in REDUCTIONS:
         r = reduce_logprobs(lp, mk, red).numpy()
         per_tag = {t: auc(r[tags == t], y[tags == t]) for t in sorted(set(tags))}
