@@ -69,8 +69,7 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     from gvu.train import final_tables, load_trained, train
 
     out = os.path.join(args.out, f"{name}-s{seed}")
-    suffix = (f"-step{step}" if step else "") + (f"-cfg{args.eval_cfg:g}" if args.eval_cfg else "")
-    done = os.path.join(out, f"result{suffix}.json")
+    done = os.path.join(out, f"result{f'-step{step}' if step else ''}{cfg_suffix(args)}.json")
     if os.path.exists(done):
         with open(done) as f:
             res = json.load(f)
@@ -95,6 +94,11 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
            "understanding": understanding(backend, args.understanding_prompts), "sets": list(args.set)}
     save_json(os.path.dirname(done), os.path.basename(done), res)  # atomic: a stopped evaluation leaves no result
     return res
+
+
+def cfg_suffix(args) -> str:
+    """'-cfgS' in the names of results and tables made with --eval-cfg S, so they never pass for the runs' own."""
+    return f"-cfg{args.eval_cfg:g}" if args.eval_cfg else ""
 
 
 def recipe_sets(sets: list[str]) -> list[str]:
@@ -144,8 +148,11 @@ def main() -> None:
     ap.add_argument("--eval-cfg", type=float, default=None, metavar="S",
                     help="evaluate every row with guidance S (> 1) instead of the training config's (cached apart)")
     args = ap.parse_args()
-    if args.eval_cfg is not None and args.eval_cfg <= 1:
-        ap.error(f"--eval-cfg must be > 1 (got {args.eval_cfg}); for almost no guidance use 1.01")
+    from gvu.config import SamplingConfig
+    try:
+        SamplingConfig(cfg_scale=args.eval_cfg).validate()  # the backend's rule for guidance, before any work
+    except ValueError as e:
+        ap.error(f"--eval-cfg: {e}")
     rows = args.rows.split(",")
     bad = [r for r in rows if r not in ROWS]
     if bad:
@@ -166,7 +173,7 @@ def main() -> None:
                     results.setdefault(f"{name}@{s}", []).append(run_row(name, seed, args, s))
     table = "\n".join(table_lines(results))
     print(table)
-    with open(os.path.join(args.out, f"table-cfg{args.eval_cfg:g}.md" if args.eval_cfg else "table.md"), "w") as f:
+    with open(os.path.join(args.out, f"table{cfg_suffix(args)}.md"), "w") as f:
         f.write(table + f"\n\nsteps {args.steps}, preset configs/nano.json, model {args.model}, --set {args.set}"
                 + (f", evaluated with guidance {args.eval_cfg:g}" if args.eval_cfg else "") + "\n")
     if args.eval_at:

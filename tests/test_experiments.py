@@ -67,7 +67,7 @@ def test_report_uses_the_steps_every_run_has_a_result_at(dc, tmp_path):
     assert dc.eval_steps(args_for(tmp_path, report=True), runs[:1]) == [500, 250, 50]
 
 
-# ---------------------------------------------------------------------------------------------- experiments/vq_draw.py
+# ---------------------------------------------------------------------------------------- experiments/compare_rewards.py
 
 def test_compare_rewards_eval_cfg_changes_only_the_evaluations_guidance_and_caches_apart(tmp_path, monkeypatch):
     cr = load_experiment("compare_rewards")
@@ -111,6 +111,8 @@ def test_compare_rewards_extend_keeps_every_result_of_the_shorter_run_as_a_resul
     assert moved == {"result-step150.json": "result.json", "result-step150-cfg3.json": "result-cfg3.json",
                      "result-step100.json": "result-step100.json", "result-step100-cfg3.json": "result-step100-cfg3.json"}
 
+
+# ---------------------------------------------------------------------------------------------- experiments/vq_draw.py
 
 @pytest.fixture(scope="module")
 def vqd():
