@@ -1,6 +1,7 @@
 """Throughput of the batched GvU reward against the slow reference (the official algorithm, literally), and of
 our KV-cached rollout against transformers' own `generate(generation_mode="image")`, on the same model, inputs
-and settings. Prints markdown tables.
+and settings (and ours without guidance, which transformers cannot do: the conditional rows only). Prints markdown
+tables.
 
 Usage: python benchmarks/reward_speed.py [--model models/nano-janus] [--prompts 8] [--group 8] [--threads 2]
 """
@@ -61,13 +62,14 @@ def main() -> None:
     m = len(rows)
     scale = b.default_cfg_scale
 
-    # alternate the two samplers and take medians, so that a busy machine slows both alike
-    ours, hf = [], []
+    # alternate the samplers and take medians, so that a busy machine slows all alike
+    ours, hf, off = [], [], []
     for _ in range(args.repeats):
         t, tokens = timed(lambda: b.sample_image_tokens(rows, SamplingConfig(seed=0)), warmup=not ours)
         ours.append(t)
         hf.append(timed(lambda: hf_generate(b, rows, scale), warmup=not hf)[0])
-    t_ours, t_hf = float(np.median(ours)), float(np.median(hf))
+        off.append(timed(lambda: b.sample_image_tokens(rows, SamplingConfig(guidance=False, seed=0)), warmup=not off)[0])
+    t_ours, t_hf, t_off = float(np.median(ours)), float(np.median(hf)), float(np.median(off))
     pixels = b.decode_images(tokens)
     t_fast, fast = timed(lambda: gvu_reward(b, pixels, rows, RewardConfig()), repeat=3)
     t0 = time.perf_counter()
@@ -80,7 +82,8 @@ def main() -> None:
     print(f"| rollout (sample image tokens), median of {args.repeats} | seconds | images/s |\n|---|---:|---:|")
     print(f"| gvu JanusBackend.sample_image_tokens | {t_ours:.2f} | {m / t_ours:.1f} |")
     print(f"| transformers generate(generation_mode='image') | {t_hf:.2f} | {m / t_hf:.1f} |")
-    print(f"| ratio (ours / transformers) | | {t_hf / t_ours:.2f}x |\n")
+    print(f"| ratio (ours / transformers) | | {t_hf / t_ours:.2f}x |")
+    print(f"| gvu sample_image_tokens without guidance (conditional rows only) | {t_off:.2f} | {m / t_off:.1f} |\n")
     print("| GvU reward | seconds | images/s |\n|---|---:|---:|")
     print(f"| batched, one teacher-forced pass, log space | {t_fast:.3f} | {m / t_fast:.1f} |")
     print(f"| slow reference (one image, one pass per token) | {t_slow:.2f} | {m / t_slow:.2f} |")

@@ -87,7 +87,7 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
             train(cfg, out, resume=os.path.exists(os.path.join(out, "config.json")), progress=True)
         backend = load_trained(out, step)
     if args.eval_cfg:  # training used cfg's guidance; only the evaluation changes
-        cfg = replace(cfg, sampling=replace(cfg.sampling, cfg_scale=args.eval_cfg))
+        cfg = replace(cfg, sampling=replace(cfg.sampling, cfg_scale=args.eval_cfg, guidance=True))
     tables = final_tables(backend, cfg)
     res = {"eval": tables["eval"]["overall"], "ood": tables["ood"]["overall"],
            "eval_reward": tables["eval"]["reward"], "per_tag": tables["eval"]["per_tag"],

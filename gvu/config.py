@@ -24,6 +24,7 @@ class SamplingConfig:
     """How rollout samples image tokens."""
 
     cfg_scale: float | None = None  # classifier-free guidance u + s (c - u); None: the backend's default; must be > 1 for Janus
+    guidance: bool = True  # False: sample from the conditional branch alone, as the official GvU code trains (no unconditional rows: half the rollout's compute); cfg_scale must then be unset
     temperature: float = 1.0  # softmax temperature on the guided logits
     top_k: int = 0  # keep the k most likely tokens; 0 disables
     top_p: float = 1.0  # nucleus sampling; 1.0 disables
@@ -32,7 +33,10 @@ class SamplingConfig:
 
     def validate(self) -> None:
         if self.cfg_scale is not None and self.cfg_scale <= 1:
-            raise ConfigError(f"cfg_scale must be > 1 (got {self.cfg_scale}); for almost no guidance use 1.01")
+            raise ConfigError(f"cfg_scale must be > 1 (got {self.cfg_scale}); for no guidance set guidance to false")
+        if not self.guidance and self.cfg_scale is not None:
+            raise ConfigError(f"cfg_scale is {self.cfg_scale} but guidance is off; unset one of them "
+                              "(sampling.cfg_scale=null or sampling.guidance=true)")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0 (got {self.temperature})")
         if self.top_k < 0:

@@ -102,8 +102,8 @@ def block_types(model) -> tuple[type, ...]:
 
 def loss_guidance(backend, cfg: TrainConfig) -> float | None:
     """The guidance scale of the distribution the loss scores: None for the conditional branch."""
-    if cfg.loss_logprobs == "conditional":
-        return None
+    if cfg.loss_logprobs == "conditional" or not cfg.sampling.guidance:
+        return None  # without guidance the conditional branch is the distribution sampling draws from
     return cfg.sampling.cfg_scale if cfg.sampling.cfg_scale is not None else backend.default_cfg_scale
 
 

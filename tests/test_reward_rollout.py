@@ -15,7 +15,7 @@ from gvu.models.janus_format import unconditional
 from gvu.models.nano import build_random
 from gvu.reward import Judge, gvu_reward, oracle_reward, reduce_logprobs
 from gvu.rollout import rollout
-from gvu.sampling import filter_logits, guide
+from gvu.sampling import filter_logits, guide, sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from reference_reward import reference_reward  # noqa: E402
@@ -125,6 +125,27 @@ def test_sampler_follows_guided_logits_u_plus_s_times_c_minus_u(backend):
     guided = u + scale * (c - u)
     assert torch.equal(guided.argmax(-1), tokens)
     assert torch.equal(guide(c, u, scale), guided)
+
+
+def test_sampling_without_guidance_follows_the_conditional_logits_alone(backend):
+    """guidance off: greedy picks argmax(c) (no unconditional branch), and a seeded draw equals the inverse-CDF draw
+    from the teacher-forced conditional logits at every position; scales near 1 approach it."""
+    off = SamplingConfig(guidance=False, top_k=1, seed=0)
+    tokens = backend.sample_image_tokens(PROMPTS, off)
+    cond = backend.prompt_batch(PROMPTS)
+    with torch.no_grad():
+        c = image_token_logits(backend.model, cond, tokens).float()
+    assert torch.equal(c.argmax(-1), tokens)
+    drawn = backend.sample_image_tokens(PROMPTS, SamplingConfig(guidance=False, seed=3))
+    with torch.no_grad():
+        c = image_token_logits(backend.model, cond, drawn).float()
+    rows = torch.arange(len(PROMPTS))
+    redrawn = torch.stack([sample(c[:, i], SamplingConfig(seed=3), rows, i) for i in range(drawn.shape[1])], 1)
+    assert torch.equal(redrawn, drawn)
+    guided = backend.sample_image_tokens(PROMPTS, SamplingConfig(cfg_scale=4.0, seed=3))
+    assert not torch.equal(guided, drawn)  # guidance 4 changes the draw: the test above could fail
+    with pytest.raises(ConfigError, match="guidance is off"):
+        SamplingConfig(guidance=False, cfg_scale=3.0).validate()
 
 
 def test_loss_logprobs_score_the_conditional_branch_or_the_guided_distribution_sampling_draws_from(backend):

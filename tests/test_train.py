@@ -268,10 +268,13 @@ def test_set_overrides_are_typed_and_badly_typed_values_are_clear_errors(tmp_pat
         resolve_train_config("nano", str(f), [])
 
 
-@pytest.mark.parametrize("branch", ["conditional", "guided"])
+@pytest.mark.parametrize("branch", ["conditional", "guided", "guided, sampled without guidance"])
 def test_old_and_reference_logprobs_score_the_same_distribution_as_the_loss(model_dir, tmp_path, monkeypatch, branch):
     """mu = 2 and beta > 0: on the first inner pass of step 1 the policy is the rollout's policy and the reference,
-    so old and reference log-probs must equal the loss's log-probs exactly when all three score the same branch."""
+    so old and reference log-probs must equal the loss's log-probs exactly when all three score the same branch.
+    Sampled without guidance, the distribution sampling draws from is the conditional branch, whatever loss_logprobs."""
+    unguided = branch.endswith("without guidance")
+    sampling = SamplingConfig(guidance=False) if unguided else SamplingConfig(cfg_scale=3.0)
     seen, prompts, tokens = [], [], []
     real, real_rollout = train_mod.grpo_loss, train_mod.rollout
 
@@ -287,8 +290,8 @@ def test_old_and_reference_logprobs_score_the_same_distribution_as_the_loss(mode
 
     monkeypatch.setattr(train_mod, "grpo_loss", spy)
     monkeypatch.setattr(train_mod, "rollout", spy_rollout)
-    train_mod.train(tiny(model_dir, steps=1, eval_every=0, mu=2, beta=0.1, loss_logprobs=branch,
-                         sampling=SamplingConfig(cfg_scale=3.0)), str(tmp_path / "run"), progress=False)
+    train_mod.train(tiny(model_dir, steps=1, eval_every=0, mu=2, beta=0.1, loss_logprobs=branch.split(",")[0],
+                         sampling=sampling), str(tmp_path / "run"), progress=False)
     logp, old, ref = seen[0]
     assert torch.allclose(logp, old, atol=1e-5) and torch.allclose(logp, ref, atol=1e-5)
     assert not torch.allclose(seen[1][0], old, atol=1e-4)  # the second inner pass sees the updated policy
@@ -298,7 +301,7 @@ def test_old_and_reference_logprobs_score_the_same_distribution_as_the_loss(mode
     with torch.no_grad():
         cond = backend.image_token_logprobs(rows, tokens[0], 1.0)
         guided = backend.image_token_logprobs(rows, tokens[0], 1.0, guidance=3.0)
-    want, other = (cond, guided) if branch == "conditional" else (guided, cond)
+    want, other = (guided, cond) if branch == "guided" else (cond, guided)
     assert torch.allclose(old, want, atol=1e-5) and not torch.allclose(old, other, atol=1e-3)
 
 

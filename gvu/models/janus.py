@@ -346,32 +346,37 @@ class JanusBackend:
     @torch.no_grad()
     def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig,
                             row_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [M, N]. The batch is [conditional rows; unconditional rows] (transformers' layout) with a KV cache.
+        """tokens [M, N]. With guidance the batch is [conditional rows; unconditional rows] (transformers' layout);
+        without (sampling.guidance False) only the conditional rows. A KV cache either way.
 
         row_ids [M]: each row's global id (default 0..M-1); a row's random draws depend only on (seed, row id,
         position), not on its batch (gvu.sampling.row_uniforms)."""
         sampling.validate()
         self.check_prompts(prompts)
         scale = sampling.cfg_scale if sampling.cfg_scale is not None else self.default_cfg_scale
-        if scale <= 1:
-            raise ValueError(f"Janus samples with classifier-free guidance: cfg_scale must be > 1 (got {scale})")
+        if sampling.guidance and scale <= 1:
+            raise ValueError(f"Janus samples with classifier-free guidance: cfg_scale must be > 1 (got {scale}); "
+                             "for no guidance set sampling.guidance to false")
         m, n = len(prompts), self.num_image_tokens
+        branches = 2 if sampling.guidance else 1
         cond = self.prompt_batch(prompts)
-        uncond = unconditional(cond.ids, cond.mask, self.ids["bos"], self.ids["boi"], self.ids["pad"])
-        ids = torch.cat([cond.ids, uncond])
-        mask = torch.cat([cond.mask, cond.mask])
-        positions = torch.cat([cond.positions, cond.positions])
+        ids, mask, positions = cond.ids, cond.mask, cond.positions
+        if sampling.guidance:
+            uncond = unconditional(cond.ids, cond.mask, self.ids["bos"], self.ids["boi"], self.ids["pad"])
+            ids, mask, positions = torch.cat([ids, uncond]), torch.cat([mask, mask]), torch.cat([positions, positions])
         rows = torch.arange(m) if row_ids is None else torch.as_tensor(row_ids)
         cache = DynamicCache()
         hidden = self._lm_step(self.model.get_input_embeddings()(ids), mask, positions, cache)
         tokens = torch.empty(m, n, dtype=torch.long, device=self.device)
         for i in range(n):
-            logits = self.model.model.generation_head(hidden).float()  # [2M, V]
-            tokens[:, i] = sample(guide(logits[:m], logits[m:], scale), sampling, rows, i)
+            logits = self.model.model.generation_head(hidden).float()  # [branches * M, V]
+            if sampling.guidance:
+                logits = guide(logits[:m], logits[m:], scale)
+            tokens[:, i] = sample(logits, sampling, rows, i)
             if i == n - 1:
                 break
-            embeds = self.model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(2))[:, None]
-            mask = torch.cat([mask, mask.new_ones(2 * m, 1)], dim=1)
+            embeds = self.model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(branches))[:, None]
+            mask = torch.cat([mask, mask.new_ones(branches * m, 1)], dim=1)
             positions = positions[:, -1:] + 1
             hidden = self._lm_step(embeds, mask, positions, cache)
         return tokens
