@@ -157,7 +157,13 @@ def main() -> None:
     bad = [r for r in rows if r not in ROWS]
     if bad:
         ap.error(f"unknown rows {bad}; choose from {list(ROWS)}")
-    every = row_config(rows[0], 0, args).checkpoint_every  # also validates --set before any work
+    from gvu.errors import UserError
+    try:  # --set is parsed and the resolved config checked before any work
+        first = row_config(rows[0], 0, args)
+        first.validate()
+    except (UserError, ValueError) as e:
+        ap.error(str(e))
+    every = first.checkpoint_every
     args.eval_at = sorted(set(args.eval_at))
     for s in args.eval_at:
         if not 0 < s < args.steps or s % every:

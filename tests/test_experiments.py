@@ -112,6 +112,20 @@ def test_compare_rewards_extend_keeps_every_result_of_the_shorter_run_as_a_resul
                      "result-step100.json": "result-step100.json", "result-step100-cfg3.json": "result-step100-cfg3.json"}
 
 
+@pytest.mark.parametrize("sets, words", [
+    (["sampling.guidance=false"], "cfg_scale is 1.01 but guidance is off"),  # the preset's 1.01 contradicts it
+    (["sampling.bogus=1"], "unknown setting 'bogus'"),
+])
+def test_compare_rewards_refuses_a_bad_set_before_any_work(tmp_path, monkeypatch, capsys, sets, words):
+    cr = load_experiment("compare_rewards")
+    out = tmp_path / "out"
+    argv = ["compare_rewards.py", "--rows", "base", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit):
+        cr.main()
+    assert words in capsys.readouterr().err and not out.exists()
+
+
 # ---------------------------------------------------------------------------------------------- experiments/vq_draw.py
 
 @pytest.fixture(scope="module")
