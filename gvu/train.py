@@ -5,7 +5,8 @@ the sampling temperature, recomputed by teacher forcing (JanusBackend.image_toke
 classifier-free guidance, so the policy being optimised is the conditional branch, and guidance is applied on top
 of it at sampling time. loss_logprobs=guided scores the guided distribution that sampling draws from instead (one
 pass over conditional and unconditional rows, so twice the rows), which makes mu = 1 on-policy up to the top-k /
-top-p / min-p filters (exactly so with none, as in the nano preset).
+top-p / min-p filters (exactly so with none, as in the nano preset). With sampling.guidance False there is no
+guidance: sampling draws from the conditional branch itself, which both settings then score.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ class UnifiedModel(Protocol):
     def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig,
                             row_ids: torch.Tensor | None = None) -> torch.Tensor:
         """One image per prompt (repeat prompts for groups): tokens [M, N], seeded by sampling.seed; row_ids [M]
-        (default 0..M-1) make each row's draws independent of its batch and rank."""
+        (default 0..M-1) make each row's draws independent of its batch and rank. With sampling.guidance False,
+        draws from the conditional branch alone."""
 
     def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0,
                              guidance: float | None = None) -> torch.Tensor:
