@@ -1,7 +1,8 @@
 """Atomic checkpoints: trainable weights (safetensors), optimiser, RNG states and step, in one folder per step.
 
-A checkpoint folder is written under a temporary name and renamed into place, so a crash mid-save never leaves a
-half-written checkpoint; `latest` is a small file naming the newest complete one.
+A checkpoint folder is written under a temporary name, flushed to disk (fsync) and renamed into place, so neither a
+crash mid-save nor a power loss just after it leaves a half-written checkpoint; `latest` is a small file naming the
+newest complete one, replaced the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ def set_rng_states(s: dict) -> None:
     torch.set_rng_state(s["torch"])
 
 
+def fsync(path: str) -> None:
+    """Flush a file, or a folder's entries, to disk (a rename is durable only once the folder holding it is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, extra: dict | None = None,
          extra_tensors: dict[str, torch.Tensor] | None = None, optimizer_state: dict | None = None) -> str:
     """optimizer_state: the optimiser state to write instead of optimizer.state_dict() (FSDP: the full,
@@ -44,13 +54,20 @@ def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, extra: dict
         save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}, os.path.join(tmp, "extra.safetensors"))
     torch.save({"optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(), "step": step, "rng": rng_states(), "extra": extra or {}},
                os.path.join(tmp, "state.pt"))
+    for name in os.listdir(tmp):
+        fsync(os.path.join(tmp, name))
+    fsync(tmp)
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
-    latest_tmp = os.path.join(run_dir, "checkpoints", "latest.tmp")
+    folder = os.path.join(run_dir, "checkpoints")
+    latest_tmp = os.path.join(folder, "latest.tmp")
     with open(latest_tmp, "w") as f:
         f.write(os.path.basename(final))
-    os.replace(latest_tmp, os.path.join(run_dir, "checkpoints", "latest"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(latest_tmp, os.path.join(folder, "latest"))
+    fsync(folder)
     return final
 
 

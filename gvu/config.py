@@ -32,11 +32,11 @@ class SamplingConfig:
     seed: int = 0  # rollout RNG seed; the same seed and inputs give the same tokens
 
     def validate(self) -> None:
-        if self.cfg_scale is not None and self.cfg_scale <= 1:
-            raise ConfigError(f"cfg_scale must be > 1 (got {self.cfg_scale}); for no guidance set guidance to false")
-        if not self.guidance and self.cfg_scale is not None:
+        if not self.guidance and self.cfg_scale is not None:  # first: with guidance off, any scale is the mistake
             raise ConfigError(f"cfg_scale is {self.cfg_scale} but guidance is off; unset one of them "
                               "(sampling.cfg_scale=null or sampling.guidance=true)")
+        if self.cfg_scale is not None and self.cfg_scale <= 1:
+            raise ConfigError(f"cfg_scale must be > 1 (got {self.cfg_scale}); for no guidance set guidance to false")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0 (got {self.temperature})")
         if self.top_k < 0:
@@ -111,7 +111,8 @@ class TrainConfig:
     warmup_steps: int = 10
     schedule: str = "constant"  # constant | cosine (after warmup)
     grad_accum: int = 1  # micro-batches per step (rows split evenly)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradient clipping (global norm); must be > 0 (float("inf") measures without clipping)
+    gradient_checkpointing: bool = False  # recompute each language-model layer in the update's backward (memory; docs/gpu.md)
     rollout_micro_batch: int | None = None  # rows sampled at once (memory bound); None = all
     # sampling and reward
     sampling: SamplingConfig = SamplingConfig()
@@ -120,7 +121,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     evaluator_workers: int = 0  # processes for the nano world's exact evaluator (oracle reward, evaluations); 0 or 1 = in this process
-    log_every: int = 1
+    log_every: int = 1  # steps between metrics lines (metrics.jsonl, TensorBoard); the last step and alarms are always written
     eval_every: int = 50  # steps between evaluations (nano world: exact evaluator + intrinsic reward); 0 = off
     eval_prompts: int = 96  # eval-split prompts per periodic evaluation
     eval_images_per_prompt: int = 2
@@ -164,6 +165,23 @@ class TrainConfig:
             (self.grad_accum >= 1 and (self.batch_prompts * self.group_size) % self.grad_accum == 0,
              f"grad_accum ({self.grad_accum}) must divide the rows per step B*G = {self.batch_prompts * self.group_size}"),
             (0 <= self.eps_low < 1 and self.eps_high >= 0, "eps_low must be in [0, 1) and eps_high >= 0"),
+            (self.advantage_eps > 0, f"advantage_eps must be > 0 (got {self.advantage_eps}): it keeps a group whose "
+                                     "rewards are all equal at advantage 0 instead of 0/0"),
+            (self.max_grad_norm > 0, f"max_grad_norm must be > 0 (got {self.max_grad_norm}): clipping to 0 zeroes every "
+                                     "gradient and a negative norm flips them; for no clipping use a large value or inf"),
+            (self.rollout_micro_batch is None or self.rollout_micro_batch >= 1,
+             f"rollout_micro_batch must be >= 1 or null for all rows at once (got {self.rollout_micro_batch})"),
+            (self.threads >= 1, f"threads must be >= 1 (got {self.threads})"),
+            (self.log_every >= 1, f"log_every must be >= 1 (got {self.log_every})"),
+            (self.eval_every >= 0 and self.grid_every >= 0,
+             f"eval_every and grid_every must be >= 0 (got {self.eval_every}, {self.grid_every}); 0 turns them off"),
+            (self.eval_prompts >= 0 and self.grid_prompts >= 0 and self.eval_images_per_prompt >= 1,
+             f"eval_prompts and grid_prompts must be >= 0 and eval_images_per_prompt >= 1 (got {self.eval_prompts}, "
+             f"{self.grid_prompts}, {self.eval_images_per_prompt}); turn evaluations off with eval_every=0 or grid_every=0"),
+            ((self.final_eval_prompts is None or self.final_eval_prompts >= 1) and self.final_images_per_prompt >= 1,
+             f"final_eval_prompts must be >= 1 or null for the whole split, and final_images_per_prompt >= 1 (got "
+             f"{self.final_eval_prompts}, {self.final_images_per_prompt}); turn the final tables off with final_eval=false"),
+            (self.guard_patience >= 1, f"guard_patience must be >= 1 (got {self.guard_patience})"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -32,8 +32,9 @@ from gvu.rollout import rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
 
 
-# fields that change how fast a run goes, never what it computes: a run resumes under other values of them
-SPEED_ONLY = ("evaluator_workers",)
+# fields that change how fast a run goes (or its memory), never what it computes (gradient checkpointing recomputes
+# the same operations): a run resumes under other values of them
+SPEED_ONLY = ("evaluator_workers", "gradient_checkpointing")
 
 
 class TrainingDiverged(RuntimeError):
@@ -127,11 +128,13 @@ def micro_batches(rows: int, grad_accum: int) -> list[slice]:
     return [slice(s, s + size) for s in range(0, rows, size)]
 
 
-def update(policy, ro, adv, cfg, params, optimizer, refs: list | None) -> dict:
+def update(policy, ro, adv, cfg, params, optimizer, refs: list | None, recompute=contextlib.nullcontext) -> dict:
     """mu inner passes of GRPO over this rank's rows (grad_accum micro-batches each); returns metrics.
     policy: backend.image_token_logprobs (with the loss's guidance bound, see loss_guidance) wrapped as a module
     (DDP or FSDP under torchrun).
-    refs: the KL reference's log-probs per micro-batch (reference_batches), or None when beta is 0."""
+    refs: the KL reference's log-probs per micro-batch (reference_batches), or None when beta is 0.
+    recompute: the context each micro-batch's forward and backward run in (backend.checkpointed for
+    cfg.gradient_checkpointing)."""
     rows = ro.row_prompts
     temp = cfg.sampling.temperature
     metrics: dict = {}
@@ -139,12 +142,13 @@ def update(policy, ro, adv, cfg, params, optimizer, refs: list | None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for i, sl in enumerate(micro_batches(len(rows), cfg.grad_accum)):
-            logp = policy(rows[sl], ro.tokens[sl], temp)
-            old = ro.old_logprobs[sl] if ro.old_logprobs is not None else logp.detach()  # mu = 1: ratio 1
-            ref = refs[i] if refs is not None else None
-            loss, mm = grpo_loss(logp, old, adv[sl].to(logp.device), torch.ones_like(logp, dtype=torch.bool), ref,
-                                 cfg.beta, cfg.eps_low, cfg.eps_high, cfg.aggregation)
-            (loss / cfg.grad_accum).backward()
+            with recompute():
+                logp = policy(rows[sl], ro.tokens[sl], temp)
+                old = ro.old_logprobs[sl] if ro.old_logprobs is not None else logp.detach()  # mu = 1: ratio 1
+                ref = refs[i] if refs is not None else None
+                loss, mm = grpo_loss(logp, old, adv[sl].to(logp.device), torch.ones_like(logp, dtype=torch.bool), ref,
+                                     cfg.beta, cfg.eps_low, cfg.eps_high, cfg.aggregation)
+                (loss / cfg.grad_accum).backward()
             total += loss.item() / cfg.grad_accum
             for k, v in mm.items():
                 metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum / cfg.mu
@@ -260,7 +264,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         d = dist.global_advantages(rew.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
         zero_var = zero_variance_groups(d.rewards, cfg.group_size)
         # 4. update
-        metrics = update(policy, ro, d.advantages, cfg, params, optimizer, refs)
+        metrics = update(policy, ro, d.advantages, cfg, params, optimizer, refs,
+                         backend.checkpointed if cfg.gradient_checkpointing else contextlib.nullcontext)
         if judge is not None:
             with dist.full_params(policy):
                 judge.update()
@@ -284,7 +289,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         optim_state = dist.full_optimizer_state(policy, optimizer) if save_now else None  # collective under FSDP
         with dist.full_params(policy) if (evaluate_now or save_now) else contextlib.nullcontext():
             if info.is_main:
-                log.write(metrics)
+                if s % cfg.log_every == 0 or s == cfg.steps or "alarm" in metrics:
+                    log.write(metrics)
                 if evaluate_now:
                     periodic(backend, cfg, s, eval_md if eval_now else None, grid_md, run_dir, log)
                 if save_now:
@@ -431,7 +437,8 @@ def load_trained(run_dir: str, step: int | None = None):
         d = json.load(f)
     d["sampling"], d["reward"] = SamplingConfig(**d["sampling"]), RewardConfig(**d["reward"])
     cfg = TrainConfig(**d)
-    backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=dtype)  # as the run trained and evaluated
     setup_trainable(backend, cfg)
     ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}") if step else checkpoint.latest(run_dir)
     if ckpt is None:

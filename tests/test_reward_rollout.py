@@ -146,6 +146,8 @@ def test_sampling_without_guidance_follows_the_conditional_logits_alone(backend)
     assert not torch.equal(guided, drawn)  # guidance 4 changes the draw: the test above could fail
     with pytest.raises(ConfigError, match="guidance is off"):
         SamplingConfig(guidance=False, cfg_scale=3.0).validate()
+    with pytest.raises(ConfigError, match="guidance is off.*sampling.cfg_scale=null"):  # not "cfg_scale must be > 1"
+        SamplingConfig(guidance=False, cfg_scale=1.0).validate()
 
 
 def test_loss_logprobs_score_the_conditional_branch_or_the_guided_distribution_sampling_draws_from(backend):

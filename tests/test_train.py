@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -244,6 +245,85 @@ def test_bad_config_and_existing_run_are_refused_before_work(model_dir, tmp_path
     with pytest.raises(ValueError, match="already holds a run"):
         train_mod.train(tiny(model_dir), str(tmp_path / "b"), progress=False)
     assert (tmp_path / "b" / "keep.txt").read_text() == "user data"
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("max_grad_norm", 0.0, "max_grad_norm must be > 0"),  # clipping to 0 would zero every gradient, unnoticed
+    ("max_grad_norm", -1.0, "max_grad_norm must be > 0"),  # a negative norm flips the gradients
+    ("max_grad_norm", float("nan"), "max_grad_norm must be > 0"),
+    ("advantage_eps", 0.0, "advantage_eps must be > 0"),  # an all-equal group would give 0/0
+    ("advantage_eps", -1e-4, "advantage_eps must be > 0"),
+    ("rollout_micro_batch", 0, "rollout_micro_batch must be >= 1 or null"),
+    ("threads", 0, "threads must be >= 1"),
+    ("log_every", 0, "log_every must be >= 1"),
+    ("eval_images_per_prompt", 0, "eval_images_per_prompt >= 1"),
+    ("final_images_per_prompt", 0, "final_images_per_prompt >= 1"),
+    ("final_eval_prompts", 0, "final_eval_prompts must be >= 1 or null"),
+    ("guard_patience", 0, "guard_patience must be >= 1"),
+])
+def test_out_of_range_settings_are_refused_before_any_run_folder_exists(model_dir, tmp_path, field, value, words):
+    with pytest.raises(ConfigError, match=words):
+        train_mod.train(tiny(model_dir, **{field: value}), str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
+    tiny(model_dir, max_grad_norm=float("inf"), rollout_micro_batch=None, final_eval_prompts=None).validate()
+
+
+def test_gradient_checkpointing_recomputes_the_layers_and_trains_the_same_weights(model_dir, tmp_path, monkeypatch):
+    from gvu.models.janus import JanusBackend
+
+    entered = []
+    real = JanusBackend.checkpointed
+
+    def spy(self):
+        entered.append(1)
+        return real(self)
+
+    monkeypatch.setattr(JanusBackend, "checkpointed", spy)
+    cfg = tiny(model_dir, steps=2, eval_every=0, grad_accum=2, beta=0.1)
+    plain = weights(run_capturing_model(cfg, str(tmp_path / "plain"), monkeypatch)["model"])
+    assert entered == []
+    box = run_capturing_model(replace(cfg, gradient_checkpointing=True), str(tmp_path / "ckpt"), monkeypatch)
+    assert len(entered) == 2 * 2  # steps x micro-batches
+    after = weights(box["model"])
+    moved = [n for n in after if not torch.equal(after[n], box["before"][n])]
+    assert len(moved) == len(after)
+    assert all(torch.allclose(after[n], plain[n], atol=1e-6) for n in after)
+
+
+def test_log_every_writes_every_kth_step_and_the_last(model_dir, tmp_path):
+    run = tmp_path / "run"
+    train_mod.train(tiny(model_dir, steps=5, log_every=2, eval_every=0), str(run), progress=False)
+    steps = [json.loads(ln)["step"] for ln in open(run / "metrics.jsonl") if "loss/total" in json.loads(ln)]
+    assert steps == [2, 4, 5]
+
+
+def test_load_trained_loads_the_base_in_the_runs_dtype(model_dir, tmp_path):
+    run = str(tmp_path / "run")
+    train_mod.train(tiny(model_dir, steps=1, eval_every=0, dtype="bfloat16", lora_r=4), run, progress=False)
+    backend = train_mod.load_trained(run)
+    base = [p for n, p in backend.model.named_parameters() if "lora_" not in n]
+    assert base and all(p.dtype == torch.bfloat16 for p in base)
+
+
+def test_a_checkpoint_is_on_disk_before_its_rename_and_latest_after_it(tmp_path, monkeypatch):
+    """Renames are atomic, but only fsync makes the renamed files' contents survive a power loss."""
+    from gvu import checkpoint
+
+    events = []
+    real_replace = os.replace
+    monkeypatch.setattr(checkpoint, "fsync", lambda p: events.append(("fsync", os.path.basename(p))))
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: events.append(("fsync", "fd")))  # the open `latest` file
+    monkeypatch.setattr(checkpoint.os, "replace",
+                        lambda a, b: (events.append(("replace", os.path.basename(b))), real_replace(a, b)))
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    final = checkpoint.save(str(tmp_path), 3, model, opt, extra_tensors={"ema": torch.ones(2)})
+    files = sorted(os.listdir(final))
+    assert files == ["extra.safetensors", "state.pt", "trainable.safetensors"]
+    rename = events.index(("replace", "step_000003"))
+    assert sorted(name for kind, name in events[:rename] if kind == "fsync") == sorted(files + ["step_000003.tmp"])
+    assert events[rename + 1:] == [("fsync", "fd"), ("replace", "latest"), ("fsync", "checkpoints")]
+    assert checkpoint.latest(str(tmp_path)) == final
 
 
 def test_set_overrides_are_typed_and_badly_typed_values_are_clear_errors(tmp_path):

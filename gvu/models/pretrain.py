@@ -390,8 +390,11 @@ def save_config(config, out: str) -> None:
 
 
 def atomic_save(obj, path: str) -> None:
+    from gvu.checkpoint import fsync
+
     tmp = path + ".tmp"
     torch.save(obj, tmp)
+    fsync(tmp)  # on disk before the rename, so a power loss cannot leave an empty checkpoint under the real name
     os.replace(tmp, path)
 
 
@@ -1050,6 +1053,9 @@ def save_model(model, tok, spec, out_dir: str) -> None:
     from gvu.models.janus import JanusBackendConfig
     # guidance 3: the JANUS-NOTES probe found it best for this model family (5 over-saturates a small model)
     JanusBackendConfig(default_cfg_scale=3.0).save(tmp)
+    from gvu.checkpoint import fsync
+    for name in os.listdir(tmp):
+        fsync(os.path.join(tmp, name))
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
