@@ -192,6 +192,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (scores match within sampling noise, not bit for bit)")
     args = ap.parse_args()
+    known = ("vq", "understanding", "understanding_recon", "qa", "generation", "features", "groups")
+    unknown = [n for n in args.only.split(",") if n not in known]
+    if unknown:  # before the model loads and the first benchmark runs
+        ap.error(f"--only: unknown benchmarks {unknown}; choose from {', '.join(known)}")
     torch.set_num_threads(args.threads)
     b = JanusBackend.from_pretrained(args.model, device=args.device)
     sampling = SamplingConfig(cfg_scale=args.cfg_scale, seed=1234)
@@ -213,8 +217,6 @@ def main() -> None:
             results[name] = bench_features(b)
         elif name == "groups":
             results[name] = bench_groups(b, args.group_prompts, sampling)
-        else:
-            raise SystemExit(f"unknown benchmark {name!r}")
         results[name]["seconds"] = round(time.time() - t, 1)
     results["machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}"
     results["settings"] = {"model": args.model, "prompts": args.prompts, "cfg_scale": sampling.cfg_scale or b.default_cfg_scale,

@@ -107,18 +107,28 @@ def recipe_sets(sets: list[str]) -> list[str]:
     return sorted(s for s in sets if s.split("=", 1)[0] not in SPEED_ONLY)
 
 
+def extend_problem(src: str, args) -> str | None:
+    """Why --extend cannot start a row from `src` (None when it can)."""
+    if not os.path.exists(os.path.join(src, "config.json")):
+        return f"--extend: {src} holds no run; give the --out of a shorter comparison with the same rows and seeds"
+    with open(os.path.join(src, "config.json")) as f:
+        old_steps = json.load(f)["steps"]
+    if old_steps >= args.steps:
+        return f"--extend: {src} already has {old_steps} steps; --steps must be larger"
+    return None
+
+
 def extend_from(src: str, out: str, args) -> None:
     """Start a row from a shorter run of the same recipe (--extend): copy its folder, keep its result as the result
     at its step count (and its results at earlier steps), and let train() resume it to --steps (exact under the
     constant schedule: gvu.train.extendable)."""
     import shutil
 
-    if not os.path.exists(os.path.join(src, "config.json")):
-        sys.exit(f"--extend: {src} holds no run; give the --out of a shorter comparison with the same rows and seeds")
+    problem = extend_problem(src, args)
+    if problem:
+        sys.exit(problem)
     with open(os.path.join(src, "config.json")) as f:
         old_steps = json.load(f)["steps"]
-    if old_steps >= args.steps:
-        sys.exit(f"--extend: {src} already has {old_steps} steps; --steps must be larger")
     shutil.rmtree(out + ".tmp", ignore_errors=True)  # left by a copy that was stopped
     shutil.copytree(src, out + ".tmp")  # its results at earlier steps stay valid: the same weights at those steps
     for name in os.listdir(out + ".tmp"):  # result.json and result-cfgS.json (--eval-cfg) are results at old_steps
@@ -163,6 +173,18 @@ def main() -> None:
         first.validate()
     except (UserError, ValueError) as e:
         ap.error(str(e))
+    from gvu.models.janus import check_checkpoint
+    try:  # the model's files (no weights read), and every row --extend starts from, before the first row's work
+        check_checkpoint(args.model)
+    except ValueError as e:
+        ap.error(f"--model: {e}")
+    if args.extend:
+        for name in rows:
+            for seed in args.seeds if ROWS[name] is not None else []:
+                if not os.path.exists(os.path.join(args.out, f"{name}-s{seed}")):
+                    problem = extend_problem(os.path.join(args.extend, f"{name}-s{seed}"), args)
+                    if problem:
+                        ap.error(problem)
     every = first.checkpoint_every
     args.eval_at = sorted(set(args.eval_at))
     for s in args.eval_at:

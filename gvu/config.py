@@ -6,6 +6,7 @@ they belong to the backend (gvu/models/janus.py: JanusBackendConfig).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 REDUCTIONS = ("geometric_mean", "product", "min")
@@ -182,7 +183,14 @@ class TrainConfig:
              f"final_eval_prompts must be >= 1 or null for the whole split, and final_images_per_prompt >= 1 (got "
              f"{self.final_eval_prompts}, {self.final_images_per_prompt}); turn the final tables off with final_eval=false"),
             (self.guard_patience >= 1, f"guard_patience must be >= 1 (got {self.guard_patience})"),
+            (self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
+             f"device must be cpu, cuda or cuda:N (got {self.device!r})"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        if self.lora_r > 0:
+            try:
+                re.compile(self.lora_target)
+            except re.error as e:
+                raise ConfigError(f"lora_target {self.lora_target!r} is not a regular expression ({e})") from None

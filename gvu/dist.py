@@ -50,7 +50,11 @@ def init(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") if device else torch.cuda.is_available()
-    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
+    # one process: the GPU asked for (cuda:N); under torchrun each rank takes the GPU of its LOCAL_RANK
+    if not cuda:
+        dev = torch.device("cpu")
+    else:
+        dev = torch.device(device) if world == 1 and ":" in (device or "") else torch.device("cuda", local)
     if cuda:
         torch.cuda.set_device(dev)
     if world == 1:

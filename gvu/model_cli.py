@@ -65,6 +65,7 @@ def register_score(sub) -> None:
     p.add_argument("--token-weights", default="uniform", choices=TOKEN_WEIGHTS,
                    help="uniform (the paper's) or surprisal: weigh each prompt token by -log p(token | blank image)")
     p.add_argument("--out", default=None, help="write per-image results (jsonl) here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_score)
 
 
@@ -100,8 +101,16 @@ def resolve_train_config(preset: str | None, config: str | None, sets: list[str]
         if not os.path.exists(path):
             raise UserError(f"{where}: no such file {path}" + ("" if not preset else
                             f"; presets: {', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.json')))}"))
+        if os.path.isdir(path):
+            raise UserError(f"{where}: {path} is a folder; give a JSON file of TrainConfig fields")
         with open(path) as f:
-            cfg = apply_dict(cfg, json.load(f), where)
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: {path} must hold a JSON object of TrainConfig fields, not a {type(d).__name__}")
+        cfg = apply_dict(cfg, d, where)
     for s in sets:
         if "=" not in s:
             raise UserError(f"--set {s!r}: expected KEY=VALUE")
@@ -179,27 +188,45 @@ def cmd_score(args) -> None:
     from gvu.reward import gvu_reward
     from gvu.world import geneval_io as gio
 
+    from gvu.models.janus import CheckpointError, check_checkpoint, decoded_image_size
+
+    # every check comes before the model loads (minutes for Janus-Pro-7B)
     if bool(args.folder) == bool(args.image):
         raise UserError("give either a GenEval FOLDER or --image with --prompt")
+    if args.folder and args.prompt is not None:
+        raise UserError("--prompt goes with --image; a FOLDER's prompts come from its metadata.jsonl files")
     cfg = RewardConfig(reduction=args.reduction, token_weights=args.token_weights,
-                       **({"query": args.query} if args.query else {}))
+                       **({"query": args.query} if args.query is not None else {}))
     try:
         cfg.validate()
     except ValueError as e:
         raise UserError(str(e)) from None
-    if args.image and not args.prompt:
+    if args.image and args.prompt is None:
         raise UserError("--image needs --prompt")
+    if args.out:
+        gio.refuse_existing_file(Path(args.out), args.overwrite)
     if not os.path.isdir(args.model):
         raise UserError(f"model {args.model!r} is not a directory")
+    try:
+        size = decoded_image_size(check_checkpoint(args.model))
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
     if args.image:
         items = [(args.prompt, Path(args.image))]
     else:
         folders = gio.read_folder(args.folder, nano=False)
         items = [(f.metadata["prompt"], p) for f in folders for _, p in f.samples]
-    backend = JanusBackend.from_pretrained(args.model)
-    size = backend.image_size
     for _, path in items:
-        gio.check_image(path, size)
+        side = gio.check_image(path)
+        if side != size:
+            raise UserError(f"{path}: image is {side}x{side}, but model {args.model} reads {size}x{size} images "
+                            "(the size it decodes); resize the images")
+    backend = JanusBackend.from_pretrained(args.model)
+    try:
+        backend.check_prompts([p for p, _ in items])
+        backend.check_texts(cfg.query, sorted({p for p, _ in items}))
+    except ValueError as e:
+        raise UserError(str(e)) from None
     rows = []
     for s in range(0, len(items), 32):
         chunk = items[s:s + 32]

@@ -190,10 +190,15 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     nano = world_judgeable(pool)
     if cfg.reward.kind == "oracle" and not nano:
         raise ValueError("the oracle reward needs nano-world prompts (it is the nano world's exact evaluator)")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device!r}, but this torch sees no GPU (torch {torch.__version__}); "
+                         "--set device=cpu, or install a CUDA build of torch")
+    from gvu.models.janus import check_checkpoint, resolve_checkpoint
+    check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
+    # every rank checks the run folder (read-only); rank 0 changes it only once the model has loaded and training is
+    # set up, so a start that fails leaves an existing run (even under --overwrite) as it was
+    folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
     info = dist.init(cfg.device)
-    if info.is_main:
-        prepare_run_dir(run_dir, cfg, resume, overwrite)
-    dist.barrier()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
     random.seed(cfg.seed)
@@ -203,6 +208,9 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     eval_md, grid_md = eval_sets(cfg, nano)
 
     params, adapter_off = setup_trainable(backend, cfg)
+    if info.is_main:
+        make_run_dir(run_dir, cfg, folder_plan)
+    dist.barrier()
     # copies of the starting weights are made before FSDP replaces the parameters by shards
     ref_model = None
     if cfg.beta > 0 and adapter_off is None:
@@ -344,7 +352,36 @@ def extendable(saved: dict, want: dict) -> bool:
     return want["steps"] > saved["steps"] and want["schedule"] == "constant"
 
 
-def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+# what a `gvu train` run folder holds (the experiments add result*.json; a crash can leave *.tmp); --overwrite
+# replaces only such a folder
+RUN_FILES = {"config.json", "metrics.jsonl", "diagnostics.jsonl", "before.json", "after.json", "summary.md",
+             "curves.png", "checkpoints", "grids", "tensorboard"}
+
+
+def run_file(name: str) -> bool:
+    return name in RUN_FILES or name.endswith(".tmp") or (name.startswith("result") and name.endswith(".json"))
+
+
+def is_run_dir(run_dir: str) -> bool:
+    """A folder `gvu train` made: its config.json is a TrainConfig's (and nothing foreign sits beside it)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(saved, dict) and {"group_size", "sampling", "reward"} <= saved.keys()
+            and all(run_file(n) for n in os.listdir(run_dir)))
+
+
+def check_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
+    """Check --out against the flags, changing nothing; returns what make_run_dir will do: "new" (make it, replacing
+    an old run under --overwrite), "extend" (a longer run of the same recipe) or "resume"."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"--out {run_dir} is a file: give a folder for the run")
+    inside = [p for p in (cfg.model, cfg.prompts_file) if p and os.path.exists(run_dir)
+              and os.path.commonpath([os.path.realpath(p), os.path.realpath(run_dir)]) == os.path.realpath(run_dir)]
+    if inside and not resume:
+        raise ValueError(f"--out {run_dir} holds this run's own input {inside[0]}: pick another --out")
     cfg_path = os.path.join(run_dir, "config.json")
     if resume:
         if not os.path.exists(cfg_path):
@@ -357,22 +394,39 @@ def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: boo
         hint = ""
         if set(diff) == {"steps"}:
             if extendable(saved, want):
-                write_config(run_dir, cfg)  # a longer run of the same recipe: the steps so far are its first steps
-                return
+                return "extend"  # a longer run of the same recipe: the steps so far are its first steps
             hint = (" (more steps extend a run only under the constant schedule: cosine's decay depends on the total)"
                     if want["steps"] > saved["steps"] else
                     " (a run is not shortened: its earlier weights are in checkpoints/step_*)")
         if diff:
             raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same "
                              f"settings{hint}")
-        return
-    if os.path.exists(run_dir) and os.listdir(run_dir):
+        return "resume"
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        if not is_run_dir(run_dir):
+            held = sorted(os.listdir(run_dir))
+            raise ValueError(f"--out {run_dir} is not empty and is not a gvu train run (it holds "
+                             f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); pick a new or empty folder")
         if not overwrite:
             raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        import shutil
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
+    return "new"
+
+
+def make_run_dir(run_dir: str, cfg: TrainConfig, plan: str) -> None:
+    """Carry out check_run_dir's plan (rank 0, once the model has loaded and training is set up)."""
+    if plan == "resume":
+        return
+    if plan == "new":
+        if os.path.isdir(run_dir) and os.listdir(run_dir):
+            import shutil
+            shutil.rmtree(run_dir)  # a run, replaced under --overwrite (check_run_dir refused anything else)
+        os.makedirs(run_dir, exist_ok=True)
     write_config(run_dir, cfg)
+
+
+def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """check_run_dir and make_run_dir at once (for callers that load nothing in between)."""
+    make_run_dir(run_dir, cfg, check_run_dir(run_dir, cfg, resume, overwrite))
 
 
 def eval_sets(cfg: TrainConfig, nano: bool) -> tuple[list[dict], list[dict]]:

@@ -2,9 +2,10 @@
 trained model's understanding on a handful of scenes."""
 
 import json
-from dataclasses import replace
 import os
 import random
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +291,39 @@ def test_gvu_score_reports_rewards_tokens_and_weights(tmp_path, capsys):
     assert main(["score", "--model", "no/such/model", "--image", "x.png", "--prompt", "a", "--reduction", "min",
                  "--token-weights", "surprisal"]) == 2
     assert "needs reduction=geometric_mean" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped nano-Janus (models/nano-janus) is not in this checkout")
+def test_gvu_score_refuses_bad_input_before_loading_the_model_and_keeps_existing_files(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from gvu.cli import main
+    from gvu.models.janus import JanusBackend
+
+    Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(tmp_path / "ok.png")
+    Image.fromarray(np.full((48, 48, 3), 128, dtype=np.uint8)).save(tmp_path / "small.png")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "notamodel").mkdir()
+    loads = []
+    real = JanusBackend.from_pretrained
+    monkeypatch.setattr(JanusBackend, "from_pretrained", staticmethod(lambda *a, **k: loads.append(1) or real(*a, **k)))
+    img = ["--image", str(tmp_path / "ok.png")]
+    for args, words in [
+        ([*img, "--prompt", "a photo of a red square", "--out", str(tmp_path / "notes.txt")], "already exists; pass --overwrite"),
+        ([*img, "--prompt", "a cat", "--model", str(tmp_path / "notamodel")], "has no config.json"),
+        (["--image", str(tmp_path / "small.png"), "--prompt", "a cat"], "image is 48x48, but model .* reads 64x64"),
+        (["--image", str(tmp_path / "missing.png"), "--prompt", "a cat"], "unreadable image"),
+        ([str(tmp_path), "--prompt", "a cat"], "--prompt goes with --image"),
+    ]:
+        args = ["score", *args] + ([] if "--model" in args else ["--model", str(SHIPPED)])
+        assert main(args) == 2, args
+        assert re.search(words, capsys.readouterr().err), (args, words)
+    assert loads == []  # every refusal came before the model loaded
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # prompts the model cannot score: refused after the load, before any scoring
+    for prompt, words in [("", "empty prompt"), ("a red square " * 80, "positions")]:
+        assert main(["score", *img, "--prompt", prompt, "--model", str(SHIPPED)]) == 2
+        assert re.search(words, capsys.readouterr().err), words
 
 
 def test_stage2_variant_takes_its_vq_from_a_saved_model(smoke_model, tmp_path, monkeypatch):

@@ -63,6 +63,25 @@ def test_a_users_model_in_the_run_folder_is_never_replaced(tmp_path):
     assert sorted(os.listdir(work / "model")) == before and not (work / "pretrain_config.json").exists()
 
 
+def test_a_saved_model_or_a_folder_of_other_files_is_not_taken_for_a_run(tmp_path):
+    model = tmp_path / "model_copy"
+    shutil.copytree(SHIPPED, model)  # it holds its recipe's pretrain_config.json: it must not look like a resume
+    before = sorted(os.listdir(model))
+    with pytest.raises(ValueError, match="is a saved model .*model.safetensors"):
+        RunFolder(resolve("nano"), str(model))
+    assert sorted(os.listdir(model)) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty and is not a pretraining run .*notes.txt"):
+        RunFolder(resolve("smoke"), str(other))
+    assert os.listdir(other) == ["notes.txt"]
+    seeded = tmp_path / "seeded"  # stage checkpoints placed there beforehand are still taken up
+    seeded.mkdir()
+    (seeded / "stage1.pt").write_bytes(b"")
+    RunFolder(resolve("smoke"), str(seeded)).close()
+
+
 def test_one_writer_at_a_time_per_run_folder(tmp_path):
     cfg = resolve("smoke", threads=1)
     first = RunFolder(cfg, str(tmp_path / "run"))

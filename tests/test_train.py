@@ -240,11 +240,53 @@ def test_bad_config_and_existing_run_are_refused_before_work(model_dir, tmp_path
     with pytest.raises(ValueError, match="1 training prompts, fewer than batch_prompts=2.*batch_prompts=1"):
         train_mod.train(tiny(model_dir, prompts_file=str(few)), str(tmp_path / "a"), progress=False)
     assert not (tmp_path / "a").exists()  # no run folder is made for a refused config
+    with pytest.raises(ConfigError, match="device must be cpu, cuda or cuda:N"):
+        train_mod.train(tiny(model_dir, device="gpu"), str(tmp_path / "a"), progress=False)
+    with pytest.raises(ConfigError, match="lora_target .* is not a regular expression"):
+        train_mod.train(tiny(model_dir, lora_r=4, lora_target="[bad"), str(tmp_path / "a"), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="this torch sees no GPU"):
+            train_mod.train(tiny(model_dir, device="cuda"), str(tmp_path / "a"), progress=False)
+    with pytest.raises(ValueError, match="has no config.json: it is not a transformers checkpoint"):
+        train_mod.train(tiny(model_dir, model=str(tmp_path)), str(tmp_path / "a"), progress=False)
+    assert not (tmp_path / "a").exists()  # no run folder is made for a refused config
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        train_mod.train(tiny(model_dir), str(tmp_path / "file"), progress=False)
     os.makedirs(tmp_path / "b")
     (tmp_path / "b" / "keep.txt").write_text("user data")
+    for overwrite in (False, True):  # a folder that is not a run is never replaced, --overwrite or not
+        with pytest.raises(ValueError, match="is not empty and is not a gvu train run .*keep.txt"):
+            train_mod.train(tiny(model_dir), str(tmp_path / "b"), progress=False, overwrite=overwrite)
+        assert (tmp_path / "b" / "keep.txt").read_text() == "user data"
+
+
+def test_overwrite_replaces_a_run_only_once_the_new_one_has_started(model_dir, tmp_path):
+    run = tmp_path / "run"
+    train_mod.train(tiny(model_dir, steps=1, eval_every=0), str(run), progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     with pytest.raises(ValueError, match="already holds a run"):
-        train_mod.train(tiny(model_dir), str(tmp_path / "b"), progress=False)
-    assert (tmp_path / "b" / "keep.txt").read_text() == "user data"
+        train_mod.train(tiny(model_dir, steps=1, eval_every=0), str(run), progress=False)
+    # LoRA whose target matches nothing fails after the model loads: the old run must still be whole
+    with pytest.raises(ValueError, match="nomatch"):
+        train_mod.train(tiny(model_dir, steps=1, eval_every=0, lora_r=2, lora_target="nomatch"), str(run),
+                        progress=False, overwrite=True)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    train_mod.train(tiny(model_dir, steps=1, eval_every=0, lr=5e-4), str(run), progress=False, overwrite=True)
+    assert json.load(open(run / "config.json"))["lr"] == 5e-4
+
+
+def test_a_folder_holding_the_runs_own_model_is_refused(model_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(model_dir, out / "model")
+    with pytest.raises(ValueError, match="holds this run's own input"):
+        train_mod.train(tiny(model_dir, model=str(out / "model")), str(out), progress=False, overwrite=True)
+    assert (out / "model" / "config.json").exists()
+    with pytest.raises(ValueError, match="is not empty and is not a gvu train run"):  # the model folder itself
+        train_mod.train(tiny(model_dir), str(out / "model"), progress=False, overwrite=True)
+    assert sorted(os.listdir(out / "model")) == sorted(os.listdir(model_dir))
 
 
 @pytest.mark.parametrize("field, value, words", [
@@ -341,11 +383,17 @@ def test_set_overrides_are_typed_and_badly_typed_values_are_clear_errors(tmp_pat
                      ("reward.nope=1", "unknown setting 'nope'"), ("lr", "expected KEY=VALUE")]:
         with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(".", r"\.")):
             resolve_train_config("nano", None, [bad])
-    # the same check covers config files
+    # the same check covers config files, and a file that is not a JSON object is a clear error too
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"group_size": "eight"}))
     with pytest.raises(UserError, match="group_size: expected int"):
         resolve_train_config("nano", str(f), [])
+    for text, words in (('{"lr": 1,\n "steps" 3}', r"not valid JSON \(line 2, column 10"), ("[1, 2]", "not a list")):
+        f.write_text(text)
+        with pytest.raises(UserError, match=words):
+            resolve_train_config(None, str(f), [])
+    with pytest.raises(UserError, match="is a folder"):
+        resolve_train_config(None, str(tmp_path), [])
 
 
 @pytest.mark.parametrize("branch", ["conditional", "guided", "guided, sampled without guidance"])

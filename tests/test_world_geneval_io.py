@@ -142,6 +142,24 @@ def test_overwrite_never_replaces_a_folder_that_is_not_geneval_output(tmp_path):
     (tmp_path / "notes.txt").write_text("precious")
     with pytest.raises(UserError, match="not GenEval output"):
         gio.refuse_existing_folder(tmp_path, overwrite=True)
+    out = tmp_path / "out"
+    (out / "00000").mkdir(parents=True)
+    (out / "results.jsonl").write_text("")
+    gio.refuse_existing_folder(out, overwrite=True)  # prompt folders and the evaluator's files: output
+    (out / "prompts.jsonl").write_text("{}\n")  # a jsonl of the user's is not
+    with pytest.raises(UserError, match="not GenEval output"):
+        gio.refuse_existing_folder(out, overwrite=True)
+    (out / "prompts.jsonl").unlink()
+    with pytest.raises(UserError, match="holds this command's input"):  # --overwrite would delete the input
+        gio.refuse_existing_folder(out, overwrite=True, inputs=(out / "00000" / "metadata.jsonl",))
+
+
+def test_outputs_under_a_file_are_refused_before_any_work(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        gio.refuse_existing_file(tmp_path / "f" / "x.jsonl", overwrite=False)
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        gio.refuse_existing_folder(tmp_path / "f" / "sub" / "out", overwrite=False)
 
 
 # ---------------------------------------------------------------------------- the real benchmark files

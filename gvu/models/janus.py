@@ -145,6 +145,14 @@ def _check_weights(path: str) -> None:
             raise CheckpointError(f"{path}: {index} lists weight shards that are missing: {', '.join(missing)}")
 
 
+def decoded_image_size(config: dict) -> int:
+    """The side in pixels of the images a checkpoint's VQ decoder makes (from its config.json, no weights)."""
+    from transformers import JanusConfig
+
+    vq = JanusConfig(**{k: v for k, v in config.items() if k in ("vq_config", "vision_config", "text_config")}).vq_config
+    return vq.num_patches * 2 ** (len(vq.channel_multiplier) - 1)
+
+
 def special_token_ids(tokenizer, config: "JanusBackendConfig") -> dict[str, int]:
     """Ids of Janus's special tokens in `tokenizer`: image, boi, eoi, bos, pad. Raises ValueError naming a missing one."""
     t = config.template
@@ -249,8 +257,7 @@ class JanusBackend:
         vcfg, qcfg = model.config.vision_config, model.config.vq_config
         self.num_image_tokens = vcfg.num_image_tokens
         self.image_vocab_size = qcfg.num_embeddings
-        downsample = 2 ** (len(qcfg.channel_multiplier) - 1)
-        self.image_size = qcfg.num_patches * downsample  # decoded pixels per side
+        self.image_size = qcfg.num_patches * 2 ** (len(qcfg.channel_multiplier) - 1)  # decoded pixels per side
         self.vision_size = vcfg.image_size  # what the understanding encoder reads
         self.default_cfg_scale = self.config.default_cfg_scale
         self.max_positions = model.config.text_config.max_position_embeddings
@@ -431,14 +438,25 @@ class JanusBackend:
         std = torch.tensor(self.config.image_std, device=x.device)[None, :, None, None]
         return ((x - mean) / std).to(self.model.dtype)
 
+    def check_texts(self, query: str, texts: list[str]) -> list[list[int]]:
+        """The answer ids of texts to score after the image and query; an empty text, or one that with the image
+        and query needs more positions than the model has, is an error. Returns the ids."""
+        answers = [self.answer_ids(t) for t in texts]
+        prefix = len(self._understanding_prefix(query))
+        for t, a in zip(texts, answers):
+            if not a or not t.strip():
+                raise ValueError(f"cannot score an empty text ({t!r})")
+            if prefix + len(a) > self.max_positions:
+                raise ValueError(f"text {t[:60]!r}... needs {prefix + len(a)} positions after the image and query; "
+                                 f"the model has {self.max_positions}. Shorten it.")
+        return answers
+
     def text_logprobs(self, pixels: torch.Tensor, query: str, texts: list[str]) -> TokenLogprobs:
         """One teacher-forced pass per `text_batch_size` rows: log p(text_j | image, query, text_<j) [M, L]."""
         if len(texts) != pixels.shape[0]:
             raise ValueError(f"{pixels.shape[0]} images but {len(texts)} texts")
+        answers = self.check_texts(query, texts)
         pv = self.pixel_values(pixels.to(self.device))
-        answers = [self.answer_ids(t) for t in texts]
-        if any(len(a) == 0 for a in answers):
-            raise ValueError("cannot score an empty text")
         width = max(len(a) for a in answers)
         lps = torch.zeros(len(texts), width, device=self.device)
         mask = torch.zeros(len(texts), width, dtype=torch.bool, device=self.device)

@@ -1103,6 +1103,15 @@ class RunFolder:
         meta = os.path.join(out, "pretrain_config.json")
         if os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"--out {out} is a file; give a folder (new, empty, or an earlier run of this recipe)")
+        weights = [w for w in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+                   if os.path.exists(os.path.join(out, w))]
+        if weights:  # e.g. the shipped model, which keeps its recipe's pretrain_config.json beside its weights
+            raise ValueError(f"--out {out} is a saved model (it holds {weights[0]}), not a pretraining run folder; "
+                             "a run writes its model into OUT/model: pick a new or empty --out")
+        foreign = sorted(n for n in (os.listdir(out) if os.path.isdir(out) else []) if not self.run_file(n))
+        if foreign and not os.path.exists(meta):
+            raise ValueError(f"--out {out} is not empty and is not a pretraining run (it holds {', '.join(foreign[:5])}"
+                             f"{', ...' if len(foreign) > 5 else ''}): pick a new or empty --out")
         if not os.path.exists(meta) and os.path.exists(os.path.join(out, "model")):
             # stage checkpoints placed there beforehand are taken up (experiments/stage2_variants.py seeds folders
             # so), but the model folder would be replaced when the run ends
@@ -1125,6 +1134,13 @@ class RunFolder:
                                  "before resuming, or pick another --out") from None
         if not os.path.exists(meta):
             write_json_atomic(meta, asdict(cfg))
+
+    @staticmethod
+    def run_file(name: str) -> bool:
+        """What a run writes into its folder (stage checkpoints may be placed there beforehand to be taken up)."""
+        return (name in ("config.json", "decoder.pt", "log.jsonl", "model", "pretrain_config.json", "tokenizer",
+                         "vision.pt", ".lock", ".config.tmp")
+                or (name.startswith("stage") and name.endswith(".pt")) or name.endswith(".tmp"))
 
     @staticmethod
     def check_same_recipe(cfg: PretrainConfig, meta: str) -> None:

@@ -81,7 +81,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     if args.image_size < gio.MIN_IMAGE_SIZE:
         raise UserError(f"--image-size must be at least {gio.MIN_IMAGE_SIZE}, got {args.image_size}")
     prompts = gio.read_prompts(args.metadata, nano=True)
-    gio.refuse_existing_folder(args.output, args.overwrite)
+    gio.refuse_existing_folder(args.output, args.overwrite, inputs=(args.metadata,))
     # Draw every scene before writing anything (cheap): a prompt no scene satisfies fails here, not halfway.
     scenes = []
     for i, m in enumerate(prompts):
@@ -92,7 +92,7 @@ def cmd_render(args: argparse.Namespace) -> None:
                            for k in range(args.images_per_prompt)])
         except UnsatisfiableError as e:
             raise UserError(f"{args.metadata}: prompt {i + 1} ({m['prompt']!r}): {e}") from None
-    with gio.atomic_folder(args.output, args.overwrite) as tmp:
+    with gio.atomic_folder(args.output, args.overwrite, inputs=(args.metadata,)) as tmp:
         for i, (m, ss) in enumerate(tqdm(list(zip(prompts, scenes)), desc="render", unit="prompt", disable=None)):
             gio.write_prompt_folder(tmp, i, m, [render(s) for s in ss])
     print(f"rendered {len(prompts)} prompts x {args.images_per_prompt} images into {args.output}")

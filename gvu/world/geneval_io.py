@@ -284,14 +284,32 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 def _looks_like_output(folder: Path) -> bool:
-    """Only GenEval output (prompt folders, results and summaries) may be replaced by --overwrite."""
-    return all((p.is_dir() and _PROMPT_DIR.fullmatch(p.name)) or (p.is_file() and p.suffix in (".json", ".jsonl"))
+    """Only GenEval output (prompt folders, the evaluator's results.jsonl and summary.json) may be replaced by
+    --overwrite; any other file in it (a prompts file, notes) is the user's."""
+    return all((p.is_dir() and _PROMPT_DIR.fullmatch(p.name)) or (p.is_file() and p.name in ("results.jsonl", "summary.json"))
                for p in folder.iterdir())
 
 
-def refuse_existing_folder(out: Path, overwrite: bool) -> None:
+def _check_writable_parent(out: Path) -> None:
+    """The nearest existing folder above `out` must be a folder this process can write into."""
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {out}: no permission to write in {parent}")
+
+
+def refuse_existing_folder(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an output folder that holds results (without --overwrite), anything else, or one of the command's
+    own inputs (--overwrite would delete it)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
+    _check_writable_parent(out)
+    for src in inputs:
+        if out.is_dir() and Path(os.path.realpath(src)).is_relative_to(os.path.realpath(out)):
+            raise UserError(f"{out} holds this command's input {src}; choose another output folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out} already holds results; pass --overwrite to replace them")
@@ -303,16 +321,17 @@ def refuse_existing_folder(out: Path, overwrite: bool) -> None:
 def refuse_existing_file(out: Path, overwrite: bool) -> None:
     if out.is_dir():
         raise UserError(f"{out} is a folder; expected a file path")
+    _check_writable_parent(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
 
 
 @contextmanager
-def atomic_folder(out: str | Path, overwrite: bool) -> Iterator[Path]:
+def atomic_folder(out: str | Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
     """Yield a fresh folder beside `out` to write into; on success it takes `out`'s place by a rename, on any
     failure (an error, Ctrl-C) it is removed. So `out` is always either as it was or complete."""
     out = Path(out)
-    refuse_existing_folder(out, overwrite)
+    refuse_existing_folder(out, overwrite, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
