@@ -192,10 +192,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (scores match within sampling noise, not bit for bit)")
     args = ap.parse_args()
-    known = ("vq", "understanding", "understanding_recon", "qa", "generation", "features", "groups")
-    unknown = [n for n in args.only.split(",") if n not in known]
+    benches = {  # name -> run(backend, eval scene pairs, sampling)
+        "vq": lambda b, pairs, sampling: bench_vq(b, pairs),
+        "understanding": lambda b, pairs, sampling: bench_understanding(b, pairs, seed=5),
+        "understanding_recon": lambda b, pairs, sampling: bench_understanding(b, pairs, seed=5, recon=True),
+        "qa": lambda b, pairs, sampling: bench_qa(b, pairs, seed=6),
+        "generation": lambda b, pairs, sampling: bench_generation(b, args.prompts, sampling),
+        "features": lambda b, pairs, sampling: bench_features(b),
+        "groups": lambda b, pairs, sampling: bench_groups(b, args.group_prompts, sampling),
+    }
+    unknown = [n for n in args.only.split(",") if n not in benches]
     if unknown:  # before the model loads and the first benchmark runs
-        ap.error(f"--only: unknown benchmarks {unknown}; choose from {', '.join(known)}")
+        ap.error(f"--only: unknown benchmarks {unknown}; choose from {', '.join(benches)}")
     torch.set_num_threads(args.threads)
     b = JanusBackend.from_pretrained(args.model, device=args.device)
     sampling = SamplingConfig(cfg_scale=args.cfg_scale, seed=1234)
@@ -203,20 +211,7 @@ def main() -> None:
     results, t0 = {}, time.time()
     for name in args.only.split(","):
         t = time.time()
-        if name == "vq":
-            results[name] = bench_vq(b, pairs)
-        elif name == "understanding":
-            results[name] = bench_understanding(b, pairs, seed=5)
-        elif name == "understanding_recon":
-            results[name] = bench_understanding(b, pairs, seed=5, recon=True)
-        elif name == "qa":
-            results[name] = bench_qa(b, pairs, seed=6)
-        elif name == "generation":
-            results[name] = bench_generation(b, args.prompts, sampling)
-        elif name == "features":
-            results[name] = bench_features(b)
-        elif name == "groups":
-            results[name] = bench_groups(b, args.group_prompts, sampling)
+        results[name] = benches[name](b, pairs, sampling)
         results[name]["seconds"] = round(time.time() - t, 1)
     results["machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}"
     results["settings"] = {"model": args.model, "prompts": args.prompts, "cfg_scale": sampling.cfg_scale or b.default_cfg_scale,

@@ -80,7 +80,9 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     if args.extend and ROWS[name] is not None and not os.path.exists(out):
         extend_from(os.path.join(args.extend, f"{name}-s{seed}"), out, args)
     if ROWS[name] is None:
-        backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device)  # where the trained rows run (--set device=)
+        from gvu.train import torch_dtype
+        # where and in the precision the trained rows run and are evaluated (--set device=, --set dtype=)
+        backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))
         os.makedirs(out, exist_ok=True)
     else:
         if not (step and os.path.exists(os.path.join(out, "checkpoints", f"step_{step:06d}"))):
@@ -107,15 +109,15 @@ def recipe_sets(sets: list[str]) -> list[str]:
     return sorted(s for s in sets if s.split("=", 1)[0] not in SPEED_ONLY)
 
 
-def extend_problem(src: str, args) -> str | None:
-    """Why --extend cannot start a row from `src` (None when it can)."""
+def extend_problem(src: str, args) -> tuple[str | None, int]:
+    """Why --extend cannot start a row from `src` (None when it can), and that run's step count."""
     if not os.path.exists(os.path.join(src, "config.json")):
-        return f"--extend: {src} holds no run; give the --out of a shorter comparison with the same rows and seeds"
+        return f"--extend: {src} holds no run; give the --out of a shorter comparison with the same rows and seeds", 0
     with open(os.path.join(src, "config.json")) as f:
         old_steps = json.load(f)["steps"]
     if old_steps >= args.steps:
-        return f"--extend: {src} already has {old_steps} steps; --steps must be larger"
-    return None
+        return f"--extend: {src} already has {old_steps} steps; --steps must be larger", old_steps
+    return None, old_steps
 
 
 def extend_from(src: str, out: str, args) -> None:
@@ -124,11 +126,9 @@ def extend_from(src: str, out: str, args) -> None:
     constant schedule: gvu.train.extendable)."""
     import shutil
 
-    problem = extend_problem(src, args)
+    problem, old_steps = extend_problem(src, args)
     if problem:
         sys.exit(problem)
-    with open(os.path.join(src, "config.json")) as f:
-        old_steps = json.load(f)["steps"]
     shutil.rmtree(out + ".tmp", ignore_errors=True)  # left by a copy that was stopped
     shutil.copytree(src, out + ".tmp")  # its results at earlier steps stay valid: the same weights at those steps
     for name in os.listdir(out + ".tmp"):  # result.json and result-cfgS.json (--eval-cfg) are results at old_steps
@@ -182,7 +182,7 @@ def main() -> None:
         for name in rows:
             for seed in args.seeds if ROWS[name] is not None else []:
                 if not os.path.exists(os.path.join(args.out, f"{name}-s{seed}")):
-                    problem = extend_problem(os.path.join(args.extend, f"{name}-s{seed}"), args)
+                    problem, _ = extend_problem(os.path.join(args.extend, f"{name}-s{seed}"), args)
                     if problem:
                         ap.error(problem)
     every = first.checkpoint_every

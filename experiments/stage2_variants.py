@@ -77,9 +77,10 @@ def train_variant(base: str, out: str, preset: str, overrides: dict, device: str
     it was stopped."""
     import torch
 
-    from gvu.models.pretrain import PRESETS, atomic_save, pretrain
+    from gvu.models.pretrain import PRESETS, RunFolder, atomic_save, pretrain
 
     check_inputs(base, vq_from)
+    RunFolder.check_folder(out)  # before anything is copied in: never into a saved model or a folder of other files
     os.makedirs(out, exist_ok=True)
     for f in from_base(vq_from):
         src, dst = os.path.join(base, f), os.path.join(out, f)

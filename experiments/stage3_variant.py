@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a PretrainConfig field for stage 3 (JSON value: 0.5, true, \"text\")")
     args = ap.parse_args()
-    from gvu.models.pretrain import PretrainConfig, pretrain
+    from gvu.models.pretrain import PretrainConfig, RunFolder, pretrain
 
     missing = [f for f in COPIED + ("pretrain_config.json",) if not os.path.exists(os.path.join(args.src, f))]
     if missing:
@@ -45,6 +45,10 @@ def main() -> None:
             cfg[key] = json.loads(value)
         except json.JSONDecodeError:
             cfg[key] = value
+    try:  # before anything is copied in: never into a saved model or a folder of other files
+        RunFolder.check_folder(args.out)
+    except ValueError as e:
+        ap.error(str(e))
     os.makedirs(args.out, exist_ok=True)
     for name in COPIED:
         dst = os.path.join(args.out, name)

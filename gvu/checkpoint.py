@@ -7,6 +7,7 @@ newest complete one, replaced the same way.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -32,10 +33,20 @@ def set_rng_states(s: dict) -> None:
 
 
 def fsync(path: str) -> None:
-    """Flush a file, or a folder's entries, to disk (a rename is durable only once the folder holding it is)."""
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file, or a folder's entries, to disk (a rename is durable only once the folder holding it is).
+    Where a filesystem cannot sync folders (some network and FUSE ones, Windows), a folder is left as it is."""
+    folder = os.path.isdir(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError as e:
+        if not (folder and e.errno in (errno.EINVAL, errno.ENOTSUP, errno.ENOSYS, errno.EBADF)):
+            raise
     finally:
         os.close(fd)
 
@@ -61,6 +72,7 @@ def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, extra: dict
         shutil.rmtree(final)
     os.replace(tmp, final)
     folder = os.path.join(run_dir, "checkpoints")
+    fsync(folder)  # the new folder's name is on disk before `latest` names it
     latest_tmp = os.path.join(folder, "latest.tmp")
     with open(latest_tmp, "w") as f:
         f.write(os.path.basename(final))

@@ -178,10 +178,10 @@ class TrainConfig:
              f"eval_every and grid_every must be >= 0 (got {self.eval_every}, {self.grid_every}); 0 turns them off"),
             (self.eval_prompts >= 0 and self.grid_prompts >= 0 and self.eval_images_per_prompt >= 1,
              f"eval_prompts and grid_prompts must be >= 0 and eval_images_per_prompt >= 1 (got {self.eval_prompts}, "
-             f"{self.grid_prompts}, {self.eval_images_per_prompt}); turn evaluations off with eval_every=0 or grid_every=0"),
+             f"{self.grid_prompts}, {self.eval_images_per_prompt})"),
             ((self.final_eval_prompts is None or self.final_eval_prompts >= 1) and self.final_images_per_prompt >= 1,
              f"final_eval_prompts must be >= 1 or null for the whole split, and final_images_per_prompt >= 1 (got "
-             f"{self.final_eval_prompts}, {self.final_images_per_prompt}); turn the final tables off with final_eval=false"),
+             f"{self.final_eval_prompts}, {self.final_images_per_prompt})"),
             (self.guard_patience >= 1, f"guard_patience must be >= 1 (got {self.guard_patience})"),
             (self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
              f"device must be cpu, cuda or cuda:N (got {self.device!r})"),

@@ -32,9 +32,9 @@ from gvu.rollout import rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
 
 
-# fields that change how fast a run goes (or its memory), never what it computes (gradient checkpointing recomputes
-# the same operations): a run resumes under other values of them
-SPEED_ONLY = ("evaluator_workers", "gradient_checkpointing")
+# fields that change how fast a run goes (or its memory, or how often it logs), never what it computes (gradient
+# checkpointing recomputes the same operations): a run resumes under other values of them
+SPEED_ONLY = ("evaluator_workers", "gradient_checkpointing", "log_every")
 
 
 class TrainingDiverged(RuntimeError):
@@ -75,6 +75,10 @@ def setup_trainable(backend, cfg: TrainConfig):
     if not params:
         raise ValueError(f"no trainable parameters: lora_target {cfg.lora_target!r} matched no module")
     return params, adapter_off
+
+
+def torch_dtype(cfg: TrainConfig) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -193,30 +197,25 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device!r}, but this torch sees no GPU (torch {torch.__version__}); "
                          "--set device=cpu, or install a CUDA build of torch")
+    # every rank checks the run folder (read-only); rank 0 changes it only once the model, its reference copies and
+    # the optimiser are set up, so a start that fails there leaves an existing run (even under --overwrite) as it was
+    folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
     from gvu.models.janus import check_checkpoint, resolve_checkpoint
     check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
-    # every rank checks the run folder (read-only); rank 0 changes it only once the model has loaded and training is
-    # set up, so a start that fails leaves an existing run (even under --overwrite) as it was
-    folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
     info = dist.init(cfg.device)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
     random.seed(cfg.seed)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=dtype)
+    backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))
     backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
     eval_md, grid_md = eval_sets(cfg, nano)
 
     params, adapter_off = setup_trainable(backend, cfg)
-    if info.is_main:
-        make_run_dir(run_dir, cfg, folder_plan)
-    dist.barrier()
     # copies of the starting weights are made before FSDP replaces the parameters by shards
     ref_model = None
     if cfg.beta > 0 and adapter_off is None:
         ref_model = copy.deepcopy(backend.model).eval().requires_grad_(False)
     judge = Judge(backend, cfg.reward, adapter_off) if cfg.reward.kind == "gvu" else None
-    log = MetricsLog(run_dir) if info.is_main else None
 
     start, low_signal = 0, 0  # low_signal: steps in a row without a learning signal (the alarm's count)
     ckpt = checkpoint.latest(run_dir) if resume else None
@@ -225,9 +224,6 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         low_signal = extra.get("low_signal", 0)  # 0 for checkpoints written before the count was saved
         if judge is not None and judge.mode == "ema":
             judge.load_ema_tensors(tensors)
-    if log and resume:  # lines after the step resumed from are written again (all of them without a checkpoint)
-        log.truncate(start if ckpt else -1)
-        truncate_jsonl(os.path.join(run_dir, "diagnostics.jsonl"), start if ckpt else -1)
 
     # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
     guidance = loss_guidance(backend, cfg)
@@ -240,7 +236,14 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if ckpt:
         dist.load_optimizer_state(policy, optimizer, checkpoint.read_optimizer_state(ckpt))
-    elif cfg.final_eval and nano:
+    if info.is_main:  # set-up is done: now the run folder is made (or an old run replaced under --overwrite)
+        make_run_dir(run_dir, cfg, folder_plan)
+    dist.barrier()
+    log = MetricsLog(run_dir) if info.is_main else None
+    if log and resume:  # lines after the step resumed from are written again (all of them without a checkpoint)
+        log.truncate(start if ckpt else -1)
+        truncate_jsonl(os.path.join(run_dir, "diagnostics.jsonl"), start if ckpt else -1)
+    if not ckpt and cfg.final_eval and nano:
         with dist.full_params(policy):
             if info.is_main:
                 save_json(run_dir, "before.json", final_tables(backend, cfg))
@@ -374,8 +377,8 @@ def is_run_dir(run_dir: str) -> bool:
 
 
 def check_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
-    """Check --out against the flags, changing nothing; returns what make_run_dir will do: "new" (make it, replacing
-    an old run under --overwrite), "extend" (a longer run of the same recipe) or "resume"."""
+    """Check --out against the flags, changing nothing; returns what make_run_dir will do: "new" (make it),
+    "replace" (an old run, under --overwrite), "extend" (a longer run of the same recipe) or "resume"."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ValueError(f"--out {run_dir} is a file: give a folder for the run")
     inside = [p for p in (cfg.model, cfg.prompts_file) if p and os.path.exists(run_dir)
@@ -403,23 +406,33 @@ def check_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool)
                              f"settings{hint}")
         return "resume"
     if os.path.isdir(run_dir) and os.listdir(run_dir):
-        if not is_run_dir(run_dir):
-            held = sorted(os.listdir(run_dir))
-            raise ValueError(f"--out {run_dir} is not empty and is not a gvu train run (it holds "
-                             f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); pick a new or empty folder")
+        check_replaceable(run_dir)
         if not overwrite:
             raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        return "replace"
     return "new"
 
 
+def check_replaceable(run_dir: str) -> None:
+    if not is_run_dir(run_dir):
+        held = sorted(os.listdir(run_dir))
+        raise ValueError(f"--out {run_dir} is not empty and is not a gvu train run (it holds "
+                         f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); pick a new or empty folder")
+
+
 def make_run_dir(run_dir: str, cfg: TrainConfig, plan: str) -> None:
-    """Carry out check_run_dir's plan (rank 0, once the model has loaded and training is set up)."""
+    """Carry out check_run_dir's plan (rank 0, once training is set up), checking again what may have changed since
+    (another `gvu train` given the same --out in the meantime)."""
     if plan == "resume":
         return
-    if plan == "new":
+    if plan in ("new", "replace"):
         if os.path.isdir(run_dir) and os.listdir(run_dir):
+            if plan == "new":
+                raise ValueError(f"{run_dir} was empty when this run began and holds files now (another run writing "
+                                 "there?); pick another --out")
+            check_replaceable(run_dir)
             import shutil
-            shutil.rmtree(run_dir)  # a run, replaced under --overwrite (check_run_dir refused anything else)
+            shutil.rmtree(run_dir)  # a run, replaced under --overwrite
         os.makedirs(run_dir, exist_ok=True)
     write_config(run_dir, cfg)
 
@@ -491,8 +504,7 @@ def load_trained(run_dir: str, step: int | None = None):
         d = json.load(f)
     d["sampling"], d["reward"] = SamplingConfig(**d["sampling"]), RewardConfig(**d["reward"])
     cfg = TrainConfig(**d)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=dtype)  # as the run trained and evaluated
+    backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))  # as the run trained
     setup_trainable(backend, cfg)
     ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}") if step else checkpoint.latest(run_dir)
     if ckpt is None:

@@ -116,13 +116,15 @@ def test_compare_rewards_extend_keeps_every_result_of_the_shorter_run_as_a_resul
     (["sampling.guidance=false"], "cfg_scale is 1.01 but guidance is off"),  # the preset's 1.01 contradicts it
     (["sampling.bogus=1"], "unknown setting 'bogus'"),
     (["--model", "{tmp}"], "has no config.json"),  # a folder that is not a model
-    (["--rows", "base,gvu_policy", "--extend", "{tmp}/nowhere"], "nowhere/gvu_policy-s0 holds no run"),  # found before base's evaluation
+    (["--rows", "base,gvu_policy", "--extend", "{tmp}/nowhere", "--model", "{shipped}"],
+     "nowhere/gvu_policy-s0 holds no run"),  # found before base's evaluation
 ])
 def test_compare_rewards_refuses_a_bad_set_before_any_work(tmp_path, monkeypatch, capsys, sets, words):
     cr = load_experiment("compare_rewards")
     out = tmp_path / "out"
     if sets[0].startswith("--"):  # other flags, as given
-        extra = [a.replace("{tmp}", str(tmp_path)) for a in sets]
+        shipped = os.path.join(HERE, "..", "models", "nano-janus")
+        extra = [a.replace("{tmp}", str(tmp_path)).replace("{shipped}", shipped) for a in sets]
         extra = extra if "--rows" in extra else ["--rows", "base", *extra]
     else:
         extra = ["--rows", "base"] + [a for s in sets for a in ("--set", s)]

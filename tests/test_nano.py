@@ -321,7 +321,7 @@ def test_gvu_score_refuses_bad_input_before_loading_the_model_and_keeps_existing
     assert loads == []  # every refusal came before the model loaded
     assert (tmp_path / "notes.txt").read_text() == "mine"
     # prompts the model cannot score: refused after the load, before any scoring
-    for prompt, words in [("", "empty prompt"), ("a red square " * 80, "positions")]:
+    for prompt, words in [("", "cannot score an empty text"), ("a red square " * 80, "positions after the image and query")]:
         assert main(["score", *img, "--prompt", prompt, "--model", str(SHIPPED)]) == 2
         assert re.search(words, capsys.readouterr().err), words
 

@@ -276,6 +276,16 @@ def test_overwrite_replaces_a_run_only_once_the_new_one_has_started(model_dir, t
     assert json.load(open(run / "config.json"))["lr"] == 5e-4
 
 
+def test_files_that_appear_in_out_while_the_model_loads_are_never_deleted(model_dir, tmp_path):
+    run = tmp_path / "run"
+    plan = train_mod.check_run_dir(str(run), tiny(model_dir), resume=False, overwrite=False)
+    run.mkdir()
+    (run / "precious.txt").write_text("mine")  # e.g. a second `gvu train` given the same --out meanwhile
+    with pytest.raises(ValueError, match="was empty when this run began"):
+        train_mod.make_run_dir(str(run), tiny(model_dir), plan)
+    assert os.listdir(run) == ["precious.txt"]
+
+
 def test_a_folder_holding_the_runs_own_model_is_refused(model_dir, tmp_path):
     import shutil
 
@@ -311,21 +321,17 @@ def test_out_of_range_settings_are_refused_before_any_run_folder_exists(model_di
 
 
 def test_gradient_checkpointing_recomputes_the_layers_and_trains_the_same_weights(model_dir, tmp_path, monkeypatch):
-    from gvu.models.janus import JanusBackend
-
-    entered = []
-    real = JanusBackend.checkpointed
-
-    def spy(self):
-        entered.append(1)
-        return real(self)
-
-    monkeypatch.setattr(JanusBackend, "checkpointed", spy)
+    lm = JanusBackend.from_pretrained(model_dir).model.model.language_model
+    mlp_type, layers = type(lm.layers[0].mlp), len(lm.layers)
+    calls = []
+    real_forward = mlp_type.forward
+    monkeypatch.setattr(mlp_type, "forward", lambda self, *a, **k: calls.append(1) or real_forward(self, *a, **k))
     cfg = tiny(model_dir, steps=2, eval_every=0, grad_accum=2, beta=0.1)
     plain = weights(run_capturing_model(cfg, str(tmp_path / "plain"), monkeypatch)["model"])
-    assert entered == []
+    plain_calls, calls[:] = len(calls), []
     box = run_capturing_model(replace(cfg, gradient_checkpointing=True), str(tmp_path / "ckpt"), monkeypatch)
-    assert len(entered) == 2 * 2  # steps x micro-batches
+    # every layer of every update micro-batch runs once more, in backward (rollout, reward and KL reference as before)
+    assert len(calls) - plain_calls == layers * 2 * 2  # layers x micro-batches x steps
     after = weights(box["model"])
     moved = [n for n in after if not torch.equal(after[n], box["before"][n])]
     assert len(moved) == len(after)
@@ -364,7 +370,7 @@ def test_a_checkpoint_is_on_disk_before_its_rename_and_latest_after_it(tmp_path,
     assert files == ["extra.safetensors", "state.pt", "trainable.safetensors"]
     rename = events.index(("replace", "step_000003"))
     assert sorted(name for kind, name in events[:rename] if kind == "fsync") == sorted(files + ["step_000003.tmp"])
-    assert events[rename + 1:] == [("fsync", "fd"), ("replace", "latest"), ("fsync", "checkpoints")]
+    assert events[rename + 1:] == [("fsync", "checkpoints"), ("fsync", "fd"), ("replace", "latest"), ("fsync", "checkpoints")]
     assert checkpoint.latest(str(tmp_path)) == final
 
 

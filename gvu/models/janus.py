@@ -145,12 +145,17 @@ def _check_weights(path: str) -> None:
             raise CheckpointError(f"{path}: {index} lists weight shards that are missing: {', '.join(missing)}")
 
 
+def decoded_side(vq_config) -> int:
+    """The side in pixels of the images a Janus VQ config decodes: its token grid times the decoder's upsampling."""
+    return vq_config.num_patches * 2 ** (len(vq_config.channel_multiplier) - 1)
+
+
 def decoded_image_size(config: dict) -> int:
-    """The side in pixels of the images a checkpoint's VQ decoder makes (from its config.json, no weights)."""
+    """decoded_side from a checkpoint's config.json (as check_checkpoint returns it), before any weights load."""
     from transformers import JanusConfig
 
-    vq = JanusConfig(**{k: v for k, v in config.items() if k in ("vq_config", "vision_config", "text_config")}).vq_config
-    return vq.num_patches * 2 ** (len(vq.channel_multiplier) - 1)
+    return decoded_side(JanusConfig(**{k: v for k, v in config.items()
+                                       if k in ("vq_config", "vision_config", "text_config")}).vq_config)
 
 
 def special_token_ids(tokenizer, config: "JanusBackendConfig") -> dict[str, int]:
@@ -257,7 +262,7 @@ class JanusBackend:
         vcfg, qcfg = model.config.vision_config, model.config.vq_config
         self.num_image_tokens = vcfg.num_image_tokens
         self.image_vocab_size = qcfg.num_embeddings
-        self.image_size = qcfg.num_patches * 2 ** (len(qcfg.channel_multiplier) - 1)  # decoded pixels per side
+        self.image_size = decoded_side(qcfg)  # decoded pixels per side
         self.vision_size = vcfg.image_size  # what the understanding encoder reads
         self.default_cfg_scale = self.config.default_cfg_scale
         self.max_positions = model.config.text_config.max_position_embeddings

@@ -1103,15 +1103,7 @@ class RunFolder:
         meta = os.path.join(out, "pretrain_config.json")
         if os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"--out {out} is a file; give a folder (new, empty, or an earlier run of this recipe)")
-        weights = [w for w in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-                   if os.path.exists(os.path.join(out, w))]
-        if weights:  # e.g. the shipped model, which keeps its recipe's pretrain_config.json beside its weights
-            raise ValueError(f"--out {out} is a saved model (it holds {weights[0]}), not a pretraining run folder; "
-                             "a run writes its model into OUT/model: pick a new or empty --out")
-        foreign = sorted(n for n in (os.listdir(out) if os.path.isdir(out) else []) if not self.run_file(n))
-        if foreign and not os.path.exists(meta):
-            raise ValueError(f"--out {out} is not empty and is not a pretraining run (it holds {', '.join(foreign[:5])}"
-                             f"{', ...' if len(foreign) > 5 else ''}): pick a new or empty --out")
+        self.check_folder(out)
         if not os.path.exists(meta) and os.path.exists(os.path.join(out, "model")):
             # stage checkpoints placed there beforehand are taken up (experiments/stage2_variants.py seeds folders
             # so), but the model folder would be replaced when the run ends
@@ -1134,6 +1126,21 @@ class RunFolder:
                                  "before resuming, or pick another --out") from None
         if not os.path.exists(meta):
             write_json_atomic(meta, asdict(cfg))
+
+    @staticmethod
+    def check_folder(out: str) -> None:
+        """--out is new, empty, or a pretraining run's folder (stage checkpoints placed there beforehand count):
+        never a saved model or a folder of other files. Scripts that seed a folder call this before copying."""
+        from gvu.models.janus import WEIGHT_FILES
+
+        weights = [w for w in WEIGHT_FILES if os.path.exists(os.path.join(out, w))]
+        if weights:  # e.g. the shipped model, which keeps its recipe's pretrain_config.json beside its weights
+            raise ValueError(f"--out {out} is a saved model (it holds {weights[0]}), not a pretraining run folder; "
+                             "a run writes its model into OUT/model: pick a new or empty --out")
+        foreign = sorted(n for n in (os.listdir(out) if os.path.isdir(out) else []) if not RunFolder.run_file(n))
+        if foreign and not os.path.exists(os.path.join(out, "pretrain_config.json")):
+            raise ValueError(f"--out {out} is not empty and is not a pretraining run (it holds {', '.join(foreign[:5])}"
+                             f"{', ...' if len(foreign) > 5 else ''}): pick a new or empty --out")
 
     @staticmethod
     def run_file(name: str) -> bool:
