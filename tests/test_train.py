@@ -276,6 +276,23 @@ def test_overwrite_replaces_a_run_only_once_the_new_one_has_started(model_dir, t
     assert json.load(open(run / "config.json"))["lr"] == 5e-4
 
 
+def test_final_eval_writes_the_before_after_table_and_a_resume_keeps_the_before(model_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny(model_dir, steps=2, eval_every=0, checkpoint_every=1, final_eval=True, final_eval_prompts=2,
+               final_images_per_prompt=1)
+    summary = train_mod.train(cfg, str(run), progress=False)
+    for name in ("before.json", "after.json", "summary.md", "curves.png"):
+        assert (run / name).is_file(), name
+    before = json.load(open(run / "before.json"))
+    assert set(before) == {"eval", "ood"} and 0 <= before["eval"]["overall"] <= 1
+    assert "eval" in summary["table"] and "ood" in summary["table"]
+    # extended from its checkpoint: the before table is the starting model's, so it is not made again
+    stamp = (run / "before.json").stat().st_mtime_ns
+    train_mod.train(replace(cfg, steps=3), str(run), resume=True, progress=False)
+    assert (run / "before.json").stat().st_mtime_ns == stamp
+    assert json.load(open(run / "before.json")) == before
+
+
 def test_files_that_appear_in_out_while_the_model_loads_are_never_deleted(model_dir, tmp_path):
     run = tmp_path / "run"
     plan = train_mod.check_run_dir(str(run), tiny(model_dir), resume=False, overwrite=False)
