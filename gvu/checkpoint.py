@@ -51,6 +51,13 @@ def fsync(path: str) -> None:
         os.close(fd)
 
 
+def fsync_folder(folder: str) -> None:
+    """fsync every file directly in `folder`, then the folder itself: all of it is on disk before a rename."""
+    for name in os.listdir(folder):
+        fsync(os.path.join(folder, name))
+    fsync(folder)
+
+
 def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, extra: dict | None = None,
          extra_tensors: dict[str, torch.Tensor] | None = None, optimizer_state: dict | None = None) -> str:
     """optimizer_state: the optimiser state to write instead of optimizer.state_dict() (FSDP: the full,
@@ -65,9 +72,7 @@ def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, extra: dict
         save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}, os.path.join(tmp, "extra.safetensors"))
     torch.save({"optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(), "step": step, "rng": rng_states(), "extra": extra or {}},
                os.path.join(tmp, "state.pt"))
-    for name in os.listdir(tmp):
-        fsync(os.path.join(tmp, name))
-    fsync(tmp)
+    fsync_folder(tmp)
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)

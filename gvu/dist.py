@@ -50,13 +50,11 @@ def init(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") if device else torch.cuda.is_available()
-    # one process: the GPU asked for (cuda:N); under torchrun each rank takes the GPU of its LOCAL_RANK
-    if not cuda:
-        dev = torch.device("cpu")
-    else:
+    if cuda:  # one process: the GPU asked for (cuda:N); under torchrun each rank takes the GPU of its LOCAL_RANK
         dev = torch.device(device) if world == 1 and ":" in (device or "") else torch.device("cuda", local)
-    if cuda:
         torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
     if world == 1:
         return DistInfo(0, 1, 0, dev, None)
     backend = "nccl" if cuda else "gloo"

@@ -184,11 +184,9 @@ def cmd_score(args) -> None:
     import torch
 
     from gvu.config import RewardConfig
-    from gvu.models.janus import JanusBackend
+    from gvu.models.janus import CheckpointError, JanusBackend, check_checkpoint, decoded_image_size
     from gvu.reward import gvu_reward
     from gvu.world import geneval_io as gio
-
-    from gvu.models.janus import CheckpointError, check_checkpoint, decoded_image_size
 
     # every check comes before the model loads (minutes for Janus-Pro-7B)
     if bool(args.folder) == bool(args.image):

@@ -20,6 +20,7 @@ import os
 import random
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 
@@ -381,8 +382,8 @@ def check_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool)
     "replace" (an old run, under --overwrite), "extend" (a longer run of the same recipe) or "resume"."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ValueError(f"--out {run_dir} is a file: give a folder for the run")
-    inside = [p for p in (cfg.model, cfg.prompts_file) if p and os.path.exists(run_dir)
-              and os.path.commonpath([os.path.realpath(p), os.path.realpath(run_dir)]) == os.path.realpath(run_dir)]
+    inside = [p for p in (cfg.model, cfg.prompts_file)
+              if p and os.path.exists(run_dir) and Path(os.path.realpath(p)).is_relative_to(os.path.realpath(run_dir))]
     if inside and not resume:
         raise ValueError(f"--out {run_dir} holds this run's own input {inside[0]}: pick another --out")
     cfg_path = os.path.join(run_dir, "config.json")

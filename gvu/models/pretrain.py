@@ -1053,9 +1053,8 @@ def save_model(model, tok, spec, out_dir: str) -> None:
     from gvu.models.janus import JanusBackendConfig
     # guidance 3: the JANUS-NOTES probe found it best for this model family (5 over-saturates a small model)
     JanusBackendConfig(default_cfg_scale=3.0).save(tmp)
-    from gvu.checkpoint import fsync
-    for name in os.listdir(tmp):
-        fsync(os.path.join(tmp, name))
+    from gvu.checkpoint import fsync_folder
+    fsync_folder(tmp)
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
@@ -1146,7 +1145,7 @@ class RunFolder:
     def run_file(name: str) -> bool:
         """What a run writes into its folder (stage checkpoints may be placed there beforehand to be taken up)."""
         return (name in ("config.json", "decoder.pt", "log.jsonl", "model", "pretrain_config.json", "tokenizer",
-                         "vision.pt", ".lock", ".config.tmp")
+                         "vision.pt", ".lock")
                 or (name.startswith("stage") and name.endswith(".pt")) or name.endswith(".tmp"))
 
     @staticmethod
