@@ -8,3 +8,8 @@ line), and how to fix it.
 
 class UserError(Exception):
     """A problem with the user's input or options; the message is shown as is."""
+
+
+class SetupError(UserError, ValueError):
+    """A ValueError met while a command checks its input and sets up, before its real work: the user's to fix.
+    (A ValueError raised later is a bug, and the CLI keeps its traceback.)"""

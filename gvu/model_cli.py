@@ -162,10 +162,10 @@ def cmd_train(args) -> None:
     from gvu import dist
     from gvu.train import TrainingDiverged, train
 
-    try:
+    try:  # train's set-up errors are SetupErrors (UserErrors); a ValueError from its loop is a bug: traceback kept
         summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
         dist.barrier()  # every rank is done communicating before any tears its process group down
-    except (ValueError, ConfigError) as e:
+    except ConfigError as e:
         raise UserError(str(e)) from e
     except TrainingDiverged as e:
         raise UserError(f"training diverged: {e}. The last good checkpoint is in {args.out}/checkpoints; "

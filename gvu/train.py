@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from gvu import checkpoint, dist
-from gvu.config import TrainConfig
+from gvu.config import ConfigError, TrainConfig
+from gvu.errors import SetupError
 from gvu.evaluate import evaluate, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
 from gvu.reward import Judge, compute_reward, gvu_reward
@@ -178,67 +179,84 @@ def reference_batches(backend, ref_model, adapter_off, ro, cfg, guidance: float 
 
 # ----------------------------------------------------------------------------------------------- the loop
 
+@contextlib.contextmanager
+def setup_errors():
+    """Re-raise a ValueError (a bad prompt, model folder or --out) as a SetupError: a UserError that is still a
+    ValueError, so callers that catch ValueError keep working. A ConfigError (a bad setting) passes as it is."""
+    try:
+        yield
+    except (SetupError, ConfigError):
+        raise
+    except ValueError as e:
+        raise SetupError(str(e)) from e
+
+
 def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Run (or resume) GvU-GRPO. Under torchrun every rank runs this; rank 0 logs, evaluates and checkpoints."""
     from gvu.models.janus import JanusBackend
 
-    cfg.validate()
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # checked before joining the process group
-    dist.check_divisible(cfg.batch_prompts * cfg.group_size, world)
-    rows_per_rank = cfg.batch_prompts * cfg.group_size // world
-    if rows_per_rank % cfg.grad_accum:
-        raise ValueError(f"grad_accum ({cfg.grad_accum}) must divide the rows each rank holds ({rows_per_rank})")
-    pool = load_prompts(cfg)  # the prompts' own checks come before the model loads and before the run folder exists
-    if len(pool) < cfg.batch_prompts:
-        raise ValueError(f"{len(pool)} training prompts, fewer than batch_prompts={cfg.batch_prompts}: every step draws "
-                         f"B distinct prompts. Give more prompts or --set batch_prompts={len(pool)}")
-    nano = world_judgeable(pool)
-    if cfg.reward.kind == "oracle" and not nano:
-        raise ValueError("the oracle reward needs nano-world prompts (it is the nano world's exact evaluator)")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={cfg.device!r}, but this torch sees no GPU (torch {torch.__version__}); "
-                         "--set device=cpu, or install a CUDA build of torch")
-    # every rank checks the run folder (read-only); rank 0 changes it only once the model, its reference copies and
-    # the optimiser are set up, so a start that fails there leaves an existing run (even under --overwrite) as it was
-    folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
-    from gvu.models.janus import check_checkpoint, resolve_checkpoint
-    check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
-    info = dist.init(cfg.device)
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
-    random.seed(cfg.seed)
-    backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))
-    backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
-    eval_md, grid_md = eval_sets(cfg, nano)
+    # set-up reads and checks, then makes the run folder: a ValueError raised here is about the user's input and
+    # becomes a SetupError (the CLI shows its message alone); one raised in the loop below is a bug and keeps its
+    # traceback
+    with setup_errors():
+        cfg.validate()
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # checked before joining the process group
+        dist.check_divisible(cfg.batch_prompts * cfg.group_size, world)
+        rows_per_rank = cfg.batch_prompts * cfg.group_size // world
+        if rows_per_rank % cfg.grad_accum:
+            raise ValueError(f"grad_accum ({cfg.grad_accum}) must divide the rows each rank holds ({rows_per_rank})")
+        pool = load_prompts(cfg)  # the prompts' own checks come before the model loads and before the run folder exists
+        if len(pool) < cfg.batch_prompts:
+            raise ValueError(f"{len(pool)} training prompts, fewer than batch_prompts={cfg.batch_prompts}: every step "
+                             f"draws B distinct prompts. Give more prompts or --set batch_prompts={len(pool)}")
+        nano = world_judgeable(pool)
+        if cfg.reward.kind == "oracle" and not nano:
+            raise ValueError("the oracle reward needs nano-world prompts (it is the nano world's exact evaluator)")
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={cfg.device!r}, but this torch sees no GPU (torch {torch.__version__}); "
+                             "--set device=cpu, or install a CUDA build of torch")
+        # every rank checks the run folder (read-only); rank 0 changes it only once the model, its reference copies
+        # and the optimiser are set up, so a start that fails there leaves an existing run (even under --overwrite)
+        # as it was
+        folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
+        from gvu.models.janus import check_checkpoint, resolve_checkpoint
+        check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
+        info = dist.init(cfg.device)
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
+        random.seed(cfg.seed)
+        backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))
+        backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
+        eval_md, grid_md = eval_sets(cfg, nano)
 
-    params, adapter_off = setup_trainable(backend, cfg)
-    # copies of the starting weights are made before FSDP replaces the parameters by shards
-    ref_model = None
-    if cfg.beta > 0 and adapter_off is None:
-        ref_model = copy.deepcopy(backend.model).eval().requires_grad_(False)
-    judge = Judge(backend, cfg.reward, adapter_off) if cfg.reward.kind == "gvu" else None
+        params, adapter_off = setup_trainable(backend, cfg)
+        # copies of the starting weights are made before FSDP replaces the parameters by shards
+        ref_model = None
+        if cfg.beta > 0 and adapter_off is None:
+            ref_model = copy.deepcopy(backend.model).eval().requires_grad_(False)
+        judge = Judge(backend, cfg.reward, adapter_off) if cfg.reward.kind == "gvu" else None
 
-    start, low_signal = 0, 0  # low_signal: steps in a row without a learning signal (the alarm's count)
-    ckpt = checkpoint.latest(run_dir) if resume else None
-    if ckpt:  # weights now (unsharded), the optimiser once it exists
-        start, extra, tensors = checkpoint.load(ckpt, backend.model, None)
-        low_signal = extra.get("low_signal", 0)  # 0 for checkpoints written before the count was saved
-        if judge is not None and judge.mode == "ema":
-            judge.load_ema_tensors(tensors)
+        start, low_signal = 0, 0  # low_signal: steps in a row without a learning signal (the alarm's count)
+        ckpt = checkpoint.latest(run_dir) if resume else None
+        if ckpt:  # weights now (unsharded), the optimiser once it exists
+            start, extra, tensors = checkpoint.load(ckpt, backend.model, None)
+            low_signal = extra.get("low_signal", 0)  # 0 for checkpoints written before the count was saved
+            if judge is not None and judge.mode == "ema":
+                judge.load_ema_tensors(tensors)
 
-    # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
-    guidance = loss_guidance(backend, cfg)
-    policy = dist.PolicyForward(backend.model, functools.partial(backend.image_token_logprobs, guidance=guidance))
-    if cfg.parallel == "fsdp":
-        policy = dist.fsdp2(policy, info, block_types(backend.model))
-        params = [p for p in policy.parameters() if p.requires_grad]
-    else:
-        policy = dist.ddp(policy, info)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if ckpt:
-        dist.load_optimizer_state(policy, optimizer, checkpoint.read_optimizer_state(ckpt))
-    if info.is_main:  # set-up is done: now the run folder is made (or an old run replaced under --overwrite)
-        make_run_dir(run_dir, cfg, folder_plan)
+        # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
+        guidance = loss_guidance(backend, cfg)
+        policy = dist.PolicyForward(backend.model, functools.partial(backend.image_token_logprobs, guidance=guidance))
+        if cfg.parallel == "fsdp":
+            policy = dist.fsdp2(policy, info, block_types(backend.model))
+            params = [p for p in policy.parameters() if p.requires_grad]
+        else:
+            policy = dist.ddp(policy, info)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if ckpt:
+            dist.load_optimizer_state(policy, optimizer, checkpoint.read_optimizer_state(ckpt))
+        if info.is_main:  # set-up is done: now the run folder is made (or an old run replaced under --overwrite)
+            make_run_dir(run_dir, cfg, folder_plan)
     dist.barrier()
     log = MetricsLog(run_dir) if info.is_main else None
     if log and resume:  # lines after the step resumed from are written again (all of them without a checkpoint)

@@ -2,7 +2,7 @@
 
 import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import gvu.train as train_mod
 from gvu.config import ConfigError, RewardConfig, SamplingConfig, TrainConfig
+from gvu.errors import SetupError
 from gvu.models.janus import JanusBackend
 from gvu.models.nano import SPECS, build_random
 from gvu.models.pretrain import save_model
@@ -259,6 +260,26 @@ def test_bad_config_and_existing_run_are_refused_before_work(model_dir, tmp_path
         with pytest.raises(ValueError, match="is not empty and is not a gvu train run .*keep.txt"):
             train_mod.train(tiny(model_dir), str(tmp_path / "b"), progress=False, overwrite=overwrite)
         assert (tmp_path / "b" / "keep.txt").read_text() == "user data"
+
+
+def test_the_cli_shows_a_set_up_error_as_a_message_and_keeps_a_loop_errors_traceback(model_dir, tmp_path, gvu,
+                                                                                     monkeypatch):
+    cfg = {k: v for k, v in asdict(tiny(model_dir)).items() if not isinstance(v, dict)}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("user data")
+    rc, _, err = gvu("train", "--config", tmp_path / "cfg.json", "--out", tmp_path / "b")  # a set-up check's ValueError
+    assert rc == 2 and "gvu: error:" in err and "is not a gvu train run" in err
+    assert issubclass(SetupError, ValueError)  # library callers that catch ValueError still catch it
+
+    def broken_update(*a, **k):  # a ValueError raised by the loop is a bug: it must reach the user with its traceback
+        raise ValueError("a bug inside the loop")
+
+    monkeypatch.setattr(train_mod, "update", broken_update)
+    with pytest.raises(ValueError, match="a bug inside the loop") as caught:
+        gvu("train", "--config", tmp_path / "cfg.json", "--out", tmp_path / "run")
+    assert not isinstance(caught.value, SetupError)
+    assert (tmp_path / "run" / "config.json").exists()  # it failed after set-up, inside the loop
 
 
 def test_overwrite_replaces_a_run_only_once_the_new_one_has_started(model_dir, tmp_path):
