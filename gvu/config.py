@@ -86,6 +86,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bfloat16
     parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2: weights, gradients and optimiser state sharded)
+    dist_timeout_min: float = 120.0  # under torchrun: how long a collective waits (the ranks wait while rank 0 evaluates)
     suite: str = "geneval"  # nano world: prompt suite for training and evaluation
     train_split: str = "train"
     train_prompts: int = 2000  # size of the training prompt pool (nano world), or...
@@ -163,6 +164,7 @@ class TrainConfig:
              "bfloat16's resolution (8 bits of mantissa), so most updates to bf16 weights round away. Use LoRA "
              "(lora_r > 0; peft keeps the adapters in float32) or dtype=float32"),
             (self.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp (got {self.parallel!r})"),
+            (self.dist_timeout_min > 0, f"dist_timeout_min must be > 0 minutes (got {self.dist_timeout_min})"),
             (self.grad_accum >= 1 and (self.batch_prompts * self.group_size) % self.grad_accum == 0,
              f"grad_accum ({self.grad_accum}) must divide the rows per step B*G = {self.batch_prompts * self.group_size}"),
             (0 <= self.eps_low < 1 and self.eps_high >= 0, "eps_low must be in [0, 1) and eps_high >= 0"),

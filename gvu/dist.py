@@ -17,6 +17,7 @@ FSDP's hooks fire only there (JANUS-NOTES pitfall 14); calling submodules of the
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
@@ -43,9 +44,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init(device: str | None = None) -> DistInfo:
+def init(device: str | None = None, timeout_min: float | None = None) -> DistInfo:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT):
     nccl when the device is CUDA, gloo on CPU. device: "cuda", "cpu" or None (CUDA when available).
+    timeout_min: how long a collective waits for the slowest rank (None: torch's default, 10 minutes under nccl,
+    too short while rank 0 alone evaluates a 7B model and the others wait at a barrier).
     Without torchrun (WORLD_SIZE unset or 1) this is a single process and no group is created."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -59,7 +62,8 @@ def init(device: str | None = None) -> DistInfo:
         return DistInfo(0, 1, 0, dev, None)
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, device_id=dev if cuda else None)
+        timeout = None if timeout_min is None else datetime.timedelta(minutes=timeout_min)
+        dist.init_process_group(backend, device_id=dev if cuda else None, timeout=timeout)
     return DistInfo(rank, world, local, dev, backend)
 
 

@@ -34,9 +34,9 @@ from gvu.rollout import rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
 
 
-# fields that change how fast a run goes (or its memory, or how often it logs), never what it computes (gradient
-# checkpointing recomputes the same operations): a run resumes under other values of them
-SPEED_ONLY = ("evaluator_workers", "gradient_checkpointing", "log_every")
+# fields that change how fast a run goes (or its memory, how often it logs, how long ranks wait for each other),
+# never what it computes (gradient checkpointing recomputes the same operations): a run resumes under other values
+SPEED_ONLY = ("dist_timeout_min", "evaluator_workers", "gradient_checkpointing", "log_every")
 
 
 class TrainingDiverged(RuntimeError):
@@ -221,7 +221,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
         from gvu.models.janus import check_checkpoint, resolve_checkpoint
         check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
-        info = dist.init(cfg.device)
+        info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
         random.seed(cfg.seed)

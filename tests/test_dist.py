@@ -184,6 +184,45 @@ def test_without_torchrun_everything_is_one_process(monkeypatch):
     assert gd.ddp(policy, info) is policy
 
 
+def test_the_process_group_waits_as_long_as_the_config_says(monkeypatch, tmp_path):
+    """Ranks other than 0 wait at a barrier while rank 0 evaluates: the group's timeout comes from
+    dist_timeout_min (torch's own default under nccl is 10 minutes), from the config through train() to the group."""
+    import datetime
+
+    import gvu.train as train_mod
+    from gvu.config import TrainConfig
+    from gvu.models.nano import SPECS, build_random
+    from gvu.models.pretrain import save_model
+
+    made = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(gd.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(gd.dist, "init_process_group", lambda backend, **kw: made.update(backend=backend, **kw))
+    gd.init("cpu", timeout_min=90)
+    assert made["backend"] == "gloo" and made["timeout"] == datetime.timedelta(minutes=90)
+    gd.init("cpu")
+    assert made["timeout"] is None  # torch's default
+
+    asked = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(device, timeout_min=None):
+        asked["timeout_min"] = timeout_min
+        raise Stop  # set-up stops here, before the model loads
+
+    model, tok = build_random("smoke", seed=0)
+    save_model(model, tok, SPECS["smoke"], str(tmp_path / "model"))
+    monkeypatch.setattr(train_mod.dist, "init", fake_init)
+    with pytest.raises(Stop):
+        train_mod.train(TrainConfig(model=str(tmp_path / "model"), batch_prompts=2, group_size=2, train_prompts=16,
+                                    dist_timeout_min=45), str(tmp_path / "run"), progress=False)
+    assert asked["timeout_min"] == 45
+    with pytest.raises(ValueError, match="dist_timeout_min must be > 0"):
+        TrainConfig(dist_timeout_min=0).validate()
+
+
 def test_under_nccl_a_cpu_tensor_is_gathered_through_the_gpu_and_comes_back_to_the_cpu(monkeypatch):
     """NCCL rejects CPU tensors, and the rewards are on the CPU. Under a fake two-rank NCCL group the collective
     device is the rank's GPU; the gather then moves the tensor there and back (traced with the CPU standing in for
