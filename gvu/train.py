@@ -195,10 +195,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     """Run (or resume) GvU-GRPO. Under torchrun every rank runs this; rank 0 logs, evaluates and checkpoints."""
     from gvu.models.janus import JanusBackend
 
-    # set-up reads and checks, then makes the run folder: a ValueError raised here is about the user's input and
-    # becomes a SetupError (the CLI shows its message alone); one raised in the loop below is a bug and keeps its
-    # traceback
-    with setup_errors():
+    with setup_errors():  # checks, loads, then makes the run folder; a ValueError from the loop below is a bug
         cfg.validate()
         world = int(os.environ.get("WORLD_SIZE", "1"))  # checked before joining the process group
         dist.check_divisible(cfg.batch_prompts * cfg.group_size, world)
