@@ -189,6 +189,25 @@ def test_stage1b_with_the_position_probe_logs_its_accuracy(tmp_path):
     assert set(state) == {"vision", "probe"}  # the position heads are not part of what stage 2 receives
 
 
+def test_the_relation_probe_trains_in_stages_1b_and_2_and_resumes(tmp_path):
+    out = tmp_path / "rel"
+    short = dict(threads=1, rel_weight=1.0, vq_steps=2, dec_steps=0, vis_steps=4, lm_steps=4, s3_steps=0, save_every=2)
+    pretrain("smoke", str(out), **short)
+    records = [json.loads(line) for line in open(out / "log.jsonl")]
+    vision = [r for r in records if r["stage"] == "1b"]
+    lm = [r for r in records if r["stage"] == 2]
+    assert vision and all(0 <= r["vision/rel_acc"] <= 1 for r in vision if r["vision/rel_acc"] == r["vision/rel_acc"])
+    assert lm and all(r["loss/rel"] > 0 for r in lm)
+    vis = torch.load(out / "vision.pt", weights_only=False)["model"]
+    state = torch.load(out / "stage2.pt", weights_only=False)
+    assert state["step"] == 4 and set(state["rel_probe"]) == {"head.weight", "head.bias"}
+    assert not torch.equal(state["rel_probe"]["head.weight"], vis["rel.head.weight"])  # stage 2 trained stage 1b's head
+    state["step"] = 2  # as if stopped at the step-2 save: resuming loads the head and runs steps 3-4 only
+    torch.save(state, out / "stage2.pt")
+    pretrain("smoke", str(out), **short)
+    assert torch.load(out / "stage2.pt", weights_only=False)["step"] == 4
+
+
 def test_generated_tokens_decode_to_pixels_of_the_right_shape_and_range(smoke_model):
     b = JanusBackend.from_pretrained(smoke_model)
     tokens = b.sample_image_tokens(["a photo of a red circle", "a photo of two stars"], SamplingConfig(seed=0))

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from gvu.models.pretrain import PatchProbe, PositionProbe, hard_negatives, patch_labels, ranking_loss, sequence_logprobs, train_scene
+from gvu.models.pretrain import (PatchProbe, PositionProbe, RelationProbe, hard_negatives, patch_labels, ranking_loss,
+                                 relation_labels, sequence_logprobs, train_scene)
 from gvu.world.prompts import split_of
 from gvu.world.scene import Obj, Scene
 
@@ -20,6 +21,47 @@ def test_patch_labels_mark_the_patches_an_object_covers():
     assert lab[:, 4, 4].tolist() == [4, 1, 2]  # star is SHAPES[3] -> 4, red COLOR_NAMES[0] -> 1, large SIZES[1] -> 2
     assert lab[:, 0, 0].tolist() == [0, 0, 0] and lab[:, 7, 7].tolist() == [0, 0, 0]
     assert (lab[0] > 0).sum() <= 9  # no patch outside the 3x3 block the star touches
+
+
+def test_relation_labels_say_where_the_other_object_of_a_pair_lies():
+    # small objects (radius 0.1 x 64 = 6.4 px) centred at (16, 20) and (48, 44): the first is left of and above the
+    # second (offset (-32, -24), margin 0.1 x 25.6 = 2.56 px each way; revised (-29.4, -21.4) / 40 = (-0.74, -0.54),
+    # both beyond 0.5), so it holds "left of" and "above", the second "right of" and "below"
+    a = Obj(shape="circle", color="red", size="small", x=16.0, y=20.0)
+    b = Obj(shape="square", color="blue", size="small", x=48.0, y=44.0)
+    lab = relation_labels(Scene(objects=(a, b)), 8).view(4, 8, 8)  # RELATIONS: left of, right of, above, below
+    assert lab[:, 2, 2].tolist() == [1, 0, 1, 0]  # patch (row 2, column 2) = pixels 16..24 x 16..24: the circle
+    assert lab[:, 5, 6].tolist() == [0, 1, 0, 1]  # pixels 48..56 x 40..48: the square
+    assert lab[:, 0, 7].tolist() == [-1] * 4  # background: no target
+    # level with each other (same row): only left / right
+    lab = relation_labels(Scene(objects=(a, Obj(shape="square", color="blue", size="small", x=48.0, y=20.0))), 8)
+    assert lab.view(4, 8, 8)[:, 2, 2].tolist() == [1, 0, 0, 0]
+    # one object, or three: no targets anywhere
+    assert (relation_labels(Scene(objects=(a,)), 8) == -1).all()
+    c = Obj(shape="star", color="green", size="small", x=48.0, y=12.0)
+    assert (relation_labels(Scene(objects=(a, b, c)), 8) == -1).all()
+
+
+def test_relation_probe_loss_is_binary_cross_entropy_over_patches_with_targets():
+    probe = RelationProbe(hidden=2)
+    labels = torch.full((1, 4, 3), -1.0)  # patch 0: "left of" and "above"; patch 1: "right of"; patch 2: none
+    labels[0, :, 0] = torch.tensor([1.0, 0, 1, 0])
+    labels[0, :, 1] = torch.tensor([0.0, 1, 0, 0])
+    features = torch.tensor([[[1.0, 0], [0, 1], [9, 9]]])  # patch 2 must not count, whatever it holds
+    with torch.no_grad():
+        probe.head.weight.zero_()
+        probe.head.bias.zero_()
+    loss, acc = probe(features, labels)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and acc == 0.0  # logit 0 says "no" to every relation
+    with torch.no_grad():  # logit +-3 from feature 0 on left of / above, from feature 1 on right of / below
+        probe.head.weight.copy_(3 * torch.tensor([[1.0, -1], [-1, 1], [1, -1], [-1, 1]]))
+    loss, acc = probe(features, labels)
+    # patch 0: right on all four (log(1 + e^-3) each); patch 1: right on left of / right of / above, wrong on below
+    # (target 0, logit +3: log(1 + e^3)); mean over the 8 targets
+    want = (7 * math.log(1 + math.exp(-3)) + math.log(1 + math.exp(3))) / 8
+    assert loss.item() == pytest.approx(want, abs=1e-6) and acc == 0.5
+    loss, acc = probe(features, torch.full((1, 4, 3), -1.0))  # nothing to learn: zero loss, accuracy undefined
+    assert loss.item() == 0.0 and math.isnan(acc)
 
 
 def test_ranking_loss_is_the_listwise_cross_entropy_with_the_true_prompt_first():

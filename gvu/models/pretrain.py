@@ -89,6 +89,11 @@ class PretrainConfig:
     # aligned features hardly say where a patch is (a linear probe reads an object patch's column 18% of the time,
     # chance 12.5%; experiments/relation_probe.py), so relations cannot be read.
     pos_weight: float = 0.0
+    # stages 1b and 2 (off in every preset): a linear head must read, from each object patch of a two-object scene,
+    # where the other object lies (GenEval's relations of this object to it: left of, right of, above, below; a
+    # diagonal pair holds two). A relation word then reads like a colour: off the named object's own patches, where
+    # column and row alone (pos_weight) leave the language model to compare two objects' positions itself.
+    rel_weight: float = 0.0
     data_workers: int = 0  # processes making stage-2 batches ahead (for a GPU; the batches are the same either way)
     # stage 1c (v4): the VQ decoder alone, on the frozen encoder's codes (the image tokens do not change; 0 skips it)
     dec_steps: int = 0
@@ -127,7 +132,8 @@ _MIN_INT = {"threads": 1, "save_every": 1, "vq_batch": 1, "vq_restart_every": 1,
 _LR_FIELDS = ("vq_lr", "vis_lr", "lm_lr", "dec_lr", "s3_lr")
 _FLOAT_RANGE = {"prompt_dropout": (0.0, 1.0), "spatial_share": (0.0, 1.0), "und_recon": (0.0, 1.0),
                 "und_extra": (0.0, 1.0), "vq_fg_weight": (0.0, None), "vq_edge_weight": (0.0, None),
-                "gen_weight": (0.0, None), "rank_weight": (0.0, None), "aux_weight": (0.0, None), "pos_weight": (0.0, None)}
+                "gen_weight": (0.0, None), "rank_weight": (0.0, None), "aux_weight": (0.0, None), "pos_weight": (0.0, None),
+                "rel_weight": (0.0, None)}
 
 
 def validate(cfg: "PretrainConfig") -> None:
@@ -323,23 +329,54 @@ def hard_negatives(suite: str, metadata: dict, scene, rng: random.Random, k: int
     return out[:k]
 
 
-def patch_labels(scene, grid: int) -> torch.Tensor:
-    """[3, grid*grid] long: the shape, colour and size class (0 = background) of the object covering most of each
-    vision patch (at least 30% of it). Targets of the auxiliary probe on the vision features."""
+def patch_owners(scene, grid: int) -> np.ndarray:
+    """[grid, grid] int: the index in scene.objects of the object covering most of each vision patch (at least 30% of
+    it), -1 for background."""
     from gvu.world.scene import shape_coverage
-    from gvu.world.vocab import COLOR_NAMES, SHAPES, SIZES
 
     p = scene.image_size / grid
     best = np.full((grid, grid), 0.3, np.float32)
-    lab = np.zeros((3, grid, grid), np.int64)
-    for o in scene.objects:
+    owner = np.full((grid, grid), -1, np.int64)
+    for i, o in enumerate(scene.objects):
         r = o.radius(scene.image_size) / p
         cov = shape_coverage(o.shape, o.x / p, o.y / p, r, r, grid, grid)
         win = cov > best
         best = np.where(win, cov, best)
+        owner[win] = i
+    return owner
+
+
+def patch_labels(scene, grid: int) -> torch.Tensor:
+    """[3, grid*grid] long: the shape, colour and size class (0 = background) of the object covering most of each
+    vision patch (at least 30% of it). Targets of the auxiliary probe on the vision features."""
+    from gvu.world.vocab import COLOR_NAMES, SHAPES, SIZES
+
+    owner = patch_owners(scene, grid)
+    lab = np.zeros((3, grid, grid), np.int64)
+    for i, o in enumerate(scene.objects):
         for k, v in enumerate((SHAPES.index(o.shape), COLOR_NAMES.index(o.color), SIZES.index(o.size))):
-            lab[k][win] = v + 1
+            lab[k][owner == i] = v + 1
     return torch.from_numpy(lab.reshape(3, -1))
+
+
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+def relation_labels(scene, grid: int) -> torch.Tensor:
+    """[4, grid*grid] float: for each patch of an object in a two-object scene, 1 for each of RELATIONS that its
+    object stands in to the other object (GenEval's relative_position, as the evaluator judges it), else 0; -1 (no
+    target) on background patches and in scenes of any other number of objects. Targets of the relation probe."""
+    from gvu.world.rules import Detection, relative_position
+
+    lab = np.full((len(RELATIONS), grid, grid), -1.0, np.float32)
+    if len(scene.objects) == 2:
+        owner = patch_owners(scene, grid)
+        dets = [Detection.from_obj(o, scene.image_size) for o in scene.objects]
+        for i in range(2):
+            rels = relative_position(dets[i], dets[1 - i])
+            for k, rel in enumerate(RELATIONS):
+                lab[k][owner == i] = float(rel in rels)
+    return torch.from_numpy(lab.reshape(len(RELATIONS), -1))
 
 
 def to_pixels(images: list) -> torch.Tensor:
@@ -650,8 +687,10 @@ class Stage2Data:
             r_seqs, r_lens, r_scenes, groups = self.ranking()
             seqs, lens, scenes = seqs + r_seqs, lens + r_lens, scenes + r_scenes
         und, labels, pixels, patch, recon, objects = self.batch(seqs, lens, scenes)
+        grid = int(round(self.spec.num_image_tokens ** 0.5))
+        rel = torch.stack([relation_labels(sc, grid) for sc in scenes]) if self.cfg.rel_weight else None
         return {"prompt": prompt, "gen_pixels": gen_pixels, "und": und, "labels": labels, "pixels": pixels,
-                "patch": patch, "n_und": n_und, "groups": groups, "recon": recon, "objects": objects}
+                "patch": patch, "rel": rel, "n_und": n_und, "groups": groups, "recon": recon, "objects": objects}
 
 
 _WORKER_DATA: "Stage2Data | None" = None
@@ -763,12 +802,36 @@ class PositionProbe(torch.nn.Module):
         return loss, (logits[0].argmax(-1) == targets[0]).float().mean().item()
 
 
+class RelationProbe(torch.nn.Module):
+    """A linear head on the vision features [B, N, H] predicting, for each object patch of a two-object scene, which
+    of RELATIONS its object stands in to the other (auxiliary; not saved)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.head = torch.nn.Linear(hidden, len(RELATIONS))
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """features [B, N, H], labels [B, 4, N] (relation_labels: 1, 0, or -1 for no target) -> (binary cross-entropy
+        over the patches with targets, the share of them whose four relations are all predicted right). No patch with
+        a target: a zero loss (still part of the graph) and accuracy nan."""
+        import torch.nn.functional as F
+
+        logits = self.head(features).float().transpose(1, 2)  # [B, 4, N]
+        known = labels[:, 0] >= 0  # [B, N]: a patch has all four targets or none
+        if not known.any():
+            return logits.sum() * 0.0, float("nan")
+        lg, tg = logits.transpose(1, 2)[known], labels.transpose(1, 2)[known]  # [P, 4]
+        acc = ((lg > 0) == (tg > 0.5)).all(-1).float().mean().item()
+        return F.binary_cross_entropy_with_logits(lg, tg), acc
+
+
 def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
     """Stage 1b: pretrain the understanding encoder (the SigLIP-style vision model) alone, with the patch probe:
     each patch's shape, colour and size. Returns {"vision": state dict, "probe": state dict}, or None when
     cfg.vis_steps is 0.
 
-    With cfg.pos_weight, a position probe (each patch's column and row) trains beside it.
+    With cfg.pos_weight, a position probe (each patch's column and row) trains beside it; with cfg.rel_weight, the
+    relation probe (RelationProbe), which stage 2 then continues.
 
     Why: trained only through the language model, the from-scratch ViT learnt colours and positions but hardly
     shapes (v1: patch shape accuracy ~0.3 after 2,400 joint steps; true caption beat a wrong-shape one 60%). Alone,
@@ -787,6 +850,8 @@ def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
     parts = {"vision": JanusVisionModel(config.vision_config), "probe": PatchProbe(config.vision_config.hidden_size)}
     if cfg.pos_weight:  # the encoder's output must also say where each patch is
         parts["pos"] = PositionProbe(config.vision_config.hidden_size, grid)
+    if cfg.rel_weight:  # and, on an object's patches, where the other object of a pair lies
+        parts["rel"] = RelationProbe(config.vision_config.hidden_size)
     both = torch.nn.ModuleDict(parts).to(dev)
     both.train()
     opt = torch.optim.AdamW(both.parameters(), lr=cfg.vis_lr, weight_decay=0.01)
@@ -808,6 +873,10 @@ def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
             if cfg.pos_weight:
                 pos_loss, record["vision/pos_acc"] = both["pos"](features)
                 loss = loss + cfg.pos_weight * pos_loss
+            if cfg.rel_weight:
+                rel = torch.stack([relation_labels(sc, grid) for sc in scenes]).to(dev)
+                rel_loss, record["vision/rel_acc"] = both["rel"](features, rel)
+                loss = loss + cfg.rel_weight * rel_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(both.parameters(), 1.0)
@@ -875,8 +944,10 @@ def stage_decoder(cfg: PretrainConfig, out: str, config, vq_state: dict) -> dict
 
 
 def _split_vision_state(sd: dict) -> dict:
-    """ModuleDict(vision, probe) state dict -> {"vision": ..., "probe": ...}."""
-    return {part: {k[len(part) + 1:]: v for k, v in sd.items() if k.startswith(part + ".")} for part in ("vision", "probe")}
+    """ModuleDict(vision, probe[, rel]) state dict -> {"vision": ..., "probe": ...[, "rel": ...]} (the position heads
+    stay behind: stage 2 starts its own)."""
+    parts = ("vision", "probe") + (("rel",) if any(k.startswith("rel.") for k in sd) else ())
+    return {part: {k[len(part) + 1:]: v for k, v in sd.items() if k.startswith(part + ".")} for part in parts}
 
 
 def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict, vision_state: dict | None = None):
@@ -895,8 +966,16 @@ def stage2(cfg: PretrainConfig, out: str, spec, tok, config, vq_state: dict, vis
         model.model.vision_model.load_state_dict(vision_state["vision"])
         if probe is not None:
             probe.load_state_dict(vision_state["probe"])
+    rel_probe = None
+    if cfg.rel_weight:  # stage 1b's relation head when it trained one
+        with torch.random.fork_rng(devices=[]):  # a fresh head draws apart from the model's own initialisation
+            torch.manual_seed(cfg.seed + 30)
+            rel_probe = RelationProbe(config.vision_config.hidden_size).to(dev)
+        if vision_state is not None and "rel" in vision_state:
+            rel_probe.load_state_dict(vision_state["rel"])
     data = Stage2Data(tok, spec, cfg, random.Random())
-    return lm_stage(cfg, out, model, probe, data, name="2", steps=cfg.lm_steps, lr=cfg.lm_lr, warmup=cfg.lm_warmup)
+    return lm_stage(cfg, out, model, probe, data, name="2", steps=cfg.lm_steps, lr=cfg.lm_lr, warmup=cfg.lm_warmup,
+                    rel_probe=rel_probe)
 
 
 def stage3(cfg: PretrainConfig, out: str, spec, tok, model):
@@ -931,8 +1010,9 @@ def reconstruct_checked(vq, pixels: torch.Tensor, objects: list) -> tuple[torch.
 
 
 def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name: str, steps: int, lr: float,
-             warmup: int):
-    """The language-model loop of stages 2 and 3 (checkpoint <out>/stage<name>.pt, resumable)."""
+             warmup: int, rel_probe=None):
+    """The language-model loop of stages 2 and 3 (checkpoint <out>/stage<name>.pt, resumable). probe and rel_probe
+    (a PatchProbe, a RelationProbe, or None) read the vision encoder's output of the understanding images."""
     import torch.nn.functional as F
 
     from gvu.models.janus import image_token_logits, text_logits
@@ -950,7 +1030,7 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
             torch.manual_seed(cfg.seed + 20 + int(name))
             pos_probe = PositionProbe(model.config.text_config.hidden_size, grid).to(dev)
     params = [p for p in model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else []) \
-        + (list(pos_probe.parameters()) if pos_probe else [])
+        + (list(pos_probe.parameters()) if pos_probe else []) + (list(rel_probe.parameters()) if rel_probe else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     step = 0
     if state is not None:
@@ -959,6 +1039,8 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
             probe.load_state_dict(state["probe"])
         if pos_probe is not None:
             pos_probe.load_state_dict(state["pos_probe"])
+        if rel_probe is not None:
+            rel_probe.load_state_dict(state["rel_probe"])
     trim_log(out, int(name), step)
     features = {}  # the vision features of the current understanding pass (aligner input and output), for the probes
     hooks = [model.model.aligner.register_forward_pre_hook(lambda mod, args: features.__setitem__("v", args[0])),
@@ -1006,13 +1088,17 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
                     record["loss/rank"] = rank_loss.item()
                     loss = loss + cfg.rank_weight * rank_loss
                 if probe is not None:
-                    aux_loss, record["aux/shape_acc"] = probe(features.pop("v")[index], b["patch"].to(dev))
+                    aux_loss, record["aux/shape_acc"] = probe(features["v"][index], b["patch"].to(dev))
                     record["loss/aux"] = aux_loss.item()
                     loss = loss + cfg.aux_weight * aux_loss
                 if pos_probe is not None:
                     pos_loss, record["aux/pos_acc"] = pos_probe(features["aligned"][index])
                     record["loss/pos"] = pos_loss.item()
                     loss = loss + cfg.pos_weight * pos_loss
+                if rel_probe is not None:
+                    rel_loss, record["aux/rel_acc"] = rel_probe(features["v"][index], b["rel"].to(dev))
+                    record["loss/rel"] = rel_loss.item()
+                    loss = loss + cfg.rel_weight * rel_loss
                 features.clear()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -1028,7 +1114,8 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
             if step % cfg.save_every == 0 or step == steps:
                 atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                              "probe": probe.state_dict() if probe else None,
-                             "pos_probe": pos_probe.state_dict() if pos_probe else None, "rng": rng_state()}, path)
+                             "pos_probe": pos_probe.state_dict() if pos_probe else None,
+                             "rel_probe": rel_probe.state_dict() if rel_probe else None, "rng": rng_state()}, path)
     finally:  # also on an error: the caller gets the model with its own attention and no hooks
         for h in hooks:
             h.remove()
