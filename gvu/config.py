@@ -86,7 +86,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bfloat16
     parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2: weights, gradients and optimiser state sharded)
-    dist_timeout_min: float = 120.0  # under torchrun: how long a collective waits (the ranks wait while rank 0 evaluates)
+    dist_timeout_min: float = 120.0  # under torchrun: how long a collective waits (the ranks wait while rank 0 saves)
     suite: str = "geneval"  # nano world: prompt suite for training and evaluation
     train_split: str = "train"
     train_prompts: int = 2000  # size of the training prompt pool (nano world), or...
@@ -127,6 +127,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between evaluations (nano world: exact evaluator + intrinsic reward); 0 = off
     eval_prompts: int = 96  # eval-split prompts per periodic evaluation
     eval_images_per_prompt: int = 2
+    eval_batch: int = 64  # images generated and scored at once in evaluations; under torchrun the ranks share the batches
     grid_every: int = 25  # steps between sample grids of the fixed prompts
     grid_prompts: int = 8
     checkpoint_every: int = 50  # steps between checkpoints; 0 = only the last step's
@@ -181,6 +182,7 @@ class TrainConfig:
             (self.eval_prompts >= 0 and self.grid_prompts >= 0 and self.eval_images_per_prompt >= 1,
              f"eval_prompts and grid_prompts must be >= 0 and eval_images_per_prompt >= 1 (got {self.eval_prompts}, "
              f"{self.grid_prompts}, {self.eval_images_per_prompt})"),
+            (self.eval_batch >= 1, f"eval_batch must be >= 1 image (got {self.eval_batch})"),
             ((self.final_eval_prompts is None or self.final_eval_prompts >= 1) and self.final_images_per_prompt >= 1,
              f"final_eval_prompts must be >= 1 or null for the whole split, and final_images_per_prompt >= 1 (got "
              f"{self.final_eval_prompts}, {self.final_images_per_prompt})"),

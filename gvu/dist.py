@@ -76,7 +76,7 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
-    """Rank 0 logs, evaluates and writes checkpoints."""
+    """Rank 0 logs, writes the evaluations and checkpoints."""
     return rank() == 0
 
 
@@ -128,6 +128,15 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x)
     return torch.cat(parts).to(t.device)
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's obj (anything picklable), in rank order, on every rank; [obj] without a process group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def gather_rows(local: torch.Tensor) -> torch.Tensor:

@@ -21,39 +21,45 @@ def world_judgeable(metadata: list[dict]) -> bool:
 
 @torch.no_grad()
 def evaluate(backend, metadata: list[dict], images_per_prompt: int, sampling: SamplingConfig,
-             reward: RewardConfig, batch: int = 64, keep_images: int = 0, progress: bool = False,
-             evaluator_workers: int = 0) -> dict:
+             reward: RewardConfig, batch: int = 64, progress: bool = False,
+             evaluator_workers: int = 0, rank: int = 0, world: int = 1) -> dict:
     """Generate images_per_prompt images per prompt with fixed seeds; score them exactly (nano world) and with
-    the GvU reward of `backend` itself. Returns {"per_tag", "overall", "reward", "reward_per_tag", "n", "images"?}.
-    evaluator_workers > 1 runs the exact evaluator in that many processes (the same verdicts)."""
+    the GvU reward of `backend` itself. Returns {"per_tag", "overall", "reward", "reward_per_tag", "n"}.
+    evaluator_workers > 1 runs the exact evaluator in that many processes (the same verdicts).
+
+    Under torch.distributed every rank calls this with its rank and the world size: rank r generates and scores
+    batches r, r + world, r + 2 world, ... of the one-process run (the same rows and seeds in each), the ranks
+    exchange their rows, and every rank returns what one process would (gvu.dist.all_gather_objects)."""
+    from gvu.dist import all_gather_objects
     from gvu.world.evaluator import evaluate_images
 
     exact = world_judgeable(metadata)
     rows = [m for m in metadata for _ in range(images_per_prompt)]
-    correct, rewards, by_tag, kept = defaultdict(list), [], defaultdict(list), []
-    it = range(0, len(rows), batch)
+    starts = list(range(0, len(rows), batch))[rank::world]
+    it = starts
     if progress:
         from tqdm import tqdm
-        it = tqdm(it, desc="evaluate", unit="batch", leave=False)
+        it = tqdm(starts, desc="evaluate", unit="batch", leave=False)
+    done = []  # per batch: (first row, rewards, tags, exact verdicts or None)
     for s in it:
         chunk = rows[s:s + batch]
         texts = [m["prompt"] for m in chunk]
         tokens = backend.sample_image_tokens(texts, sampling, torch.arange(s, s + len(chunk)))
         px = backend.decode_images(tokens)
-        r = gvu_reward(backend, px, texts, replace(reward, kind="gvu")).rewards
-        rewards.append(r)
-        for m, x in zip(chunk, r.tolist()):
-            by_tag[m.get("tag", "all")].append(x)
-        if exact:
-            for m, j in zip(chunk, evaluate_images(chunk, to_uint8(px), evaluator_workers)):
-                correct[m.get("tag", "all")].append(j.correct)
-        if len(kept) < keep_images:
-            kept.extend(to_uint8(px)[: keep_images - len(kept)])
-    out = {"reward": float(torch.cat(rewards).mean()), "n": len(rows),
+        r = gvu_reward(backend, px, texts, replace(reward, kind="gvu")).rewards.cpu()
+        verdicts = [j.correct for j in evaluate_images(chunk, to_uint8(px), evaluator_workers)] if exact else None
+        done.append((s, r, [m.get("tag", "all") for m in chunk], verdicts))
+    if world > 1:
+        done = sorted((b for part in all_gather_objects(done) for b in part), key=lambda b: b[0])
+    correct, by_tag = defaultdict(list), defaultdict(list)
+    for _, r, tags, verdicts in done:
+        for t, x in zip(tags, r.tolist()):
+            by_tag[t].append(x)
+        for t, ok in zip(tags, verdicts or ()):
+            correct[t].append(ok)
+    out = {"reward": float(torch.cat([b[1] for b in done]).mean()), "n": len(rows),
            "reward_per_tag": {t: float(np.mean(v)) for t, v in sorted(by_tag.items())}}
     if exact:
         out["per_tag"] = {t: float(np.mean(v)) for t, v in sorted(correct.items())}
         out["overall"] = float(np.mean(list(out["per_tag"].values())))
-    if keep_images:
-        out["images"] = kept
     return out

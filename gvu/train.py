@@ -259,16 +259,17 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     if log and resume:  # lines after the step resumed from are written again (all of them without a checkpoint)
         log.truncate(start if ckpt else -1)
         truncate_jsonl(os.path.join(run_dir, "diagnostics.jsonl"), start if ckpt else -1)
+    # evaluations: every rank generates and scores its share (gvu.evaluate), rank 0 writes them
     if not ckpt and cfg.final_eval and nano:
         with dist.full_params(policy):
+            before = final_tables(backend, cfg, info)
             if info.is_main:
-                save_json(run_dir, "before.json", final_tables(backend, cfg))
+                save_json(run_dir, "before.json", before)
             dist.barrier()
 
     if start == 0 and cfg.eval_every:
         with dist.full_params(policy):
-            if info.is_main:
-                periodic(backend, cfg, 0, eval_md, grid_md, run_dir, log)
+            periodic(backend, cfg, 0, eval_md, grid_md, run_dir, log, info)
             dist.barrier()
     bar = make_bar(cfg, start, progress and info.is_main)
     for step in range(start, cfg.steps):
@@ -315,11 +316,11 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         save_now = (cfg.checkpoint_every and s % cfg.checkpoint_every == 0) or s == cfg.steps
         optim_state = dist.full_optimizer_state(policy, optimizer) if save_now else None  # collective under FSDP
         with dist.full_params(policy) if (evaluate_now or save_now) else contextlib.nullcontext():
+            if info.is_main and (s % cfg.log_every == 0 or s == cfg.steps or "alarm" in metrics):
+                log.write(metrics)
+            if evaluate_now:
+                periodic(backend, cfg, s, eval_md if eval_now else None, grid_md, run_dir, log, info)
             if info.is_main:
-                if s % cfg.log_every == 0 or s == cfg.steps or "alarm" in metrics:
-                    log.write(metrics)
-                if evaluate_now:
-                    periodic(backend, cfg, s, eval_md if eval_now else None, grid_md, run_dir, log)
                 if save_now:
                     tensors = judge.ema_tensors() if judge else None
                     checkpoint.save(run_dir, s, backend.model, optimizer, extra={"low_signal": low_signal},
@@ -330,17 +331,20 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
     bar.close()
     summary = {"run_dir": run_dir, "steps": cfg.steps}
     with dist.full_params(policy):
-        if cfg.final_eval and nano and info.is_main:
-            summary.update(finish(backend, cfg, run_dir))
+        if cfg.final_eval and nano:
+            summary.update(finish(backend, cfg, run_dir, info))
         dist.barrier()
     return summary
 
 
-def finish(backend, cfg: TrainConfig, run_dir: str) -> dict:
-    """The after-training tables, the before/after summary and the curves (rank 0)."""
+def finish(backend, cfg: TrainConfig, run_dir: str, info=None) -> dict:
+    """The after-training tables (every rank its share), the before/after summary and the curves (rank 0 writes
+    them; other ranks return {})."""
     from gvu.run_io import before_after_table, plot_curves
 
-    after = final_tables(backend, cfg)
+    after = final_tables(backend, cfg, info)
+    if info is not None and not info.is_main:
+        return {}
     save_json(run_dir, "after.json", after)
     with open(os.path.join(run_dir, "before.json")) as f:
         before = json.load(f)
@@ -467,12 +471,16 @@ def eval_sets(cfg: TrainConfig, nano: bool) -> tuple[list[dict], list[dict]]:
     return full[: cfg.eval_prompts], full[: cfg.grid_prompts]
 
 
-def periodic(backend, cfg, step, eval_md, grid_md, run_dir, log) -> None:
-    """Evaluation (exact + intrinsic), the sample grid of the fixed prompts, and per-token diagnostics."""
+def periodic(backend, cfg, step, eval_md, grid_md, run_dir, log, info=None) -> None:
+    """Evaluation (exact + intrinsic), the sample grid of the fixed prompts, and per-token diagnostics. Under
+    torch.distributed every rank calls it (info: its DistInfo) and evaluates its share; rank 0 writes
+    the results and draws the grid alone."""
     fixed = replace(cfg.sampling, seed=424242)
-    if eval_md:
-        res = evaluate(backend, eval_md, cfg.eval_images_per_prompt, fixed, cfg.reward,
-                       evaluator_workers=cfg.evaluator_workers)
+    res = evaluate(backend, eval_md, cfg.eval_images_per_prompt, fixed, cfg.reward,
+                   batch=cfg.eval_batch, evaluator_workers=cfg.evaluator_workers, **shard(info)) if eval_md else None
+    if info is not None and not info.is_main:
+        return
+    if res is not None:
         log.write({"step": step, **{f"eval/{k}": v for k, v in res.items() if k in ("overall", "reward")},
                    **{f"eval/{t}": v for t, v in res.get("per_tag", {}).items()}})
     if grid_md and cfg.grid_every:
@@ -491,16 +499,23 @@ def periodic(backend, cfg, step, eval_md, grid_md, run_dir, log) -> None:
                                     "tokens": [[w, round(lp, 3)] for w, lp in zip(words, lps)]}) + "\n")
 
 
-def final_tables(backend, cfg: TrainConfig) -> dict:
-    """Eval and ood splits: per-tag exact accuracy and the mean intrinsic reward (the before/after table)."""
+def shard(info) -> dict:
+    """evaluate()'s rank and world size for this process (one process without info)."""
+    return {"rank": info.rank, "world": info.world} if info is not None else {}
+
+
+def final_tables(backend, cfg: TrainConfig, info=None) -> dict:
+    """Eval and ood splits: per-tag exact accuracy and the mean intrinsic reward (the before/after table). Under
+    torch.distributed every rank calls it with its DistInfo, evaluates its share and gets the whole table."""
     from gvu.world.prompts import make_suite
 
     fixed = replace(cfg.sampling, seed=777)
     out = {}
     for split in ("eval", "ood"):
         md = make_suite(cfg.suite, split, seed=0)[: cfg.final_eval_prompts]
-        out[split] = evaluate(backend, md, cfg.final_images_per_prompt, fixed, cfg.reward, progress=True,
-                              evaluator_workers=cfg.evaluator_workers)
+        out[split] = evaluate(backend, md, cfg.final_images_per_prompt, fixed, cfg.reward, batch=cfg.eval_batch,
+                              progress=info is None or info.is_main, evaluator_workers=cfg.evaluator_workers,
+                              **shard(info))
     return out
 
 

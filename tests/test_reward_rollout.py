@@ -298,3 +298,27 @@ def test_reward_auc_dump_gives_every_image_its_own_prompts_blank_image_prior(bac
     for r, k in ((0, 0), (1, 0), (2, 1), (4, 0), (5, 0)):  # image row -> distinct prompt
         w = want.logprobs[k][want.mask[k].bool()].detach().numpy()
         assert np.allclose(prior[r][: len(w)], w, atol=1e-5)
+
+
+def test_evaluation_deals_batches_to_ranks_and_gathers_them_into_the_one_process_result(backend, monkeypatch):
+    import gvu.dist
+    from gvu.evaluate import evaluate
+    from gvu.world.prompts import make_suite
+
+    md = make_suite("geneval", "eval", seed=0)[:4]  # 4 prompts x 2 images = 8 rows: batches of 2 start at 0, 2, 4, 6
+    args = (backend, md, 2, SamplingConfig(seed=5), RewardConfig())
+    starts = []
+    sample = backend.sample_image_tokens
+    monkeypatch.setattr(backend, "sample_image_tokens", lambda t, s, rows: starts.append(int(rows[0])) or sample(t, s, rows))
+    one = evaluate(*args, batch=2)
+    assert starts == [0, 2, 4, 6]
+    parts = {}
+    for rank in (0, 1):  # each rank alone: what it would send to the others
+        starts.clear()
+        monkeypatch.setattr(gvu.dist, "all_gather_objects", lambda obj, r=rank: parts.setdefault(r, obj) and [obj])
+        evaluate(*args, batch=2, rank=rank, world=2)
+        assert starts == [[0, 4], [2, 6]][rank]  # rank r takes batches r, r + 2
+    # gathered in rank order ([0, 4] then [2, 6]), put back in row order: exactly the one-process result
+    monkeypatch.setattr(gvu.dist, "all_gather_objects", lambda obj: [parts[0], parts[1]])
+    two = evaluate(*args, batch=2, rank=1, world=2)
+    assert two == one and one["n"] == 8 and set(one["per_tag"]) == {m["tag"] for m in md}

@@ -51,6 +51,37 @@ def test_two_gloo_processes_equal_one_process(tmp_path, parallel, lora):
             assert abs(r1[k] - r2[k]) < 1e-5, (k, r1[k], r2[k])
 
 
+def test_two_processes_share_the_evaluations_and_write_what_one_process_writes(tmp_path):
+    model_dir = tmp_path / "model"
+    model, tok = build_random("smoke", seed=0)
+    save_model(model, tok, SPECS["smoke"], str(model_dir))
+    # batches of 2 images: the step-0 evaluation has 4 batches (2 a rank), each final split 3 (2 on rank 0, 1 on rank 1)
+    cfg = {"model": str(model_dir), "steps": 1, "batch_prompts": 2, "group_size": 2, "train_prompts": 16,
+           "eval_every": 1, "eval_prompts": 4, "eval_images_per_prompt": 2, "eval_batch": 2, "grid_every": 1,
+           "grid_prompts": 2, "final_eval": True, "final_eval_prompts": 3, "final_images_per_prompt": 2,
+           "checkpoint_every": 1, "threads": 1, "lr": 1e-3, "warmup_steps": 0, "parallel": "ddp"}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    for n in (1, 2):
+        gvu_train(["--config", "cfg.json", "--out", f"run{n}"], n, tmp_path)
+    evals = {}
+    for n in (1, 2):
+        lines = [json.loads(x) for x in open(tmp_path / f"run{n}/metrics.jsonl")]
+        evals[n] = [r for r in lines if "eval/reward" in r]
+        assert [r["step"] for r in evals[n]] == [0, 1]
+        assert (tmp_path / f"run{n}/grids/step_000001.png").exists() and (tmp_path / f"run{n}/summary.md").exists()
+    # before training both runs evaluate the same weights with the same batches and seeds: the same numbers
+    for k, v in evals[1][0].items():
+        assert evals[2][0][k] == pytest.approx(v, abs=1e-6), k
+    before = [json.loads((tmp_path / f"run{n}/before.json").read_text()) for n in (1, 2)]
+    for split in ("eval", "ood"):
+        a, b = before[0][split], before[1][split]
+        assert a["n"] == b["n"] == 6 and a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+        assert a["per_tag"] == pytest.approx(b["per_tag"], abs=1e-9)
+        assert a["reward_per_tag"] == pytest.approx(b["reward_per_tag"], abs=1e-6)
+    after = json.loads((tmp_path / "run2/after.json").read_text())
+    assert after["eval"]["n"] == after["ood"]["n"] == 6
+
+
 def test_fsdp_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     model_dir = tmp_path / "model"
     model, tok = build_random("smoke", seed=0)
