@@ -192,7 +192,8 @@ def setup_errors():
 
 
 def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) GvU-GRPO. Under torchrun every rank runs this; rank 0 logs, evaluates and checkpoints."""
+    """Run (or resume) GvU-GRPO. Under torchrun every rank runs this and takes its share of the evaluations;
+    rank 0 logs, writes the evaluations and checkpoints."""
     from gvu.models.janus import JanusBackend
 
     with setup_errors():  # checks, loads, then makes the run folder; a ValueError from the loop below is a bug

@@ -816,11 +816,11 @@ class RelationProbe(torch.nn.Module):
         a target: a zero loss (still part of the graph) and accuracy nan."""
         import torch.nn.functional as F
 
-        logits = self.head(features).float().transpose(1, 2)  # [B, 4, N]
+        logits = self.head(features).float()  # [B, N, 4]
         known = labels[:, 0] >= 0  # [B, N]: a patch has all four targets or none
         if not known.any():
             return logits.sum() * 0.0, float("nan")
-        lg, tg = logits.transpose(1, 2)[known], labels.transpose(1, 2)[known]  # [P, 4]
+        lg, tg = logits[known], labels.transpose(1, 2)[known]  # [P, 4]
         acc = ((lg > 0) == (tg > 0.5)).all(-1).float().mean().item()
         return F.binary_cross_entropy_with_logits(lg, tg), acc
 
