@@ -7,13 +7,16 @@ stage-2 variant tried so far. This script asks which link of the chain drops the
            vision encoder's output before the aligner?
            A least-squares probe from each object patch's feature to its column and row, fitted on scenes of one
            half of the data and tested on the other (chance: 1/8). The same probes for the patch's colour and
-           shape are a control: they say whether the feature lost everything or only position.
+           shape are a control: they say whether the feature lost everything or only position. And a probe from
+           each object patch to where its object lies from the other one (left / right of it, above / below it;
+           chance 1/2): what the relation probe (rel_weight) trains the encoder to say.
   lm       does the language model's hidden state, just before it must write the relation word, know the relation?
            For "a photo of a cross right of a circle" the state at "... a cross" is probed for the prompt's relation
            (left of / right of / above / below; chance 1/4), at every layer. Control: the same probe with every
            text paired with another scene's image, which keeps the text and removes the image's evidence.
   model    how often the model itself puts more probability on the true relation word than on its mirror, at that
-           same position (what the caption choice measures for relation edits).
+           same position (what the caption choice measures for relation edits); also for left/right and
+           above/below apart.
 
 Prompts are train-split geneval position prompts ("a photo of a A <relation> a B") with freshly sampled scenes.
 
@@ -38,7 +41,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gvu.models.janus import JanusBackend, left_pad  # noqa: E402
-from gvu.models.pretrain import patch_labels, to_pixels, train_prompt  # noqa: E402
+from gvu.models.pretrain import patch_labels, relation_labels, to_pixels, train_prompt  # noqa: E402
 from gvu.world.captions import REWARD_QUERY  # noqa: E402
 from gvu.world.prompts import MIRROR  # noqa: E402
 from gvu.world.sampler import sample_scene  # noqa: E402
@@ -124,9 +127,17 @@ def main() -> None:
         feats = model.model.get_image_features(pv).pooler_output.float().numpy()  # [S, N, H], the LM's input
         encoder = model.model.vision_model(pv).last_hidden_state.float().numpy()  # before the aligner
     res["vision"] = {"object_patches": int(len(p_idx)), "chance": 1 / grid}
+    # the relation of a patch's object to the other object (what the relation probe, rel_weight, trains the encoder
+    # to say), on the patches whose object holds exactly one relation of the axis: left of / right of, above / below
+    rel = np.stack([relation_labels(sc, grid).numpy() for *_, sc in items])  # [S, 4, N]
     for name, f in (("aligned", feats), ("encoder", encoder)):
         x = f[s_idx, p_idx]
         res["vision"][name] = probes(x)
+        for axis, (a, c) in (("horizontal", (0, 1)), ("vertical", (2, 3))):
+            ra, rc = rel[s_idx, a, p_idx], rel[s_idx, c, p_idx]
+            one = (ra >= 0) & (ra + rc == 1)
+            res["vision"][name][f"relation_{axis}_acc"] = (
+                ridge_accuracy(x[one], (rc[one] == 1).astype(int), patch_train[one], 2) if one.any() else None)
 
     def lm_states(images: torch.Tensor):
         prefix = b._understanding_prefix(REWARD_QUERY)
@@ -155,16 +166,25 @@ def main() -> None:
     rows_ = torch.arange(len(items))
     wins = (logp[rows_, true_tok] > logp[rows_, mirror_tok])[distinct]
     res["model"] = {"true_word_beats_mirror": float(wins.float().mean()), "pairs": int(distinct.sum())}
+    # by axis: "left of"/"right of" are told apart by an object's column, "above"/"below" by its row
+    rel_of = np.array([r for _, r, _ in items])[distinct.numpy()]
+    for axis, names in (("horizontal", ("left of", "right of")), ("vertical", ("above", "below"))):
+        sel = torch.from_numpy(np.isin(rel_of, names))
+        res["model"][f"beats_mirror_{axis}"] = float(wins[sel].float().mean()) if sel.any() else None
     res["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps(res, indent=1))
     v, lm = res["vision"], res["lm"]
     for name in ("aligned", "encoder"):
         print(f"vision ({name}): object patch column {v[name]['column_acc']:.3f}, row {v[name]['row_acc']:.3f} "
-              f"(chance {v['chance']:.3f}); colour {v[name]['colour_acc']:.3f}, shape {v[name]['shape_acc']:.3f}")
+              f"(chance {v['chance']:.3f}); colour {v[name]['colour_acc']:.3f}, shape {v[name]['shape_acc']:.3f}; "
+              f"its object left/right of the other {v[name]['relation_horizontal_acc']:.3f}, above/below "
+              f"{v[name]['relation_vertical_acc']:.3f} (chance 0.5)")
     print("lm, relation before its word, by layer (0 = embeddings): "
           + ", ".join(f"{a:.2f}" for a in lm["relation_acc_by_layer"])
           + "; images shuffled: " + ", ".join(f"{a:.2f}" for a in lm["relation_acc_by_layer_shuffled_images"]))
-    print(f"model: true relation word beats its mirror {res['model']['true_word_beats_mirror']:.3f}")
+    mo = res["model"]
+    print(f"model: true relation word beats its mirror {mo['true_word_beats_mirror']:.3f} "
+          f"(left/right {mo['beats_mirror_horizontal']:.3f}, above/below {mo['beats_mirror_vertical']:.3f})")
     save(res, args.out)
 
 

@@ -174,6 +174,36 @@ def test_spatial_prompts_come_only_from_spatial_train_prompts():
         assert any("position" in r or "region" in r for r in m["include"])
 
 
+def test_balanced_relations_draw_only_spatial_prompts_whose_mirror_is_a_train_prompt_too():
+    from gvu.models.pretrain import SPATIAL_TAGS, mirror_is_train, train_prompt
+    from gvu.world.prompts import make_suite
+
+    # by hand: an eval position prompt, its mirror (same objects, relation flipped), and what the split says of each
+    evals = [m for m in make_suite("geneval", "eval", seed=0) if m["tag"] == "position"]
+    m = evals[0]
+    rel = m["include"][1]["position"][0]
+    flipped = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[rel]
+    mirror = dict(m, prompt=m["prompt"].replace(f" {rel} ", f" {flipped} "))
+    assert mirror_is_train(m, "geneval") == ("train" in split_of(mirror, "geneval"))
+    # some eval prompts have a train mirror (the text prior points the wrong way on them), some do not
+    assert {mirror_is_train(e, "geneval") for e in evals} == {True, False}
+    # a prompt with no relation has no mirror to check
+    assert mirror_is_train({"tag": "colors", "include": [{"class": "star", "count": 1, "color": "red"}],
+                            "prompt": "a photo of a red star"}, "geneval")
+
+    def draws(balanced: bool, tags=SPATIAL_TAGS, n=200):
+        rng = random.Random(11)
+        return [train_prompt(rng, tags, balanced) for _ in range(n)]
+
+    plain, balanced = draws(False), draws(True)
+    assert all("train" in split_of(m, s) for s, m in balanced)
+    assert all(mirror_is_train(m, s) for s, m in balanced)
+    assert not all(mirror_is_train(m, s) for s, m in plain)  # without it, some drawn prompts' mirrors are not train
+    # tags without relations: the same draws either way
+    plain_tags = {"geneval": ("colors", "counting")}
+    assert [m["prompt"] for _, m in draws(False, plain_tags)] == [m["prompt"] for _, m in draws(True, plain_tags)]
+
+
 def test_spatial_share_changes_understanding_rows_and_zero_leaves_the_data_as_before():
     from dataclasses import replace
 

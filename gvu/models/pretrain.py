@@ -94,6 +94,11 @@ class PretrainConfig:
     # diagonal pair holds two). A relation word then reads like a colour: off the named object's own patches, where
     # column and row alone (pos_weight) leave the language model to compare two objects' positions itself.
     rel_weight: float = 0.0
+    # stages 2 and 3 (off in every preset): understanding and ranking rows captioned with a spatial prompt take only
+    # prompts whose relation edit is a train prompt too (mirror_is_train). The split holds out prompt texts, so for
+    # 16 of the 31 eval position prompts the mirrored text is a train prompt and the true one is not: a model that
+    # learns from the text which way a pair's relation goes guesses wrong on the eval split
+    balanced_relations: bool = False
     data_workers: int = 0  # processes making stage-2 batches ahead (for a GPU; the batches are the same either way)
     # stage 1c (v4): the VQ decoder alone, on the frozen encoder's codes (the image tokens do not change; 0 skips it)
     dec_steps: int = 0
@@ -263,23 +268,38 @@ SPATIAL_TAGS: dict[str, tuple[str, ...]] = {"geneval": ("position",),
                                             "genevalpp": ("color_spatial_attr", "size_spatial_attr", "spatial_count_attr")}
 
 
-def train_prompt(rng: random.Random, tags: dict[str, tuple[str, ...]] | None = None) -> tuple[str, dict]:
+def train_prompt(rng: random.Random, tags: dict[str, tuple[str, ...]] | None = None,
+                 balanced: bool = False) -> tuple[str, dict]:
     """(suite, a random prompt from that suite's train split); held-out compositions never appear.
-    tags: draw only from these {suite: tags} (default: every tag of every suite)."""
+    tags: draw only from these {suite: tags} (default: every tag of every suite).
+    balanced: also redraw a spatial prompt whose relation edit (perturb's mirror) is not a train prompt
+    (PretrainConfig.balanced_relations)."""
     pool = tags or SUITES
     while True:
         suite = rng.choice(list(pool))
         m = make_prompt(suite, rng.choice(pool[suite]), rng)
-        if "train" in split_of(m, suite):
+        if "train" in split_of(m, suite) and not (balanced and not mirror_is_train(m, suite)):
             return suite, m
 
 
-def train_scene(rng: random.Random, with_suite: bool = False, spatial: bool = False, extra: float = 0.0):
+def mirror_is_train(metadata: dict, suite: str) -> bool:
+    """Whether a prompt's relation edit ("A left of B" -> "A right of B"; regions swapped) is a train prompt too;
+    True for a prompt with no relation. Training on only such spatial prompts leaves the text alone no hint of
+    which way a relation goes: for each "A left of B" it also sees "A right of B"."""
+    from gvu.world.perturb import perturb
+
+    edit = perturb(metadata, "relation", random.Random(0))  # a relation edit draws nothing from the rng
+    return edit is None or "train" in split_of(edit, suite)
+
+
+def train_scene(rng: random.Random, with_suite: bool = False, spatial: bool = False, extra: float = 0.0,
+                balanced: bool = False):
     """(prompt metadata, scene) for training: scenes avoid held-out colour-shape pairs altogether.
     with_suite: (suite, metadata, scene). spatial: the prompt comes from SPATIAL_TAGS.
     extra: the chance that a non-spatial scene also holds 1-2 objects of shapes the prompt does not name
-    (PretrainConfig.und_extra); 0 draws nothing, so recipes without it see the same scenes as before."""
-    suite, m = train_prompt(rng, SPATIAL_TAGS if spatial else None)
+    (PretrainConfig.und_extra); 0 draws nothing, so recipes without it see the same scenes as before.
+    balanced: see train_prompt."""
+    suite, m = train_prompt(rng, SPATIAL_TAGS if spatial else None, balanced)
     scene = None
     if extra and not spatial and rng.random() < extra:
         scene = scene_with_extras(m, rng)
@@ -616,7 +636,7 @@ class Stage2Data:
         seqs, answer_lens, scenes = [], [], []
         for _ in range(self.cfg.und_batch):
             if self.spatial():  # a spatial prompt, answered to the reward's query by the prompt itself
-                m, scene = train_scene(self.rng, spatial=True)
+                m, scene = train_scene(self.rng, spatial=True, balanced=self.cfg.balanced_relations)
                 query, ans = REWARD_QUERY, m["prompt"]
             else:
                 _, scene = train_scene(self.rng, extra=self.cfg.und_extra)
@@ -641,7 +661,8 @@ class Stage2Data:
 
         seqs, answer_lens, scenes, groups = [], [], [], []
         while len(groups) < self.cfg.rank_images:
-            suite, m, scene = train_scene(self.rng, with_suite=True, spatial=self.spatial(), extra=self.cfg.und_extra)
+            suite, m, scene = train_scene(self.rng, with_suite=True, spatial=self.spatial(), extra=self.cfg.und_extra,
+                                          balanced=self.cfg.balanced_relations)
             edits = hard_negatives(suite, m, scene, self.rng)
             if not edits:
                 continue
