@@ -215,3 +215,30 @@ def test_evaluator_change_loads_the_evaluator_of_a_revision_and_refuses_an_unkno
     assert then.evaluate_image(md, img).correct and evaluate_image(md, img).correct
     with pytest.raises(ValueError, match="--against no-such-rev"):
         mod.evaluator_at("no-such-rev")
+
+
+# ---------------------------------------------------------------------- experiments/text_reading.py, understanding_finetune.py
+
+def test_text_reading_roc_auc_counts_pairs_by_hand():
+    tr = load_experiment("text_reading")
+    # positives 3, 1 against negatives 2, 1: pairs (3>2, 3>1, 1<2, 1=1) -> (1 + 1 + 0 + 0.5) / 4
+    assert tr.roc_auc([3.0, 1.0], [2.0, 1.0]) == pytest.approx(0.625)
+    assert tr.roc_auc([5.0], [1.0, 2.0]) == 1.0
+
+
+def test_understanding_finetune_rows_are_what_each_kind_says():
+    import random
+
+    from gvu.world.captions import REWARD_QUERY
+
+    uf = load_experiment("understanding_finetune")
+    rng = random.Random(4)
+    for kind in ("position", "balanced_position"):
+        for _ in range(20):
+            query, text, scene = uf.make_row(kind, rng)
+            assert query == REWARD_QUERY and len(scene.objects) == 2
+            assert any(f" {r} " in text for r in ("left of", "right of", "above", "below"))
+    query, text, _ = uf.make_row("captions", rng)
+    assert query == REWARD_QUERY and text
+    query, answer, _ = uf.make_row("questions", rng)
+    assert query != REWARD_QUERY and query.endswith("?") and " " not in answer.strip()

@@ -1,0 +1,136 @@
+"""Fine-tune a nano-Janus's understanding branch alone on one kind of row, and see what it learns.
+
+A probe of what the model can pick up, not a recipe: the language model, the vision encoder and the aligner train
+(AdamW, linear warm-up, then a constant rate) on rows of one or more kinds, and the VQ and the generation parts stay
+as they are. Before and after, experiments/text_reading.py's relation measurement runs (true prompt against its
+mirror on eval and train position prompts, split by whether the mirror is a train prompt), and its question one.
+
+Row kinds (--rows, comma-separated; each row draws one kind at random):
+  position           "Describe the image in detail." answered by a train-split GenEval position prompt of the scene
+  balanced_position  the same, only prompts whose mirror is a train prompt too (PretrainConfig.balanced_relations)
+  captions           the reward's query answered by a caption of a random train scene (pretraining's styles)
+  questions          a question about a random train scene and its one-word answer
+
+Usage: python experiments/understanding_finetune.py --rows balanced_position [--model models/nano-janus]
+       [--steps 300] [--lr 1e-3] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.nano_model_eval import pixels_of  # noqa: E402
+from experiments.text_reading import questions, relations  # noqa: E402
+from gvu.models.janus import JanusBackend, text_logits  # noqa: E402
+from gvu.models.janus_format import left_pad  # noqa: E402
+from gvu.models.pretrain import HELD_OUT_PAIRS, train_prompt, train_scene  # noqa: E402
+from gvu.world.captions import REWARD_QUERY, describe  # noqa: E402
+from gvu.world.captions import questions as ask  # noqa: E402
+from gvu.world.sampler import sample_scene  # noqa: E402
+from gvu.world.scene import render  # noqa: E402
+
+ROWS = ("position", "balanced_position", "captions", "questions")
+
+
+def make_row(kind: str, rng: random.Random):
+    """-> (query, answer text, scene)."""
+    if kind in ("position", "balanced_position"):
+        _, m = train_prompt(rng, {"geneval": ("position",)}, balanced=kind == "balanced_position")
+        return REWARD_QUERY, m["prompt"], sample_scene(m, rng, forbid=HELD_OUT_PAIRS)
+    _, scene = train_scene(rng)
+    if kind == "captions":
+        return REWARD_QUERY, describe(scene, rng, rng.choice(("geneval", "geneval", "full", "partial"))), scene
+    _, q, a = ask(scene, rng, 1)[0]
+    return q, a, scene
+
+
+def measure(b: JanusBackend, args) -> dict:
+    b.model.eval()
+    return {"relations": relations(b, args.per_prompt, args.seed), "questions": questions(b, args.scenes, args.seed)}
+
+
+def summary(r: dict) -> str:
+    rel = r["relations"]
+    return (f"eval {rel['eval']['all']['true_beats_mirror']:.3f} "
+            f"(mirror train {rel['eval']['mirror is a train prompt']['true_beats_mirror']:.3f}), "
+            f"train {rel['train']['all']['true_beats_mirror']:.3f}; questions: same colour for both objects "
+            f"{r['questions']['both_objects_get_the_same_colour']:.3f}, exists AUC "
+            f"{r['questions']['exists_auc_present_vs_absent']:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="models/nano-janus")
+    ap.add_argument("--rows", required=True, help="comma-separated: " + ", ".join(ROWS))
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--per-prompt", type=int, default=6, help="scenes per position prompt when measuring")
+    ap.add_argument("--scenes", type=int, default=100, help="two-object scenes for the question measurement")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write results.json here")
+    args = ap.parse_args()
+    kinds = args.rows.split(",")
+    bad = [k for k in kinds if k not in ROWS]
+    if bad:
+        ap.error(f"--rows: unknown kind(s) {', '.join(bad)}; choose from {', '.join(ROWS)}")
+    if args.steps < 1 or args.batch < 1 or not args.lr > 0:
+        ap.error("--steps and --batch must be at least 1 and --lr above 0")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    b = JanusBackend.from_pretrained(args.model)
+    model = b.model
+    eos = b.tokenizer.convert_tokens_to_ids(b.tokenizer.eos_token)
+    res = {"model": args.model, "rows": kinds, "steps": args.steps, "lr": args.lr, "batch": args.batch,
+           "before": measure(b, args)}
+    print("before:", summary(res["before"]), flush=True)
+    trained = [p for n, p in model.named_parameters() if not n.startswith(("model.vqmodel", "model.generation"))]
+    opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
+    rng = random.Random(args.seed + 1)
+    losses = []
+    for step in tqdm(range(1, args.steps + 1), desc="fine-tune"):
+        model.train()
+        rows = [make_row(rng.choice(kinds), rng) for _ in range(args.batch)]
+        answers = [b.answer_ids(a) + [eos] for _, a, _ in rows]
+        batch = left_pad([b._understanding_prefix(q) + a for (q, _, _), a in zip(rows, answers)], b.ids["pad"])
+        labels = torch.full_like(batch.ids, -100)
+        for i, a in enumerate(answers):
+            labels[i, -len(a):] = batch.ids[i, -len(a):]
+        pixels = b.pixel_values(pixels_of([render(sc) for *_, sc in rows]))
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = text_logits(model, batch, pixels)
+        loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        opt.step()
+        losses.append(loss.item())
+    res["loss_first_last_20"] = [sum(losses[:20]) / len(losses[:20]), sum(losses[-20:]) / len(losses[-20:])]
+    res["after"] = measure(b, args)
+    res["wall_s"] = round(time.time() - t0, 1)
+    print("after: ", summary(res["after"]))
+    print(f"loss {res['loss_first_last_20'][0]:.3f} -> {res['loss_first_last_20'][1]:.3f}; {res['wall_s']:.0f} s")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
