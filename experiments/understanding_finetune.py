@@ -34,7 +34,7 @@ from benchmarks.nano_model_eval import pixels_of  # noqa: E402
 from experiments.text_reading import questions, relations  # noqa: E402
 from gvu.models.janus import JanusBackend, text_logits  # noqa: E402
 from gvu.models.janus_format import left_pad  # noqa: E402
-from gvu.models.pretrain import HELD_OUT_PAIRS, train_prompt, train_scene  # noqa: E402
+from gvu.models.pretrain import HELD_OUT_PAIRS, bf16_is_native, train_prompt, train_scene  # noqa: E402
 from gvu.world.captions import REWARD_QUERY, describe  # noqa: E402
 from gvu.world.captions import questions as ask  # noqa: E402
 from gvu.world.sampler import sample_scene  # noqa: E402
@@ -101,6 +101,7 @@ def main() -> None:
     trained = [p for n, p in model.named_parameters() if not n.startswith(("model.vqmodel", "model.generation"))]
     opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     rng = random.Random(args.seed + 1)
+    bf16 = bf16_is_native("cpu")  # bf16 autocast only where the CPU has it in hardware (else far slower than fp32)
     losses = []
     for step in tqdm(range(1, args.steps + 1), desc="fine-tune"):
         model.train()
@@ -113,7 +114,7 @@ def main() -> None:
         pixels = b.pixel_values(pixels_of([render(sc) for *_, sc in rows]))
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = text_logits(model, batch, pixels)
         loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         opt.zero_grad()

@@ -42,7 +42,10 @@ class PretrainConfig:
     device: str = "cpu"  # "cuda" trains on a GPU (data are still made on the CPU)
     seed: int = 0
     threads: int = 2  # torch CPU threads
-    bf16: bool = True  # bf16 autocast (CPU: 1.3-3.6x faster than fp32, JANUS-NOTES)
+    # bf16 autocast where this machine computes bf16 natively (use_bf16): a CUDA GPU with bf16, a CPU with AVX512-BF16 or
+    # AMX (1.3-3.6x faster than fp32 there, JANUS-NOTES). On other CPUs (AVX2 only) the stages run in fp32, since torch
+    # emulates bf16 matrix products there and is many times slower (benchmarks/precision_speed.py).
+    bf16: bool = True
     # stages 1 and 1c: the VQ's group norms compute in fp32 under bf16 autocast (vq_train.FP32GroupNorm): 1.5x faster
     # VQ steps on the CPU. False (v0-v5's runs) keeps torch's bf16 group norm.
     vq_norm_fp32: bool = False
@@ -122,7 +125,7 @@ class PretrainConfig:
 
 # fields that change how fast a stage runs, not what it learns (up to float rounding): a run resumes under any value of
 # them, also a run folder made before such a field existed
-SPEED_ONLY = ("vq_norm_fp32", "torch_compile")
+SPEED_ONLY = ("vq_norm_fp32", "torch_compile", "bf16")
 # fields that say where or how a stage runs, not what it learns: a run resumes under any value of them (the resumed steps
 # then round floats as that machine and thread count do, as any two machines differ). Stage-2 batches are the same for
 # any data_workers, and a checkpoint holds everything the next steps read (RNGs, optimiser, the VQ's usage counts), so
@@ -558,7 +561,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
         pixels = (object_crops(pixels, scenes, cfg.vq_crop, rng) if crop else pixels).to(dev)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.vq_steps, cfg.vq_lr)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16(cfg)):
             loss, metrics, idx, z = vq_loss(vq, pixels, fg_weight=cfg.vq_fg_weight, edge_weight=cfg.vq_edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -887,7 +890,7 @@ def stage_vision(cfg: PretrainConfig, out: str, config) -> dict | None:
         labels = torch.stack([patch_labels(sc, grid) for sc in scenes]).to(dev)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.vis_steps, cfg.vis_lr, cfg.vis_warmup)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16(cfg)):
             features = both["vision"](pixels).last_hidden_state
             loss, acc = both["probe"](features, labels)
             record = {}
@@ -947,7 +950,7 @@ def stage_decoder(cfg: PretrainConfig, out: str, config, vq_state: dict) -> dict
         pixels = to_pixels([render(train_scene(rng)[1]) for _ in range(cfg.dec_batch)]).to(dev)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.dec_steps, cfg.dec_lr, cfg.dec_warmup)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16(cfg)):
             loss, metrics, _, _ = vq_loss(vq, pixels, fg_weight=cfg.vq_fg_weight, edge_weight=cfg.vq_edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -1098,7 +1101,7 @@ def lm_stage(cfg: PretrainConfig, out: str, model, probe, data: Stage2Data, name
             images = images.view(-1, *pixels.shape[1:])
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, steps, lr, warmup)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16(cfg)):
                 gen_logits = image_token_logits(model, prompt, tokens)
                 gen_loss = F.cross_entropy(gen_logits.float().flatten(0, 1), tokens.flatten())
                 logits = text_logits(model, und, images, index)
@@ -1311,6 +1314,39 @@ def compile_works(device: str = "cpu") -> str:
     except Exception as e:  # inductor raises many kinds (no compiler, unsupported Python, ...)
         text = str(e).strip()
         return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def bf16_is_native(device: str = "cpu") -> bool:
+    """Whether `device` computes bf16 matrix products in hardware: a CUDA GPU that supports bf16, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere torch converts in software: on the 2-core AMD EPYC (Zen 3, AVX2 only) a
+    [2912, 768] x [768, 256] product took 1,004 ms in bf16 against 12 ms in fp32 (benchmarks/precision_speed.py)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        flags = [getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        if all(f is None for f in flags):  # a torch without these probes: keep the recipe's setting
+            return True
+        return any(f() for f in flags if f is not None)
+    return True
+
+
+_BF16_CHECKED: dict[str, bool] = {}  # device -> bf16_is_native(device), checked once a process
+
+
+def use_bf16(cfg: PretrainConfig) -> bool:
+    """Whether a stage runs under bf16 autocast: the recipe asks (bf16) and the device computes bf16 natively. The
+    first time it does not, says so; the stages then run in fp32 (a speed-only field: they learn the same up to float
+    rounding)."""
+    if not cfg.bf16:
+        return False
+    if cfg.device not in _BF16_CHECKED:
+        _BF16_CHECKED[cfg.device] = native = bf16_is_native(cfg.device)
+        if not native:
+            print(f"bf16=true, but this {cfg.device} has no native bf16 (no AVX512-BF16 or AMX), where bf16 autocast is "
+                  "many times slower than fp32: running the stages in fp32 (same recipe; --set bf16=false says so "
+                  "and silences this)", flush=True)
+    return _BF16_CHECKED[cfg.device]
 
 
 _COMPILE_CHECKED: dict[str, str] = {}  # device -> compile_works(device), checked once a process
