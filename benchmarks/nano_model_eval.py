@@ -7,7 +7,9 @@
   understanding_recon
                  the same choice on VQ reconstructions of the renderings (encode -> decode: the decoder that makes
                  generated images, so these are the pixels the reward's judge sees)
-  qa             question answering, the answer chosen by likelihood among its type's answers, per type
+  qa             question answering, the answer chosen by likelihood among its type's answers, per type, beside
+                 the share of that type's questions whose answer is the commonest one (what a model that ignores
+                 the image and the question's words scores by always giving it)
   generation     nano-GenEval on the eval split: 4 images per prompt, fixed seeds, default sampling (0.25-0.65)
   features       how far apart the vision encoder puts objects differing only in shape, position or colour
   groups         of groups of 8 images per prompt (train split), how many hold both right and wrong images
@@ -108,14 +110,21 @@ def bench_understanding(b, pairs, seed: int, recon: bool = False) -> dict:
 @torch.no_grad()
 def bench_qa(b, pairs, seed: int) -> dict:
     rng = random.Random(seed)
-    hits = defaultdict(list)
+    hits, answers = defaultdict(list), defaultdict(list)
     for m, sc in tqdm(pairs, desc="qa"):
         for qtype, q, a in questions(sc, rng, 2):
             cands = ANSWERS[qtype]
             px = pixels_of([render(sc)]).repeat(len(cands), 1, 1, 1)
             total, _ = score_texts(b, px, q, cands)
             hits[qtype].append(cands[int(total.argmax())] == a)
-    return {t: {"accuracy": float(np.mean(hits[t])), "n": len(hits[t])} for t in QUESTION_TYPES if hits[t]}
+            answers[qtype].append(a)
+    return {t: {"accuracy": float(np.mean(hits[t])), "n": len(hits[t]),
+                "commonest_answer_share": majority_share(answers[t])} for t in QUESTION_TYPES if hits[t]}
+
+
+def majority_share(answers: list[str]) -> float:
+    """The share of the commonest answer: the accuracy of always giving it."""
+    return max(answers.count(a) for a in set(answers)) / len(answers)
 
 
 def sample_and_judge(b, prompts_md, per_prompt: int, sampling: SamplingConfig, batch: int = 64):

@@ -242,3 +242,11 @@ def test_understanding_finetune_rows_are_what_each_kind_says():
     assert query == REWARD_QUERY and text
     query, answer, _ = uf.make_row("questions", rng)
     assert query != REWARD_QUERY and query.endswith("?") and " " not in answer.strip()
+
+
+def test_nano_model_eval_majority_share_is_the_accuracy_of_always_giving_the_commonest_answer():
+    spec = importlib.util.spec_from_file_location("nano_model_eval", os.path.join(HERE, "..", "benchmarks", "nano_model_eval.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.majority_share(["zero", "two", "zero", "three"]) == 0.5  # "zero" 2 of 4
+    assert mod.majority_share(["yes", "no", "no"]) == pytest.approx(2 / 3)
