@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from gvu.models.pretrain import (PRESETS, parse_overrides, stage0, stage1, stage2, stage3, stage_decoder,  # noqa: E402
-                                 stage_vision)
+                                 stage_vision, use_bf16)
 from lm_stage_harness import logged_times  # noqa: E402
 
 
@@ -80,6 +80,7 @@ def main() -> None:
     total = sum(minutes.values())
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {full.threads} threads",
            "torch_compile": full.torch_compile,
+           "bf16_autocast": use_bf16(full),  # the recipe's bf16, where this device computes bf16 natively
            **{f"stage{k}_s_per_step": round(v, 3) for k, v in per_step.items()},
            **{f"stage{k}_warmup_s": round(v, 1) for k, v in warm.items()},
            "projected_minutes": {**{f"stage{k}": round(v, 1) for k, v in minutes.items()}, "total": round(total, 1)},
