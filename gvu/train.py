@@ -83,6 +83,17 @@ def torch_dtype(cfg: TrainConfig) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
 
 
+def precision_warning(cfg: TrainConfig) -> str:
+    """A warning for dtype=bfloat16 on a CPU that emulates bf16 (no AVX512-BF16 or AMX), where its matrix products run
+    many times slower than in float32 (benchmarks/precision_speed.py); '' otherwise."""
+    from gvu.models.pretrain import bf16_is_native
+
+    if cfg.dtype != "bfloat16" or not cfg.device.startswith("cpu") or bf16_is_native("cpu"):
+        return ""
+    return ("dtype=bfloat16 on a CPU without native bf16 (no AVX512-BF16 or AMX): torch emulates it, and a step runs "
+            "many times slower than in float32 (benchmarks/precision_speed.py); --set dtype=float32 is faster here")
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -221,6 +232,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
         info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
         torch.set_num_threads(cfg.threads)
+        if precision_warning(cfg):
+            dist.print0(f"[gvu] warning: {precision_warning(cfg)}")
         torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
         random.seed(cfg.seed)
         backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))

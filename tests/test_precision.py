@@ -62,3 +62,18 @@ def test_a_run_begun_in_bf16_resumes_in_fp32_and_says_so(tmp_path, capsys):
     meta.write_text(json.dumps(asdict(cfg)))
     pt.RunFolder.check_same_recipe(replace(cfg, bf16=False), str(meta))
     assert "bf16=False (begun with True)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype, device, native, warns", [("bfloat16", "cpu", False, True),
+                                                          ("bfloat16", "cpu", True, False),
+                                                          ("float32", "cpu", False, False),
+                                                          ("bfloat16", "cuda", False, False)])
+def test_gvu_train_warns_of_bf16_weights_only_on_a_cpu_that_emulates_bf16(monkeypatch, dtype, device, native, warns):
+    from gvu.config import TrainConfig
+    from gvu.train import precision_warning
+
+    monkeypatch.setattr(pt, "bf16_is_native", lambda device: native)
+    text = precision_warning(TrainConfig(dtype=dtype, device=device, lora_r=8))
+    assert bool(text) is warns
+    if warns:
+        assert "dtype=float32" in text
