@@ -59,6 +59,10 @@ def test_nearest_upsample_2x_equals_the_library_upsampling_forward_and_backward(
     assert torch.allclose(lib.conv.weight.grad, ours.conv.weight.grad, atol=1e-5)
 
 
+# slow: compiling the VQ's forward and backward took 135 s of a 13.6-minute test run on a 2-core AVX2-only CPU. The
+# swap it checks is tested eagerly by default (test_nearest_upsample_2x_equals_the_library_upsampling_forward_and_backward),
+# and pretraining takes this bf16 path only where the CPU has bf16 natively (pretrain.use_bf16)
+@pytest.mark.slow
 def test_compiled_vq_passes_the_gradient_back_to_the_encoder_under_bf16_autocast(can_compile):
     """The inductor bug NearestUpsample2x works around: compiled under CPU bf16 autocast with F.interpolate, everything
     before the decoder's last upsampling got a gradient of exactly zero (on this tiny VQ: post_quant_conv and the
