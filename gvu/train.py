@@ -232,8 +232,9 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
         info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
         torch.set_num_threads(cfg.threads)
-        if precision_warning(cfg):
-            dist.print0(f"[gvu] warning: {precision_warning(cfg)}")
+        warning = precision_warning(cfg)
+        if warning:
+            dist.print0(f"[gvu] warning: {warning}")
         torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
         random.seed(cfg.seed)
         backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))

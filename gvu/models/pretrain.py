@@ -1319,7 +1319,7 @@ def compile_works(device: str = "cpu") -> str:
 def bf16_is_native(device: str = "cpu") -> bool:
     """Whether `device` computes bf16 matrix products in hardware: a CUDA GPU that supports bf16, or a CPU with
     AVX512-BF16 or AMX. Elsewhere torch converts in software: on the 2-core AMD EPYC (Zen 3, AVX2 only) a
-    [2912, 768] x [768, 256] product took 1,004 ms in bf16 against 12 ms in fp32 (benchmarks/precision_speed.py)."""
+    [2912, 768] x [768, 256] product took 955 ms in bf16 against 10 ms in fp32 (benchmarks/precision_speed.py)."""
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -1343,7 +1343,7 @@ def use_bf16(cfg: PretrainConfig) -> bool:
     if cfg.device not in _BF16_CHECKED:
         _BF16_CHECKED[cfg.device] = native = bf16_is_native(cfg.device)
         if not native:
-            print(f"bf16=true, but this {cfg.device} has no native bf16 (no AVX512-BF16 or AMX), where bf16 autocast is "
+            print(f"bf16=true, but this {cfg.device} has no native bf16 (a CPU without AVX512-BF16 or AMX, or a GPU without bf16), where bf16 autocast is "
                   "many times slower than fp32: running the stages in fp32 (same recipe; --set bf16=false says so "
                   "and silences this)", flush=True)
     return _BF16_CHECKED[cfg.device]
