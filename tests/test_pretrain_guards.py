@@ -30,6 +30,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "models" / "nano-janus"
     ("lm_lr", 0.0, "lm_lr=0.0: a learning rate must be above 0"),
     ("prompt_dropout", 1.5, "prompt_dropout=1.5: must be between 0.0 and 1.0"),
     ("und_extra", float("nan"), "und_extra=nan"),
+    ("dec_small", -0.1, "dec_small=-0.1: must be between 0.0 and 1.0"),
     ("device", "gpu", "device='gpu': give cpu or cuda"),
     ("from_model", "models/nano-janu", "is not a saved nano-Janus directory"),
 ])

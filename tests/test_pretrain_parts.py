@@ -290,6 +290,31 @@ def test_extra_objects_are_unnamed_shapes_and_keep_the_prompt_true():
     assert set(extra_counts) == {1, 2}
 
 
+def test_decoder_scenes_shrink_every_object_in_place_at_the_given_share():
+    from gvu.models.pretrain import decoder_scene
+
+    # share 0: train_scene's scenes, and nothing more is drawn (recipes without dec_small see the same data)
+    a, b = random.Random(5), random.Random(5)
+    for _ in range(20):
+        assert decoder_scene(a, 0.0) == train_scene(b)[1]
+    assert a.random() == b.random()
+    # share 1: the same scenes with every object small, in the same places
+    a, b = random.Random(6), random.Random(6)
+    shrunk = 0
+    for _ in range(40):
+        got, want = decoder_scene(a, 1.0), train_scene(b)[1]
+        b.random()  # the draw decoder_scene makes for the share
+        assert [(o.shape, o.color, o.x, o.y) for o in got.objects] == [(o.shape, o.color, o.x, o.y) for o in want.objects]
+        assert {o.size for o in got.objects} == {"small"}
+        shrunk += any(o.size != "small" for o in want.objects)
+    assert shrunk > 10  # most scenes had a large object to shrink
+    # share 0.5: about half the scenes with a large object keep it
+    rng = random.Random(7)
+    kept = sum(any(o.size == "large" for o in decoder_scene(rng, 0.5).objects) for _ in range(400))
+    full = sum(any(o.size == "large" for o in train_scene(random.Random(i))[1].objects) for i in range(400))
+    assert 0.35 < kept / full < 0.65
+
+
 def test_a_counting_scene_with_extras_gets_the_total_count_as_its_first_hard_negative():
     m = {"tag": "counting", "include": [{"class": "star", "count": 3}], "exclude": [{"class": "star", "count": 4}],
          "prompt": "a photo of three stars"}
