@@ -250,3 +250,19 @@ def test_nano_model_eval_majority_share_is_the_accuracy_of_always_giving_the_com
     spec.loader.exec_module(mod)
     assert mod.majority_share(["zero", "two", "zero", "three"]) == 0.5  # "zero" 2 of 4
     assert mod.majority_share(["yes", "no", "no"]) == pytest.approx(2 / 3)
+
+
+def test_nano_model_eval_finds_held_out_pairs_among_the_objects_an_eval_prompt_leaves_open():
+    spec = importlib.util.spec_from_file_location("nano_model_eval", os.path.join(HERE, "..", "benchmarks", "nano_model_eval.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from gvu.world.scene import Obj, Scene
+
+    red, green = Obj("triangle", "red", "small", 20.0, 20.0), Obj("triangle", "green", "small", 44.0, 44.0)
+    assert not mod.holds_held_out_pair(Scene((red,)))
+    assert mod.holds_held_out_pair(Scene((red, green)))  # ("green", "triangle") is held out
+    # the benchmark's eval scenes: no prompt names a held-out pair, yet some scenes hold one in an open colour
+    pairs = mod.eval_scenes(None, seed=99)
+    flagged = [m["prompt"] for m, sc in pairs if mod.holds_held_out_pair(sc)]
+    assert 0 < len(flagged) < len(pairs) / 2
+    assert all(" green triangle" not in p and " black triangle" not in p for p in flagged)

@@ -315,6 +315,27 @@ def test_decoder_scenes_shrink_every_object_in_place_at_the_given_share():
     assert 0.35 < kept / full < 0.65
 
 
+def test_decoder_scenes_with_held_out_pairs_hold_them_only_in_colours_the_prompt_leaves_open():
+    from gvu.models.pretrain import decoder_scene, train_prompt
+    from gvu.world.prompts import HELD_OUT_PAIRS
+    from gvu.world.rules import judge_scene
+    from gvu.world.sampler import sample_scene
+
+    def held(scene):
+        return any((o.color, o.shape) in HELD_OUT_PAIRS for o in scene.objects)
+
+    rng = random.Random(8)
+    assert not any(held(decoder_scene(rng)) for _ in range(300))  # the default: never, as in every other stage
+    a, b, n_held = random.Random(9), random.Random(9), 0
+    for _ in range(300):
+        scene = decoder_scene(a, held_out=True)
+        m = train_prompt(b)[1]  # the same prompt, drawn from a twin generator
+        assert sample_scene(m, b) == scene
+        assert judge_scene(m, list(scene.objects), scene.image_size).correct  # a train prompt, still true of it
+        n_held += held(scene)
+    assert 0.1 < n_held / 300 < 0.4  # about a fifth, as in the eval split's scenes
+
+
 def test_a_counting_scene_with_extras_gets_the_total_count_as_its_first_hard_negative():
     m = {"tag": "counting", "include": [{"class": "star", "count": 3}], "exclude": [{"class": "star", "count": 4}],
          "prompt": "a photo of three stars"}
