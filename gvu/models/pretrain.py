@@ -110,12 +110,12 @@ class PretrainConfig:
     dec_warmup: int = 50
     # stage 1c (off in every preset): share of its images drawn with every object small (the same scene, the same
     # places). The VQ's misses are small shapes: v6 decodes small green and black triangles as rounded bullets, which
-    # the evaluator reads as circles or stars (model card, "VQ: a decoder stage on small objects")
+    # the evaluator reads as circles or stars (model card, "The eval scenes held unseen compositions")
     dec_small: float = 0.0
     # stage 1c (off in every preset): its scenes may hold held-out colour-shape pairs in the colours a prompt leaves
     # open, as eval scenes do ("four triangles" with a green one). No other stage ever draws them, so the image tokens
     # and the language model are as before; only the decoder learns to draw them. A fifth of the eval split's scenes
-    # hold such an object, and they make most of the VQ's misses (model card, "VQ: a decoder stage on small objects")
+    # hold such an object, and they make most of the VQ's misses (model card, "The eval scenes held unseen compositions")
     dec_held_out: bool = False
     # stage 3 (v4): stage 2's mix continued, with part of the understanding images shown as their VQ reconstructions,
     # the pixels the reward's judge sees (0 steps skips it)
