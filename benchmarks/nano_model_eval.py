@@ -95,9 +95,9 @@ def held_out_split(hits: dict) -> dict:
 
 
 def holds_held_out_pair(scene) -> bool:
-    """Whether an object of the scene is a held-out colour-shape pair. Eval prompts name none, but their scenes draw
-    the colours a prompt leaves open from all colours ("four triangles" may hold a green one), while every training
-    scene, the VQ's included, forbids them: such objects are out of the VQ's training distribution."""
+    """Whether an object of the scene is a held-out colour-shape pair. Eval prompts name none, but scenes drawn with
+    held_out_colours take the colours a prompt leaves open from all colours ("four triangles" may hold a green one),
+    while every training scene, the VQ's included, forbids them: such objects are out of the training distribution."""
     return any((o.color, o.shape) in HELD_OUT_PAIRS for o in scene.objects)
 
 
@@ -256,7 +256,8 @@ def main() -> None:
         results[name]["seconds"] = round(time.time() - t, 1)
     results["machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}"
     results["settings"] = {"model": args.model, "prompts": args.prompts, "cfg_scale": sampling.cfg_scale or b.default_cfg_scale,
-                           "threads": args.threads, "device": args.device, "scene_seed": args.scene_seed, "held_out_colours": args.held_out_colours, "wall_s": round(time.time() - t0, 1)}
+                           "threads": args.threads, "device": args.device, "scene_seed": args.scene_seed,
+                           "held_out_colours": args.held_out_colours, "wall_s": round(time.time() - t0, 1)}
     print(json.dumps(results, indent=1))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
