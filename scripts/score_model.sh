@@ -5,9 +5,14 @@
 #   bash scripts/score_model.sh MODEL OUT      e.g.  bash scripts/score_model.sh runs/v13cpu/model runs/v13cpu/score
 # OUT gets nano_model_eval-{understanding,generation}/results.json, auc.json and auc.npz (per-token log-probs, for
 # experiments/token_weighting.py), counting_probe/, and each command's log.
+# A third argument --held-out-colours scores the VQ and understanding rows on the eval scenes the benchmark drew until
+# 2026-12-02 (the card's columns before then; model card, "The eval scenes held unseen compositions").
 set -euo pipefail
-if [ $# -ne 2 ]; then
-    echo "usage: bash scripts/score_model.sh MODEL OUT   (MODEL: a directory written by gvu pretrain, e.g. runs/X/model)" >&2
+SCENES=""
+if [ $# -eq 3 ] && [ "$3" = "--held-out-colours" ]; then
+    SCENES=" --held-out-colours"
+elif [ $# -ne 2 ]; then
+    echo "usage: bash scripts/score_model.sh MODEL OUT [--held-out-colours]   (MODEL: a directory written by gvu pretrain, e.g. runs/X/model)" >&2
     exit 2
 fi
 MODEL=$(realpath -m -- "$1")  # relative to where the command was typed, before the cd below
@@ -42,7 +47,7 @@ pair() {  # run two commands side by side, each logging to its file; fail if eit
     return $rc
 }
 
-pair understanding.log "$PY benchmarks/nano_model_eval.py --model $M --threads 1 --only vq,understanding,understanding_recon,qa --out $O/nano_model_eval-understanding" \
+pair understanding.log "$PY benchmarks/nano_model_eval.py --model $M --threads 1 --only vq,understanding,understanding_recon,qa$SCENES --out $O/nano_model_eval-understanding" \
      auc.log "$PY benchmarks/reward_auc.py --model $M --threads 1 --out $O --dump $O/auc.npz"
 pair generation.log "$PY benchmarks/nano_model_eval.py --model $M --threads 1 --only generation,groups --out $O/nano_model_eval-generation" \
      counting.log "$PY experiments/counting_probe.py --model $M --threads 1 --out $O/counting_probe"
