@@ -11,9 +11,9 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_experiment(name: str):
-    """experiments/<name>.py as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "..", "experiments", f"{name}.py"))
+def load_experiment(name: str, folder: str = "experiments"):
+    """<folder>/<name>.py as a module (experiments/ and benchmarks/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "..", folder, f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -202,9 +202,7 @@ def test_vq_draw_curve_averages_each_runs_logged_mse_over_the_last_100_steps(vqd
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(HERE, "..", ".git")), reason="needs a git checkout (git show)")
 def test_evaluator_change_loads_the_evaluator_of_a_revision_and_refuses_an_unknown_one():
-    spec = importlib.util.spec_from_file_location("evaluator_change", os.path.join(HERE, "..", "benchmarks", "evaluator_change.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_experiment("evaluator_change", "benchmarks")
     from gvu.world.evaluator import evaluate_image
     from gvu.world.scene import Obj, Scene, render
 
@@ -245,17 +243,13 @@ def test_understanding_finetune_rows_are_what_each_kind_says():
 
 
 def test_nano_model_eval_majority_share_is_the_accuracy_of_always_giving_the_commonest_answer():
-    spec = importlib.util.spec_from_file_location("nano_model_eval", os.path.join(HERE, "..", "benchmarks", "nano_model_eval.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_experiment("nano_model_eval", "benchmarks")
     assert mod.majority_share(["zero", "two", "zero", "three"]) == 0.5  # "zero" 2 of 4
     assert mod.majority_share(["yes", "no", "no"]) == pytest.approx(2 / 3)
 
 
 def test_nano_model_eval_draws_eval_scenes_without_held_out_pairs_unless_asked():
-    spec = importlib.util.spec_from_file_location("nano_model_eval", os.path.join(HERE, "..", "benchmarks", "nano_model_eval.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_experiment("nano_model_eval", "benchmarks")
     from gvu.world.scene import Obj, Scene
 
     red, green = Obj("triangle", "red", "small", 20.0, 20.0), Obj("triangle", "green", "small", 44.0, 44.0)

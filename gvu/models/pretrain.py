@@ -1368,9 +1368,9 @@ def use_bf16(cfg: PretrainConfig) -> bool:
     if cfg.device not in _BF16_CHECKED:
         _BF16_CHECKED[cfg.device] = native = bf16_is_native(cfg.device)
         if not native:
-            print(f"bf16=true, but this {cfg.device} has no native bf16 (a CPU without AVX512-BF16 or AMX, or a GPU without bf16), where bf16 autocast is "
-                  "many times slower than fp32: running the stages in fp32 (same recipe; --set bf16=false says so "
-                  "and silences this)", flush=True)
+            print(f"bf16=true, but this {cfg.device} has no native bf16 (a CPU without AVX512-BF16 or AMX, or a GPU "
+                  "without bf16), where bf16 autocast is many times slower than fp32: running the stages in fp32 "
+                  "(same recipe; --set bf16=false says so and silences this)", flush=True)
     return _BF16_CHECKED[cfg.device]
 
 
