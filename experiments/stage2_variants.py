@@ -59,25 +59,13 @@ def check_inputs(base: str, vq_from: str | None) -> None:
                          f"({diff or 'no vq_config'}; theirs, --base's); give a model of the same spec")
 
 
-def vq_checkpoint(vq_from: str, vq_steps: int) -> dict:
-    """A finished stage-1 checkpoint holding the VQ weights of the saved model vq_from (fp32)."""
-    from safetensors.torch import load_file
-
-    prefix = "model.vqmodel."
-    weights = load_file(os.path.join(vq_from, "model.safetensors"))
-    state = {k[len(prefix):]: v.float() for k, v in weights.items() if k.startswith(prefix)}
-    if not state:
-        raise SystemExit(f"{vq_from}/model.safetensors holds no {prefix}* weights: is it a Janus model?")
-    return {"model": state, "step": vq_steps, "vq_from": os.path.abspath(vq_from)}
-
-
 def train_variant(base: str, out: str, preset: str, overrides: dict, device: str, vq_from: str | None = None) -> None:
     """One stage-2 run in its own folder, then its model directory: gvu.models.pretrain.pretrain, which finds stages
     1 and 1b done (copied from base, or stage 1 made from vq_from) and resumes stage 2 from its own checkpoint if
     it was stopped."""
     import torch
 
-    from gvu.models.pretrain import PRESETS, RunFolder, atomic_save, pretrain
+    from gvu.models.pretrain import PRESETS, RunFolder, atomic_save, pretrain, vq_checkpoint
 
     check_inputs(base, vq_from)
     RunFolder.check_folder(out)  # before anything is copied in: never into a saved model or a folder of other files

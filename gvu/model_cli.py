@@ -36,6 +36,10 @@ def register_pretrain(sub) -> None:
     p.add_argument("--from-model", default=None, metavar="DIR",
                    help="run only stages 1c and 3 of the preset, starting from this saved model directory (how v4 "
                         "was made from v3; see the model card)")
+    p.add_argument("--vq-from", default=None, metavar="DIR",
+                   help="take stage 1 (the VQ tokenizer) from this saved model directory, bit for bit, and train "
+                        "every later stage; e.g. a deeper language model on the shipped VQ: --set spec=nano-deep "
+                        "--set dec_steps=0 --vq-from models/nano-janus")
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -138,7 +142,8 @@ def cmd_pretrain(args) -> None:
     from gvu.models.pretrain import RunFolder, parse_overrides, resolve, run_stages
 
     try:  # every user error is found here, before any work; an error during the stages keeps its traceback
-        flags = (("threads", args.threads), ("device", args.device), ("from_model", args.from_model))
+        flags = (("threads", args.threads), ("device", args.device), ("from_model", args.from_model),
+                 ("vq_from", args.vq_from))
         cfg = resolve(args.preset, **{**parse_overrides(args.set), **{k: v for k, v in flags if v is not None}})
         folder = RunFolder(cfg, args.out)
     except ValueError as e:

@@ -397,6 +397,35 @@ def test_stage2_variant_takes_its_vq_from_a_saved_model(smoke_model, tmp_path, m
     assert len(launched) == 1 and launched[0][launched[0].index("--vq-from") + 1] == smoke_model
 
 
+def test_vq_from_puts_a_saved_models_vq_under_a_deeper_language_model(smoke_model, tmp_path, monkeypatch, gvu):
+    """--vq-from: stage 1 is the saved model's VQ bit for bit (with dec_steps=0 the decoder too), and the language
+    model is the spec's, here one layer deeper than the source's."""
+    from safetensors.torch import load_file
+
+    deeper = replace(nano.SPECS["smoke"], text_layers=nano.SPECS["smoke"].text_layers + 1)
+    monkeypatch.setitem(nano.SPECS, "smoke-deep", deeper)
+    out = tmp_path / "deep"
+    path = pretrain("smoke", str(out), threads=1, spec="smoke-deep", vq_from=smoke_model, dec_steps=0, s3_steps=0,
+                    lm_steps=2)
+    src, new = load_file(os.path.join(smoke_model, "model.safetensors")), load_file(os.path.join(path, "model.safetensors"))
+    vq = [k for k in src if k.startswith("model.vqmodel.")]
+    assert vq and all(torch.equal(src[k], new[k]) for k in vq)
+    layers = {int(m.group(1)) for k in new for m in [re.search(r"language_model\.layers\.(\d+)\.", k)] if m}
+    assert layers == set(range(deeper.text_layers))
+    assert json.load(open(out / "pretrain_config.json"))["vq_from"] == smoke_model
+    assert torch.load(out / "stage1.pt", weights_only=False)["vq_from"] == os.path.abspath(smoke_model)
+    # bad sources are refused before any folder is made
+    with pytest.raises(ValueError, match="not a saved model directory"):
+        pretrain("smoke", str(tmp_path / "bad"), vq_from=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="give one"):
+        pretrain("smoke", str(tmp_path / "bad"), vq_from=smoke_model, from_model=smoke_model)
+    with pytest.raises(ValueError, match="not spec 'nano'.s.*num_embeddings"):  # the smoke VQ has 64 codes, nano 512
+        pretrain("smoke", str(tmp_path / "bad"), spec="nano", vq_from=smoke_model)
+    assert not (tmp_path / "bad").exists()
+    rc, _, err = gvu("pretrain", "--preset", "smoke", "--out", tmp_path / "bad", "--vq-from", tmp_path / "nowhere")
+    assert rc != 0 and "--vq-from" in err and not (tmp_path / "bad").exists()
+
+
 def test_lm_stages_train_with_eager_attention_on_the_cpu_and_give_the_model_back_as_it_was(smoke_model, tmp_path):
     from dataclasses import replace
 

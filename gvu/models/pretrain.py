@@ -130,6 +130,10 @@ class PretrainConfig:
     # group with extras also gets the edit that names the total count ("four stars" for three stars and a heart).
     und_extra: float = 0.0
     from_model: str = ""  # a saved model directory to run stages 1c and 3 from, instead of stages 0-2 (--from-model)
+    # a saved model directory whose VQ tokenizer stands for stage 1 (--vq-from): its weights, bit for bit, become the
+    # finished stage 1, and every later stage trains as the recipe says (with dec_steps=0 its decoder stays as it is).
+    # For a language model of another size on a VQ already trained (spec nano-deep on the shipped model's VQ)
+    vq_from: str = ""
 
 
 # fields that change how fast a stage runs, not what it learns (up to float rounding): a run resumes under any value of
@@ -175,8 +179,13 @@ def validate(cfg: "PretrainConfig") -> None:
         raise ValueError(f"device={cfg.device!r}, but this torch sees no GPU (torch {torch.__version__}); "
                          "use --device cpu, or install a CUDA build of torch")
     check_crop(cfg)
+    if cfg.from_model and cfg.vq_from:
+        raise ValueError("--from-model and --vq-from both say where weights come from: --from-model takes the whole "
+                         "model (stages 0-2), --vq-from only the VQ (stage 1); give one")
     if cfg.from_model:
         check_source(cfg)
+    if cfg.vq_from:
+        check_vq_source(cfg)
 
 
 def check_source(cfg: "PretrainConfig") -> None:
@@ -1196,6 +1205,40 @@ def save_model(model, tok, spec, out_dir: str) -> None:
     os.replace(tmp, out_dir)
 
 
+_VQ_SHAPE = ("embed_dim", "num_embeddings", "base_channels", "channel_multiplier", "num_res_blocks", "latent_channels")
+
+
+def check_vq_source(cfg: "PretrainConfig") -> None:
+    """A clear error for a --vq-from directory whose VQ tokenizer cannot stand for this spec's stage 1."""
+    src = cfg.vq_from
+    missing = [f for f in ("config.json", "model.safetensors") if not os.path.exists(os.path.join(src, f))]
+    if missing:
+        raise ValueError(f"--vq-from {src!r} is not a saved model directory (missing {', '.join(missing)}); give a "
+                         "directory written by `gvu pretrain` (its OUT/model), e.g. models/nano-janus")
+    with open(os.path.join(src, "config.json")) as f:
+        got = json.load(f).get("vq_config") or {}
+    spec = nano.SPECS[cfg.spec]
+    want = dict(embed_dim=spec.vq_embed_dim, num_embeddings=spec.vq_codebook, base_channels=spec.vq_base_channels,
+                channel_multiplier=list(spec.vq_channel_multiplier), num_res_blocks=spec.vq_res_blocks,
+                latent_channels=spec.vq_base_channels * spec.vq_channel_multiplier[-1])
+    diff = {k: (got.get(k), want[k]) for k in _VQ_SHAPE if got.get(k) != want[k]}
+    if diff:
+        raise ValueError(f"--vq-from {src}: its VQ tokenizer is not spec {cfg.spec!r}'s (theirs, the spec's: {diff}); "
+                         "give a model whose VQ has this spec's sizes")
+
+
+def vq_checkpoint(src: str, vq_steps: int) -> dict:
+    """A finished stage-1 checkpoint holding the VQ weights of the saved model src (as fp32)."""
+    from safetensors.torch import load_file
+
+    prefix = "model.vqmodel."
+    weights = load_file(os.path.join(src, "model.safetensors"))
+    state = {k[len(prefix):]: v.float() for k, v in weights.items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{src}/model.safetensors holds no {prefix}* weights: is it a Janus model?")
+    return {"model": state, "step": vq_steps, "vq_from": os.path.abspath(src)}
+
+
 def from_saved(cfg: PretrainConfig, out: str):
     """Stages 0-2 taken from the saved model directory cfg.from_model: -> (spec, tokenizer, config, model)."""
     from transformers import AutoTokenizer, JanusConfig, JanusForConditionalGeneration
@@ -1400,6 +1443,8 @@ def run_stages(cfg: PretrainConfig, out: str) -> str:
         vq.load_state_dict(stage_decoder(cfg, out, config, vq.state_dict()))  # stage 1c trains a copy
     else:
         spec, tok, config = stage0(cfg, out)
+        if cfg.vq_from and not os.path.exists(os.path.join(out, "stage1.pt")):
+            atomic_save(vq_checkpoint(cfg.vq_from, cfg.vq_steps), os.path.join(out, "stage1.pt"))
         vq_state = stage_decoder(cfg, out, config, stage1(cfg, out, config))
         vision_state = stage_vision(cfg, out, config)
         model = stage2(cfg, out, spec, tok, config, vq_state, vision_state)
