@@ -107,6 +107,13 @@ def build_processor(spec: NanoSpec, tokenizer) -> JanusProcessor:
     return JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=spec.num_image_tokens)
 
 
+def vq_sizes(spec: NanoSpec) -> dict:
+    """The VQ tokenizer's own sizes (JanusVQVAEConfig fields): two specs with equal ones can share a VQ."""
+    return dict(embed_dim=spec.vq_embed_dim, num_embeddings=spec.vq_codebook, base_channels=spec.vq_base_channels,
+                channel_multiplier=list(spec.vq_channel_multiplier), num_res_blocks=spec.vq_res_blocks,
+                latent_channels=spec.vq_base_channels * spec.vq_channel_multiplier[-1])
+
+
 def build_config(spec: NanoSpec, tokenizer) -> JanusConfig:
     vocab = len(tokenizer)
     text = dict(model_type="llama", vocab_size=vocab, hidden_size=spec.text_hidden,
@@ -117,10 +124,8 @@ def build_config(spec: NanoSpec, tokenizer) -> JanusConfig:
     vision = dict(hidden_size=spec.vision_hidden, num_hidden_layers=spec.vision_layers,
                   num_attention_heads=spec.vision_heads, image_size=spec.image_size, patch_size=spec.patch_size,
                   projection_dim=spec.text_hidden, num_image_tokens=spec.num_image_tokens, depth=2)
-    vq = dict(embed_dim=spec.vq_embed_dim, num_embeddings=spec.vq_codebook, base_channels=spec.vq_base_channels,
-              channel_multiplier=list(spec.vq_channel_multiplier), num_res_blocks=spec.vq_res_blocks,
-              latent_channels=spec.vq_base_channels * spec.vq_channel_multiplier[-1],
-              projection_dim=spec.text_hidden, image_token_embed_dim=spec.text_hidden, num_hidden_layers=2)
+    vq = dict(vq_sizes(spec), projection_dim=spec.text_hidden, image_token_embed_dim=spec.text_hidden,
+              num_hidden_layers=2)
     cfg = JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
                       image_token_id=tokenizer.convert_tokens_to_ids(IMAGE))
     cfg.nano_spec = asdict(spec)

@@ -1205,9 +1205,6 @@ def save_model(model, tok, spec, out_dir: str) -> None:
     os.replace(tmp, out_dir)
 
 
-_VQ_SHAPE = ("embed_dim", "num_embeddings", "base_channels", "channel_multiplier", "num_res_blocks", "latent_channels")
-
-
 def check_vq_source(cfg: "PretrainConfig") -> None:
     """A clear error for a --vq-from directory whose VQ tokenizer cannot stand for this spec's stage 1."""
     src = cfg.vq_from
@@ -1217,11 +1214,8 @@ def check_vq_source(cfg: "PretrainConfig") -> None:
                          "directory written by `gvu pretrain` (its OUT/model), e.g. models/nano-janus")
     with open(os.path.join(src, "config.json")) as f:
         got = json.load(f).get("vq_config") or {}
-    spec = nano.SPECS[cfg.spec]
-    want = dict(embed_dim=spec.vq_embed_dim, num_embeddings=spec.vq_codebook, base_channels=spec.vq_base_channels,
-                channel_multiplier=list(spec.vq_channel_multiplier), num_res_blocks=spec.vq_res_blocks,
-                latent_channels=spec.vq_base_channels * spec.vq_channel_multiplier[-1])
-    diff = {k: (got.get(k), want[k]) for k in _VQ_SHAPE if got.get(k) != want[k]}
+    want = nano.vq_sizes(nano.SPECS[cfg.spec])
+    diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
     if diff:
         raise ValueError(f"--vq-from {src}: its VQ tokenizer is not spec {cfg.spec!r}'s (theirs, the spec's: {diff}); "
                          "give a model whose VQ has this spec's sizes")
