@@ -11,8 +11,12 @@ Row kinds (--rows, comma-separated; each row draws one kind at random):
   captions           the reward's query answered by a caption of a random train scene (pretraining's styles)
   questions          a question about a random train scene and its one-word answer
 
+--rel-head vision|aligned adds pretraining's relation probe (PretrainConfig.rel_weight: a linear head that must say,
+for each object patch of a two-object scene, which relations its object stands in to the other) on the vision
+encoder's output or on the aligned features the language model reads, weighted by --rel-weight.
+
 Usage: python experiments/understanding_finetune.py --rows balanced_position [--model models/nano-janus]
-       [--steps 300] [--lr 1e-3] [--out DIR]
+       [--steps 300] [--lr 1e-3] [--rel-head aligned] [--out DIR]
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from benchmarks.nano_model_eval import pixels_of  # noqa: E402
 from experiments.text_reading import questions, relations  # noqa: E402
 from gvu.models.janus import JanusBackend, text_logits  # noqa: E402
 from gvu.models.janus_format import left_pad  # noqa: E402
-from gvu.models.pretrain import HELD_OUT_PAIRS, bf16_is_native, train_prompt, train_scene  # noqa: E402
+from gvu.models.pretrain import (HELD_OUT_PAIRS, RelationProbe, bf16_is_native, relation_labels, train_prompt,
+                                  train_scene)  # noqa: E402
 from gvu.world.captions import REWARD_QUERY, describe  # noqa: E402
 from gvu.world.captions import questions as ask  # noqa: E402
 from gvu.world.sampler import sample_scene  # noqa: E402
@@ -81,7 +86,12 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=100, help="two-object scenes for the question measurement")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rel-head", choices=("none", "vision", "aligned"), default="none",
+                    help="add the relation probe on the vision encoder's output or on the aligned features")
+    ap.add_argument("--rel-weight", type=float, default=1.0)
+    ap.add_argument("--measure-every", type=int, default=0, help="also measure every N steps (0: only at the end)")
     ap.add_argument("--out", default=None, help="write results.json here")
+    ap.add_argument("--save", default=None, help="save the fine-tuned model directory here (loadable as --model)")
     args = ap.parse_args()
     kinds = args.rows.split(",")
     bad = [k for k in kinds if k not in ROWS]
@@ -99,10 +109,23 @@ def main() -> None:
            "before": measure(b, args)}
     print("before:", summary(res["before"]), flush=True)
     trained = [p for n, p in model.named_parameters() if not n.startswith(("model.vqmodel", "model.generation"))]
+    feats, rel_probe = {}, None
+    if args.rel_head != "none":
+        aligner = model.model.aligner
+        if args.rel_head == "vision":
+            aligner.register_forward_pre_hook(lambda mod, a: feats.__setitem__("f", a[0]))
+            width = model.config.vision_config.hidden_size
+        else:
+            aligner.register_forward_hook(lambda mod, a, out: feats.__setitem__("f", out))
+            width = model.config.text_config.hidden_size
+        rel_probe = RelationProbe(width)
+        trained += list(rel_probe.parameters())
+        res.update(rel_head=args.rel_head, rel_weight=args.rel_weight)
+    grid = int(b.num_image_tokens ** 0.5)
     opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     rng = random.Random(args.seed + 1)
     bf16 = bf16_is_native("cpu")  # bf16 autocast only where the CPU has it in hardware (else far slower than fp32)
-    losses = []
+    losses, rel_accs = [], []
     for step in tqdm(range(1, args.steps + 1), desc="fine-tune"):
         model.train()
         rows = [make_row(rng.choice(kinds), rng) for _ in range(args.batch)]
@@ -117,12 +140,23 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = text_logits(model, batch, pixels)
         loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        losses.append(loss.item())  # the language-model loss alone
+        if rel_probe is not None:
+            rel_loss, acc = rel_probe(feats["f"].float(), torch.stack([relation_labels(sc, grid) for *_, sc in rows]))
+            loss = loss + args.rel_weight * rel_loss
+            if acc == acc:
+                rel_accs.append(acc)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
-        losses.append(loss.item())
+        if args.measure_every and step % args.measure_every == 0 and step < args.steps:
+            res.setdefault("during", {})[step] = r = measure(b, args)
+            tqdm.write(f"step {step}: {summary(r)}")
     res["loss_first_last_20"] = [sum(losses[:20]) / len(losses[:20]), sum(losses[-20:]) / len(losses[-20:])]
+    if rel_accs:
+        res["rel_acc_last_20"] = sum(rel_accs[-20:]) / len(rel_accs[-20:])
+        print(f"relation head: accuracy {res['rel_acc_last_20']:.3f} (mean of its last 20 steps)")
     res["after"] = measure(b, args)
     res["wall_s"] = round(time.time() - t0, 1)
     print("after: ", summary(res["after"]))
@@ -131,6 +165,22 @@ def main() -> None:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(res, f, indent=1)
+    if args.save:
+        save_like(args.model, model, args.save)
+
+
+def save_like(src: str, model, dst: str) -> None:
+    """Save model's weights as a model directory beside a copy of src's other files (tokenizer, processor, backend
+    settings), so that it loads as src does."""
+    import shutil
+
+    if os.path.abspath(dst) == os.path.abspath(src):
+        raise SystemExit(f"--save {dst} is the model it started from; give another directory")
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        if os.path.isfile(os.path.join(src, name)) and not name.endswith(".safetensors"):
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+    model.save_pretrained(dst)
 
 
 if __name__ == "__main__":

@@ -242,6 +242,25 @@ def test_understanding_finetune_rows_are_what_each_kind_says():
     assert query != REWARD_QUERY and query.endswith("?") and " " not in answer.strip()
 
 
+def test_understanding_finetune_saves_a_model_that_loads_as_its_source_does(tmp_path):
+    import torch
+
+    from gvu.models.janus import JanusBackend
+
+    uf = load_experiment("understanding_finetune")
+    src = os.path.join(HERE, "..", "models", "nano-janus")
+    b = JanusBackend.from_pretrained(src)
+    with torch.no_grad():
+        b.model.model.aligner.fc1.weight.add_(1.0)  # a fine-tuned weight
+    uf.save_like(src, b.model, str(tmp_path / "ft"))
+    assert sorted(os.listdir(src)) == sorted(os.listdir(tmp_path / "ft"))  # tokenizer, processor, backend settings
+    back = JanusBackend.from_pretrained(str(tmp_path / "ft"))
+    assert torch.equal(back.model.model.aligner.fc1.weight, b.model.model.aligner.fc1.weight)
+    assert back.num_image_tokens == b.num_image_tokens
+    with pytest.raises(SystemExit, match="give another directory"):
+        uf.save_like(str(tmp_path / "ft"), b.model, str(tmp_path / "ft"))
+
+
 def test_nano_model_eval_majority_share_is_the_accuracy_of_always_giving_the_commonest_answer():
     mod = load_experiment("nano_model_eval", "benchmarks")
     assert mod.majority_share(["zero", "two", "zero", "three"]) == 0.5  # "zero" 2 of 4
