@@ -99,6 +99,8 @@ def main() -> None:
         ap.error(f"--rows: unknown kind(s) {', '.join(bad)}; choose from {', '.join(ROWS)}")
     if args.steps < 1 or args.batch < 1 or not args.lr > 0:
         ap.error("--steps and --batch must be at least 1 and --lr above 0")
+    if args.save:
+        check_save(args.model, args.save)  # before the training, not after it
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.time()
@@ -169,13 +171,17 @@ def main() -> None:
         save_like(args.model, model, args.save)
 
 
+def check_save(src: str, dst: str) -> None:
+    if os.path.abspath(dst) == os.path.abspath(src):
+        raise SystemExit(f"--save {dst} is the model it started from; give another directory")
+
+
 def save_like(src: str, model, dst: str) -> None:
     """Save model's weights as a model directory beside a copy of src's other files (tokenizer, processor, backend
     settings), so that it loads as src does."""
     import shutil
 
-    if os.path.abspath(dst) == os.path.abspath(src):
-        raise SystemExit(f"--save {dst} is the model it started from; give another directory")
+    check_save(src, dst)
     os.makedirs(dst, exist_ok=True)
     for name in os.listdir(src):
         if os.path.isfile(os.path.join(src, name)) and not name.endswith(".safetensors"):
