@@ -204,6 +204,33 @@ def test_balanced_relations_draw_only_spatial_prompts_whose_mirror_is_a_train_pr
     assert [m["prompt"] for _, m in draws(False, plain_tags)] == [m["prompt"] for _, m in draws(True, plain_tags)]
 
 
+def test_spatial_suite_draws_spatial_prompts_from_that_suite_only_and_empty_keeps_both():
+    from gvu.models.pretrain import SPATIAL_TAGS, PretrainConfig, train_prompt, validate
+    from gvu.world.prompts import HELD_OUT_PAIRS
+    from gvu.world.sampler import sample_scene
+
+    def draws(suite: str, n=120):
+        rng = random.Random(7)
+        return [train_scene(rng, with_suite=True, spatial=True, spatial_suite=suite)[:2] for _ in range(n)]
+
+    both = draws("")
+    assert {s for s, _ in both} == {"geneval", "genevalpp"}
+    # empty: the very draws of the spatial pool as before the field existed (a prompt, then its scene, per row)
+    rng = random.Random(7)
+    before = []
+    for _ in range(120):
+        before.append(train_prompt(rng, SPATIAL_TAGS))
+        sample_scene(before[-1][1], rng, forbid=HELD_OUT_PAIRS)
+    assert [m["prompt"] for _, m in both] == [m["prompt"] for _, m in before]
+    for suite in SPATIAL_TAGS:
+        got = draws(suite)
+        assert {s for s, _ in got} == {suite}
+        assert {m["tag"] for _, m in got} == set(SPATIAL_TAGS[suite])
+        assert all("train" in split_of(m, s) for s, m in got)
+    with pytest.raises(ValueError, match="spatial_suite='coco'.*geneval, genevalpp"):
+        validate(PretrainConfig(spatial_suite="coco"))
+
+
 def test_spatial_share_changes_understanding_rows_and_zero_leaves_the_data_as_before():
     from dataclasses import replace
 

@@ -83,6 +83,9 @@ class PretrainConfig:
     prompt_dropout: float = 0.1  # fraction of generation prompts replaced by the unconditional layout (for CFG)
     gen_weight: float = 1.0  # weight of the generation loss against the understanding losses
     spatial_share: float = 0.0  # share of understanding rows and ranking groups drawn from spatial prompts (v3)
+    # the suite those spatial prompts come from: "" both (half geneval's position prompts, "A left of B"; half
+    # genevalpp's regions prompts), as every preset; "geneval" only relations, "genevalpp" only regions
+    spatial_suite: str = ""
     # understanding aids (v1; both off reproduces v0's stage 2)
     rank_images: int = 0  # images per step whose true prompt must out-score 3 minimal edits of it (hard negatives)
     rank_weight: float = 1.0
@@ -178,6 +181,9 @@ def validate(cfg: "PretrainConfig") -> None:
     if cfg.device != "cpu" and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device!r}, but this torch sees no GPU (torch {torch.__version__}); "
                          "use --device cpu, or install a CUDA build of torch")
+    if cfg.spatial_suite not in ("",) + tuple(SPATIAL_TAGS):
+        raise ValueError(f"spatial_suite={cfg.spatial_suite!r}: give one of {', '.join(SPATIAL_TAGS)}, or leave it "
+                         "empty for both")
     check_crop(cfg)
     if cfg.from_model and cfg.vq_from:
         raise ValueError("--from-model and --vq-from both say where weights come from: --from-model takes the whole "
@@ -315,13 +321,14 @@ def mirror_is_train(metadata: dict, suite: str) -> bool:
 
 
 def train_scene(rng: random.Random, with_suite: bool = False, spatial: bool = False, extra: float = 0.0,
-                balanced: bool = False):
+                balanced: bool = False, spatial_suite: str = ""):
     """(prompt metadata, scene) for training: scenes avoid held-out colour-shape pairs altogether.
     with_suite: (suite, metadata, scene). spatial: the prompt comes from SPATIAL_TAGS.
     extra: the chance that a non-spatial scene also holds 1-2 objects of shapes the prompt does not name
     (PretrainConfig.und_extra); 0 draws nothing, so recipes without it see the same scenes as before.
-    balanced: see train_prompt."""
-    suite, m = train_prompt(rng, SPATIAL_TAGS if spatial else None, balanced)
+    balanced: see train_prompt. spatial_suite: a spatial prompt comes from this suite only ("": either)."""
+    tags = ({spatial_suite: SPATIAL_TAGS[spatial_suite]} if spatial_suite else SPATIAL_TAGS) if spatial else None
+    suite, m = train_prompt(rng, tags, balanced)
     scene = None
     if extra and not spatial and rng.random() < extra:
         scene = scene_with_extras(m, rng)
@@ -672,7 +679,8 @@ class Stage2Data:
         seqs, answer_lens, scenes = [], [], []
         for _ in range(self.cfg.und_batch):
             if self.spatial():  # a spatial prompt, answered to the reward's query by the prompt itself
-                m, scene = train_scene(self.rng, spatial=True, balanced=self.cfg.balanced_relations)
+                m, scene = train_scene(self.rng, spatial=True, balanced=self.cfg.balanced_relations,
+                                       spatial_suite=self.cfg.spatial_suite)
                 query, ans = REWARD_QUERY, m["prompt"]
             else:
                 _, scene = train_scene(self.rng, extra=self.cfg.und_extra)
@@ -698,7 +706,7 @@ class Stage2Data:
         seqs, answer_lens, scenes, groups = [], [], [], []
         while len(groups) < self.cfg.rank_images:
             suite, m, scene = train_scene(self.rng, with_suite=True, spatial=self.spatial(), extra=self.cfg.und_extra,
-                                          balanced=self.cfg.balanced_relations)
+                                          balanced=self.cfg.balanced_relations, spatial_suite=self.cfg.spatial_suite)
             edits = hard_negatives(suite, m, scene, self.rng)
             if not edits:
                 continue
