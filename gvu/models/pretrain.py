@@ -83,8 +83,8 @@ class PretrainConfig:
     prompt_dropout: float = 0.1  # fraction of generation prompts replaced by the unconditional layout (for CFG)
     gen_weight: float = 1.0  # weight of the generation loss against the understanding losses
     spatial_share: float = 0.0  # share of understanding rows and ranking groups drawn from spatial prompts (v3)
-    # the suite those spatial prompts come from: "" both (half geneval's position prompts, "A left of B"; half
-    # genevalpp's regions prompts), as every preset; "geneval" only relations, "genevalpp" only regions
+    # the suite those spatial prompts come from: "" both (about half geneval's position prompts, "A left of B"; the
+    # rest genevalpp's regions prompts), as every preset; "geneval" only relations, "genevalpp" only regions
     spatial_suite: str = ""
     # understanding aids (v1; both off reproduces v0's stage 2)
     rank_images: int = 0  # images per step whose true prompt must out-score 3 minimal edits of it (hard negatives)
