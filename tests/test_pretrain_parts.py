@@ -466,3 +466,47 @@ def test_a_resumed_stage_drops_its_own_log_records_after_the_checkpoint(tmp_path
     rows = [json.loads(ln) for ln in open(tmp_path / "log.jsonl")]
     assert [(r["stage"], r["step"]) for r in rows] == [(1, 200), (1, 220), ("1c", 20), (2, 200)]
     trim_log(str(tmp_path / "none"), 1, 0)  # a folder without a log: nothing to do
+
+
+def test_caption_train_only_keeps_eval_and_held_out_prompt_texts_out_of_geneval_captions(monkeypatch):
+    from dataclasses import replace
+
+    from gvu.models import nano
+    from gvu.models.pretrain import PRESETS, Stage2Data
+    from gvu.world import captions
+
+    made = {}  # caption text -> its suite's split, for every prompt true_prompt builds
+    true_prompt = captions.true_prompt
+
+    def recording(scene, suite, tag, rng):
+        m = true_prompt(scene, suite, tag, rng)
+        if m is not None:
+            made[m["prompt"]] = split_of(m, suite)
+        return m
+
+    monkeypatch.setattr(captions, "true_prompt", recording)
+    rng = random.Random(3)
+    scenes = [train_scene(rng)[1] for _ in range(300)]
+
+    def split_counts(train_only):
+        rng = random.Random(4)
+        texts = [captions.describe(sc, rng, "geneval", train_only=train_only) for sc in scenes]
+        return {s: sum(made.get(t) == s for t in texts) for s in ("train", "train+eval", "eval", "ood")}
+
+    leaky = split_counts(False)
+    assert leaky["eval"] >= 8  # about 8% of such captions are eval-split texts when nothing keeps them out
+    kept = split_counts(True)
+    assert kept["eval"] == kept["ood"] == 0 and kept["train"] + kept["train+eval"] >= 290
+
+    # Stage2Data passes the setting on (and leaves it off in every preset)
+    assert not any(cfg.caption_train_only for cfg in PRESETS.values())
+    seen = []
+    describe = captions.describe
+    monkeypatch.setattr(captions, "describe", lambda *a, **k: seen.append(k.get("train_only")) or describe(*a, **k))
+    spec = nano.SPECS["smoke"]
+    tok = nano.build_tokenizer(spec, nano.corpus(n_scenes=200, seed=0))
+    for flag in (False, True):
+        seen.clear()
+        cfg = replace(PRESETS["smoke"], und_batch=40, rank_images=0, caption_train_only=flag)
+        Stage2Data(tok, spec, cfg, random.Random(5)).understanding()
+        assert set(seen) - {None} == {flag}  # None: the other queries' full descriptions, which name no prompt
