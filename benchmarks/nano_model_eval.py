@@ -48,6 +48,7 @@ from gvu.world.sampler import sample_scene  # noqa: E402
 from gvu.world.scene import render  # noqa: E402
 from gvu.world.vocab import COLOR_NAMES, NUMBER_WORDS, SHAPES, SIZES  # noqa: E402
 
+EDIT_SEED = 5  # seed of the caption-choice edits (perturb.distractors) drawn for the eval scenes
 ANSWERS = {"count": ["zero"] + [NUMBER_WORDS[k] for k in range(1, 7)], "color": list(COLOR_NAMES), "shape": list(SHAPES),
            "size": list(SIZES), "relation": ["yes", "no"], "exists": ["yes", "no"]}
 
@@ -114,7 +115,9 @@ def reconstruct(b: JanusBackend, px: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def bench_understanding(b, pairs, seed: int, recon: bool = False) -> dict:
+def bench_understanding(b, pairs, seed: int, recon: bool = False, per_prompt: list | None = None) -> dict:
+    """Caption choice (true prompt among 3 minimal edits) and how often the true prompt beats each kind of edit.
+    per_prompt: a list that gets (metadata, chosen right) for every scene."""
     rng = random.Random(seed)
     hits_sum, hits_mean, by_kind, by_held_out = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
     for m, sc in tqdm(pairs, desc="understanding" + (" (recon)" if recon else "")):
@@ -124,6 +127,8 @@ def bench_understanding(b, pairs, seed: int, recon: bool = False) -> dict:
         px = (reconstruct(b, px) if recon else px).repeat(len(texts), 1, 1, 1)
         total, mean = score_texts(b, px, REWARD_QUERY, texts)
         hits_sum[m["tag"]].append(bool(total.argmax() == 0))
+        if per_prompt is not None:
+            per_prompt.append((m, bool(total.argmax() == 0)))
         hits_mean[m["tag"]].append(bool(mean.argmax() == 0))
         by_held_out[holds_held_out_pair(sc)].append(bool(total.argmax() == 0))
         for i, d in enumerate(ds, start=1):
@@ -235,8 +240,8 @@ def main() -> None:
     args = ap.parse_args()
     benches = {  # name -> run(backend, eval scene pairs, sampling)
         "vq": lambda b, pairs, sampling: bench_vq(b, pairs),
-        "understanding": lambda b, pairs, sampling: bench_understanding(b, pairs, seed=5),
-        "understanding_recon": lambda b, pairs, sampling: bench_understanding(b, pairs, seed=5, recon=True),
+        "understanding": lambda b, pairs, sampling: bench_understanding(b, pairs, seed=EDIT_SEED),
+        "understanding_recon": lambda b, pairs, sampling: bench_understanding(b, pairs, seed=EDIT_SEED, recon=True),
         "qa": lambda b, pairs, sampling: bench_qa(b, pairs, seed=6),
         "generation": lambda b, pairs, sampling: bench_generation(b, args.prompts, sampling),
         "features": lambda b, pairs, sampling: bench_features(b),

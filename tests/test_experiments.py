@@ -283,3 +283,35 @@ def test_nano_model_eval_draws_eval_scenes_without_held_out_pairs_unless_asked()
     assert 0 < len(flagged) < len(old) / 2
     assert [m["prompt"] for m, _ in old] == [m["prompt"] for m, _ in pairs]  # the same prompts
     assert all(" green triangle" not in p and " black triangle" not in p for p in flagged)
+
+
+# ---------------------------------------------------------------------------------------- experiments/caption_leak.py
+
+def test_caption_leak_replays_the_very_understanding_rows_of_stage2_and_counts_eval_texts():
+    import random
+    from dataclasses import replace
+
+    from gvu.models import nano
+    from gvu.models.pretrain import PRESETS, Stage2Data
+
+    cl = load_experiment("caption_leak")
+    spec = nano.SPECS["smoke"]
+    tok = nano.build_tokenizer(spec, nano.corpus(n_scenes=200, seed=0))
+    cfg = replace(PRESETS["smoke"], lm_steps=3, s3_steps=2)
+    seen, _ = cl.replay(cfg, tok, spec)
+    # the same answers as the rows Stage2Data.step makes (with pixels), steps 0-2 of stage 2 and 0-1 of stage 3
+    expected = []
+    for steps, base, recon in ((3, 3, 0.0), (2, 7, cfg.und_recon)):
+        data = Stage2Data(tok, spec, cfg, random.Random(), recon=recon, seed_base=base)
+        for k in range(steps):
+            batch = data.step(k)
+            for ids, labels in zip(batch["und"].ids, batch["labels"]):
+                answer = ids[labels != -100].tolist()[:-1]  # the answer without its end token
+                expected.append(tok.decode(answer).strip())
+    assert sorted(seen.elements()) == sorted(expected)
+    # many steps: eval-split texts are read unless caption_train_only keeps them out
+    for flag in (False, True):
+        seen, made = cl.replay(replace(cfg, lm_steps=400, caption_train_only=flag), tok, spec, limit=250)
+        read = sum(n for t, n in seen.items() if made.get(t) in ("eval", "ood"))
+        assert (read > 0) != flag
+    assert made and all(s in ("train", "train+eval") for t, s in made.items() if seen[t])

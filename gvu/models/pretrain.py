@@ -379,7 +379,7 @@ def scene_with_extras(metadata: dict, rng: random.Random):
 
 def hard_negatives(suite: str, metadata: dict, scene, rng: random.Random, k: int = 3) -> list[str]:
     """Up to k minimal edits of a true prompt (one colour, count, shape or relation changed) that are false for the
-    scene and are themselves train-split prompts: no eval or held-out prompt text is ever seen in pretraining.
+    scene and are themselves train-split prompts: no edit is an eval or held-out prompt text.
     For a counting prompt whose scene holds other objects too, the edit that names the scene's total count comes
     first ("four stars" for three stars and a heart): it is what a judge that counts objects, not stars, prefers."""
     from gvu.world.perturb import distractors, perturb
@@ -706,7 +706,7 @@ class Stage2Data:
     def ranking(self) -> tuple[list, list, list, list[int]]:
         """-> (sequences, answer lengths, scenes, group sizes): for each of rank_images images, its true prompt
         under the reward's query followed by up to 3 minimal edits of it (perturb.distractors; only edits that are
-        themselves train-split prompts, so no eval or held-out prompt text is ever seen)."""
+        themselves train-split prompts, so no row here is an eval or held-out prompt text)."""
         from gvu.world.captions import REWARD_QUERY
 
         seqs, answer_lens, scenes, groups = [], [], [], []
