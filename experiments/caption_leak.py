@@ -73,7 +73,7 @@ def replay(cfg: PretrainConfig, tokenizer, spec, limit: int | None = None) -> tu
         for steps, base, recon in ((cfg.lm_steps, 3, 0.0), (cfg.s3_steps, 7, cfg.und_recon)):
             data = Stage2Data(tokenizer, spec, cfg, random.Random(), recon=recon, seed_base=base)
             for k in tqdm(range(min(steps, limit or steps)), desc=f"replay (seed base {base})"):
-                data.rng = random.Random((cfg.seed + data.seed_base) * 1_000_003 + k)  # as Stage2Data.step
+                data.reseed(k)  # as Stage2Data.step
                 data.generation()
                 seqs, lens, _ = data.understanding()
                 if cfg.rank_images:

@@ -747,10 +747,14 @@ class Stage2Data:
             objects = [sorted((o.shape, o.color) for o in sc.objects) for sc in scenes]
         return batch, labels, to_pixels([images[id(sc)] for sc in scenes]), aux, recon, objects
 
+    def reseed(self, k: int) -> None:
+        """Start step k's data stream: every step draws from a seed of its own."""
+        self.rng = random.Random((self.cfg.seed + self.seed_base) * 1_000_003 + k)
+
     def step(self, k: int) -> dict:
         """Every input of stage-2 step k, made on the CPU from a seed of its own (so batches do not depend on how
         many worker processes make them, and a resumed run sees the same data)."""
-        self.rng = random.Random((self.cfg.seed + self.seed_base) * 1_000_003 + k)
+        self.reseed(k)
         prompt, gen_pixels = self.generation()
         seqs, lens, scenes = self.understanding()
         n_und, groups = len(seqs), []
