@@ -126,11 +126,12 @@ def bench_understanding(b, pairs, seed: int, recon: bool = False, per_prompt: li
         px = pixels_of([render(sc)])
         px = (reconstruct(b, px) if recon else px).repeat(len(texts), 1, 1, 1)
         total, mean = score_texts(b, px, REWARD_QUERY, texts)
-        hits_sum[m["tag"]].append(bool(total.argmax() == 0))
+        right = bool(total.argmax() == 0)
+        hits_sum[m["tag"]].append(right)
         if per_prompt is not None:
-            per_prompt.append((m, bool(total.argmax() == 0)))
+            per_prompt.append((m, right))
         hits_mean[m["tag"]].append(bool(mean.argmax() == 0))
-        by_held_out[holds_held_out_pair(sc)].append(bool(total.argmax() == 0))
+        by_held_out[holds_held_out_pair(sc)].append(right)
         for i, d in enumerate(ds, start=1):
             by_kind[d["perturbation"]].append(bool(total[0] > total[i]))
     return {"choose_1_of_4_sum_logp": {**summarise(hits_sum), **held_out_split(by_held_out)},
