@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 3, VQ target (>= 0.98): does the stage-1 VQ recipe reach it with more capacity or more steps? Seven
-# experiments/vq_draw.py runs side by side on one GPU (each its own process, 2 CPU threads): the nano preset as it
-# is (seeds 0 and 1, the draws measured on the CPU: 0.873 and 0.942), 64 base channels instead of 32 (seeds 0, 1),
-# 4,000 stage-1 steps instead of 2,000 (seeds 0, 1) and 2 residual blocks per level (seed 0). Each run scores its
-# VQ as `benchmarks/nano_model_eval.py --only vq` does (553 eval-split renderings, exact evaluator).
+# experiments/vq_draw.py runs side by side on one GPU (each its own process, 2 CPU threads), all on the nano-v5
+# preset (nano when this ran, 2026-11-28; today's nano is its 4,000-step result): nano-v5 as it is (seeds 0 and 1,
+# the draws measured on the CPU: 0.873 and 0.942), 64 base channels instead of 32 (seeds 0, 1), 4,000
+# stage-1 steps instead of 2,000 (seeds 0, 1) and 2 residual blocks per level (seed 0). Each run scores its VQ as
+# `benchmarks/nano_model_eval.py --only vq` does (553 eval-split renderings, exact evaluator).
 # Usage: bash experiments/vq_capacity_gpu.sh OUT [SECONDS]   (SECONDS: stop each run after this long; default 560:
 # on an H200 the 4,000-step runs need about 7 minutes beside the others)
 # Writes OUT/<name>/vq_draw.json per finished run and prints one table row per run.
@@ -13,7 +14,7 @@ LIMIT=${2:-560}
 mkdir -p "$OUT"
 run() {  # name seed [vq_draw.py arguments]
   local name=$1 seed=$2; shift 2
-  timeout -s INT "$LIMIT" python3 experiments/vq_draw.py --seed "$seed" --out "$OUT/$name" --set device=cuda \
+  timeout -s INT "$LIMIT" python3 experiments/vq_draw.py --preset nano-v5 --seed "$seed" --out "$OUT/$name" --set device=cuda \
     "$@" > "$OUT/$name.log" 2>&1
 }
 run base-s0 0 & run base-s1 1 &

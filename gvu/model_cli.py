@@ -52,7 +52,9 @@ def register_train(sub) -> None:
     p.add_argument("--config", default=None, help="a JSON file of TrainConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (repeatable)")
     p.add_argument("--out", required=True, help="the run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint; without --preset or --config its own "
+                        "config.json is the base (--set steps=N on top extends it under the constant schedule)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.set_defaults(func=cmd_train)
 
@@ -155,10 +157,21 @@ def cmd_pretrain(args) -> None:
     print(f"model written to {path}")
 
 
+def train_config_of(args):
+    """The config `gvu train` runs: resolve_train_config of the flags, except that `--resume` without --preset or
+    --config starts from the run's own config.json, so that `gvu train --out RUN --resume` needs no flag retyped."""
+    config = args.config
+    if args.resume and args.preset is None and config is None:
+        config = os.path.join(args.out, "config.json")
+        if not os.path.isfile(config):
+            raise UserError(f"--resume: {args.out} holds no run (no config.json); give the --out of a gvu train run")
+    return resolve_train_config(args.preset, config, args.set)
+
+
 def cmd_train(args) -> None:
     from gvu.config import ConfigError
 
-    cfg = resolve_train_config(args.preset, args.config, args.set)
+    cfg = train_config_of(args)
     try:
         cfg.validate()
     except ConfigError as e:

@@ -440,6 +440,30 @@ def test_set_overrides_are_typed_and_badly_typed_values_are_clear_errors(tmp_pat
         resolve_train_config(None, str(tmp_path), [])
 
 
+def test_resume_without_preset_or_config_takes_the_runs_own_config(tmp_path):
+    from dataclasses import asdict, replace
+
+    from gvu.cli import build_parser
+    from gvu.config import TrainConfig
+    from gvu.errors import UserError
+    from gvu.model_cli import train_config_of
+    from gvu.run_io import save_json
+
+    saved = replace(TrainConfig(), beta=0.05, steps=5, lr=2e-6, schedule="constant",
+                    reward=replace(TrainConfig().reward, judge="frozen"))
+    save_json(str(tmp_path), "config.json", asdict(saved))
+    parse = build_parser().parse_args
+    assert train_config_of(parse(["train", "--out", str(tmp_path), "--resume"])) == saved
+    # --set goes on top of the run's config (the README's way to extend a run)
+    assert train_config_of(parse(["train", "--out", str(tmp_path), "--resume", "--set", "steps=9"])) == replace(saved, steps=9)
+    # an explicit --preset or --config is still the base, as without --resume (check_run_dir then compares it)
+    assert train_config_of(parse(["train", "--out", str(tmp_path), "--resume", "--preset", "nano"])).beta != 0.05
+    # without --resume the run's config is not read
+    assert train_config_of(parse(["train", "--out", str(tmp_path)])) == TrainConfig()
+    with pytest.raises(UserError, match="holds no run"):
+        train_config_of(parse(["train", "--out", str(tmp_path / "nothing"), "--resume"]))
+
+
 @pytest.mark.parametrize("branch", ["conditional", "guided", "guided, sampled without guidance"])
 def test_old_and_reference_logprobs_score_the_same_distribution_as_the_loss(model_dir, tmp_path, monkeypatch, branch):
     """mu = 2 and beta > 0: on the first inner pass of step 1 the policy is the rollout's policy and the reference,
