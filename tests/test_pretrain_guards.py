@@ -156,3 +156,15 @@ def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tm
     logs = [json.loads(x) for x in open(straight / "log.jsonl")], [json.loads(x) for x in open(crashed / "log.jsonl")]
     restarted = [[r.get("vq/restarted") for r in log if "vq/restarted" in r] for log in logs]
     assert restarted[0] == restarted[1]
+
+
+def test_the_rel30_preset_is_nano_with_balanced_geneval_relations_and_train_only_captions():
+    """The model card's relshare30 ran `--preset nano --set balanced_relations=true --set spatial_suite=geneval
+    --set spatial_share=0.3 --set caption_train_only=true`; nano-rel30 must be that recipe and nothing else."""
+    from dataclasses import fields
+    nano, rel = pt.PRESETS["nano"], pt.PRESETS["nano-rel30"]
+    differ = {f.name for f in fields(nano) if getattr(nano, f.name) != getattr(rel, f.name)}
+    assert differ == {"spatial_suite", "balanced_relations", "caption_train_only"}
+    assert (rel.spatial_suite, rel.balanced_relations, rel.caption_train_only, rel.spatial_share) == ("geneval", True, True, 0.3)
+    cfg = resolve("nano-rel30", vq_from="models/nano-janus", dec_steps=0)  # the card's command on v6's VQ
+    assert (cfg.vq_from, cfg.dec_steps, cfg.balanced_relations) == ("models/nano-janus", 0, True)

@@ -261,6 +261,13 @@ PRESETS = {
     # in all). v6 is its second CPU draw (runs/v13cpu); see the model card. Since 2026-12-01 its stages are compiled
     # (torch_compile: the same recipe, about 25 minutes faster here)
     "nano": replace(_V5, vq_steps=4000, torch_compile=True),
+    # tried (2026-12-03, not shipped; the model card's "relshare30"): nano with every spatial row and ranking group a
+    # GenEval relation whose mirror is a train prompt too (v6's 30% share) and no eval-split texts in training captions.
+    # On v6's VQ (`--vq-from models/nano-janus --set dec_steps=0`, about 110 minutes here) it picked the true prompt
+    # 0.879 of the time over three scene draws (v6 0.867) and its reward reached ROC-AUC 0.858 on unguided images
+    # (v6 0.839): the first candidate to replace v6
+    "nano-rel30": replace(_V5, vq_steps=4000, torch_compile=True, spatial_suite="geneval", balanced_relations=True,
+                          caption_train_only=True),
     # v5: v4's recipe with 3,600 stage-2 steps instead of 2,400 (the shipped model until 2026-11-28, and `nano` until
     # then). Since 2026-11-27 (eighth session) its VQ stages compute group norms in fp32 (faster on the CPU; v5 itself
     # had bf16). About 120 minutes on this CPU
