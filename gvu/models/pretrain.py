@@ -253,6 +253,7 @@ _V4 = PretrainConfig(vq_steps=2000, vq_edge_weight=1.0, vis_steps=2000, lm_steps
                      rank_images=6, aux_weight=1.0, gen_weight=3.0, spatial_share=0.3, dec_steps=800, s3_steps=400)
 
 _V5 = replace(_V4, lm_steps=3600, vq_norm_fp32=True)
+_V6 = replace(_V5, vq_steps=4000, torch_compile=True)
 
 PRESETS = {
     # v6 (the shipped model, since 2026-11-28): v5's recipe with 4,000 VQ steps instead of 2,000. On an H200 two draws of
@@ -260,14 +261,13 @@ PRESETS = {
     # (experiments/vq_capacity_gpu.sh); on this 2-core CPU the longer stage 1 costs about 21 minutes more (about 146
     # in all). v6 is its second CPU draw (runs/v13cpu); see the model card. Since 2026-12-01 its stages are compiled
     # (torch_compile: the same recipe, about 25 minutes faster here)
-    "nano": replace(_V5, vq_steps=4000, torch_compile=True),
+    "nano": _V6,
     # tried (2026-12-03, not shipped; the model card's "relshare30"): nano with every spatial row and ranking group a
     # GenEval relation whose mirror is a train prompt too (v6's 30% share) and no eval-split texts in training captions.
     # On v6's VQ (`--vq-from models/nano-janus --set dec_steps=0`, about 110 minutes here) it picked the true prompt
     # 0.879 of the time over three scene draws (v6 0.867) and its reward reached ROC-AUC 0.858 on unguided images
     # (v6 0.839): the first candidate to replace v6
-    "nano-rel30": replace(_V5, vq_steps=4000, torch_compile=True, spatial_suite="geneval", balanced_relations=True,
-                          caption_train_only=True),
+    "nano-rel30": replace(_V6, spatial_suite="geneval", balanced_relations=True, caption_train_only=True),
     # v5: v4's recipe with 3,600 stage-2 steps instead of 2,400 (the shipped model until 2026-11-28, and `nano` until
     # then). Since 2026-11-27 (eighth session) its VQ stages compute group norms in fp32 (faster on the CPU; v5 itself
     # had bf16). About 120 minutes on this CPU
