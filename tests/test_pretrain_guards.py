@@ -158,13 +158,16 @@ def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tm
     assert restarted[0] == restarted[1]
 
 
-def test_the_rel30_preset_is_nano_with_balanced_geneval_relations_and_train_only_captions():
-    """The model card's relshare30 ran `--preset nano --set balanced_relations=true --set spatial_suite=geneval
-    --set spatial_share=0.3 --set caption_train_only=true`; nano-rel30 must be that recipe and nothing else."""
+def test_the_nano_preset_is_v6_with_balanced_geneval_relations_and_train_only_captions():
+    """The shipped v7 is the model card's relshare30, which ran `--preset nano --set balanced_relations=true --set
+    spatial_suite=geneval --set spatial_share=0.3 --set caption_train_only=true` when nano was v6's recipe; nano (and
+    nano-rel30, its name as a candidate) must be that recipe and nothing else."""
     from dataclasses import fields
-    nano, rel = pt.PRESETS["nano"], pt.PRESETS["nano-rel30"]
-    differ = {f.name for f in fields(nano) if getattr(nano, f.name) != getattr(rel, f.name)}
+    v6, v7 = pt.PRESETS["nano-v6"], pt.PRESETS["nano"]
+    assert pt.PRESETS["nano-rel30"] == v7
+    differ = {f.name for f in fields(v6) if getattr(v6, f.name) != getattr(v7, f.name)}
     assert differ == {"spatial_suite", "balanced_relations", "caption_train_only"}
-    assert (rel.spatial_suite, rel.balanced_relations, rel.caption_train_only, rel.spatial_share) == ("geneval", True, True, 0.3)
-    cfg = resolve("nano-rel30", vq_from="models/nano-janus", dec_steps=0)  # the card's command on v6's VQ
+    assert (v7.spatial_suite, v7.balanced_relations, v7.caption_train_only, v7.spatial_share) == ("geneval", True, True, 0.3)
+    assert (v6.vq_steps, v6.lm_steps, v6.torch_compile) == (4000, 3600, True)
+    cfg = resolve("nano", vq_from="models/nano-janus", dec_steps=0)  # the card's command on v6's VQ
     assert (cfg.vq_from, cfg.dec_steps, cfg.balanced_relations) == ("models/nano-janus", 0, True)
