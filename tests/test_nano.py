@@ -278,7 +278,7 @@ def test_shipped_model_prefers_the_true_caption_to_a_wrong_shape():
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped nano-Janus (models/nano-janus) is not in this checkout")
-@pytest.mark.xfail(strict=True, reason="known gap of nano-Janus (v3 and v4): mirrored relations are caught only 55-58% of the time "
+@pytest.mark.xfail(strict=True, reason="known gap of nano-Janus: mirrored relations are caught only 55-66% of the time (v3-v7) "
                                        "(benchmarks/nano_model_eval.py); strict, so an improved model must update this")
 def test_shipped_model_prefers_the_true_caption_to_a_mirrored_relation():
     assert _true_vs_edited("relation") >= 11
