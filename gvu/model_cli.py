@@ -257,7 +257,7 @@ def cmd_score(args) -> None:
                    "tokens": [[t, round(lp, 3)] for t, lp in toks]}
             weights = [] if out.token_weights is None else out.token_weights[i][tl.mask[i]].tolist()
             if weights:
-                row["token_weights"] = [round(w, 3) for w in weights]
+                row["token_weights"] = [float(f"{w:.4g}") for w in weights]  # significant digits: a floor weight (1e-6) stays > 0
             rows.append(row)
             worst = min(toks, key=lambda x: x[1])
             print(f"{out.rewards[i]:.4f}  {path}  {prompt!r}")
