@@ -2,7 +2,7 @@
 generated image is correct", over images the model itself generated for eval-split prompts, overall and per tag;
 also per reduction (geometric_mean, product, min) and within prompt groups (what GRPO actually uses).
 
-Usage: python benchmarks/reward_auc.py [--model models/nano-janus] [--prompts 553] [--images 4] [--cfg-scale S] [--dump tokens.npz]
+Usage: python benchmarks/reward_auc.py [--model models/nano-janus] [--prompts 553] [--images 4] [--cfg-scale S] [--seed N] [--dump tokens.npz]
 
 --dump saves the per-token log-probs, token ids, verdicts and tags, plus each prompt's per-token log-probs under
 a blank grey image (a text-only prior), so token-weighting variants can be studied without regenerating
@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (AUCs match within sampling noise, not bit for bit)")
+    ap.add_argument("--seed", type=int, default=2024,
+                    help="sampling seed of the first chunk of 64 images (chunk k uses seed + 64k); 2024 gave every "
+                         "number in the README, another value draws other images of the same prompts")
     ap.add_argument("--out", default=None)
     ap.add_argument("--dump", default=None, help="save per-token log-probs etc. to this .npz")
     ap.add_argument("--cfg-scale", type=float, default=None,
@@ -82,7 +85,7 @@ def main() -> None:
     for s in tqdm(range(0, len(rows), 64), desc="generate + score"):
         chunk = rows[s:s + 64]
         texts = [m["prompt"] for m in chunk]
-        px = b.decode_images(b.sample_image_tokens(texts, SamplingConfig(cfg_scale=args.cfg_scale, seed=2024 + s)))
+        px = b.decode_images(b.sample_image_tokens(texts, SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed + s)))
         tl = gvu_reward(b, px, texts, RewardConfig()).token_logprobs
         width = 48
         lp = torch.zeros(len(chunk), width)
@@ -98,7 +101,8 @@ def main() -> None:
         partial += [v.partial for v in verdicts]
     lp, mk, y = torch.cat(lps), torch.cat(masks), np.array(correct)
     tags = np.array([m["tag"] for m in rows])
-    res = {"images": len(rows), "correct_rate": float(y.mean()), "cfg_scale": args.cfg_scale or b.default_cfg_scale}
+    res = {"images": len(rows), "correct_rate": float(y.mean()), "cfg_scale": args.cfg_scale or b.default_cfg_scale,
+           "seed": args.seed}
     for red in REDUCTIONS:
         r = reduce_logprobs(lp, mk, red).numpy()
         per_tag = {t: auc(r[tags == t], y[tags == t]) for t in sorted(set(tags))}
