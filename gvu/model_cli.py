@@ -20,9 +20,10 @@ def register_pretrain(sub) -> None:
                        description="Build and train nano-Janus: tokenizer, VQ tokenizer (stage 1), language model on "
                                    "understanding + generation (stage 2). Rerun the same command to resume.")
     p.add_argument("--preset", default="nano",
-                   help="nano (the shipped v7's recipe: about 118 min on a 2-core CPU with fast bf16, about 390 on "
-                        "an AVX2-only one; README 'Pretraining cost'), nano-v6 (v6's: no relation balance), nano-rel30 "
-                        "(nano's name as a candidate), nano-v5 (v5's: 2,000 VQ steps), nano-crop (a "
+                   help="nano (the shipped v8's recipe: about 118 min on a 2-core CPU with fast bf16, about 390 on "
+                        "an AVX2-only one; README 'Pretraining cost'), nano-u24r12 (nano's name as a candidate), "
+                        "nano-v7 (v7's: fewer understanding rows a step), nano-rel30 (nano-v7's name as a candidate), "
+                        "nano-v6 (v6's: no relation balance), nano-v5 (v5's: 2,000 VQ steps), nano-crop (a "
                         "stage 1 on object crops; no better than nano-v5), nano-v4 ... nano-v0 (earlier models), "
                         "nano-vq4k (nano's name while a candidate), or smoke (seconds)")
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")

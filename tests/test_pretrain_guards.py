@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -158,16 +158,26 @@ def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tm
     assert restarted[0] == restarted[1]
 
 
-def test_the_nano_preset_is_v6_with_balanced_geneval_relations_and_train_only_captions():
-    """The shipped v7 is the model card's relshare30, which ran `--preset nano --set balanced_relations=true --set
-    spatial_suite=geneval --set spatial_share=0.3 --set caption_train_only=true` when nano was v6's recipe; nano (and
-    nano-rel30, its name as a candidate) must be that recipe and nothing else."""
+def test_the_nano_preset_is_v7_with_more_understanding_per_step_and_nano_v7_is_v6_with_balanced_relations():
+    """The shipped v8 is the model card's u24r12, which ran `--preset nano --set und_batch=24 --set rank_images=12 --set
+    lm_steps=3000 --set s3_steps=330` when nano was v7's recipe; nano (and nano-u24r12, its name as a candidate) must be
+    that recipe and nothing else. v7 (nano-v7, and nano-rel30, its name as a candidate) is v6's recipe with balanced
+    GenEval relations and train-only captions."""
     from dataclasses import fields
-    v6, v7 = pt.PRESETS["nano-v6"], pt.PRESETS["nano"]
-    assert pt.PRESETS["nano-rel30"] == v7
+    v6, v7, v8 = pt.PRESETS["nano-v6"], pt.PRESETS["nano-v7"], pt.PRESETS["nano"]
+    assert pt.PRESETS["nano-u24r12"] == v8 and pt.PRESETS["nano-rel30"] == v7
+    differ = {f.name for f in fields(v7) if getattr(v7, f.name) != getattr(v8, f.name)}
+    assert differ == {"und_batch", "rank_images", "lm_steps", "s3_steps"}
+    assert (v8.und_batch, v8.rank_images, v8.lm_steps, v8.s3_steps) == (24, 12, 3000, 330)
+    assert (v7.und_batch, v7.rank_images, v7.lm_steps, v7.s3_steps) == (16, 6, 3600, 400)
     differ = {f.name for f in fields(v6) if getattr(v6, f.name) != getattr(v7, f.name)}
     assert differ == {"spatial_suite", "balanced_relations", "caption_train_only"}
     assert (v7.spatial_suite, v7.balanced_relations, v7.caption_train_only, v7.spatial_share) == ("geneval", True, True, 0.3)
     assert (v6.vq_steps, v6.lm_steps, v6.torch_compile) == (4000, 3600, True)
-    cfg = resolve("nano", vq_from="models/nano-janus", dec_steps=0)  # the card's command on v6's VQ
-    assert (cfg.vq_from, cfg.dec_steps, cfg.balanced_relations) == ("models/nano-janus", 0, True)
+    cfg = resolve("nano", vq_from="models/nano-janus", dec_steps=0)  # the card's command on v7's VQ (v6's)
+    assert (cfg.vq_from, cfg.dec_steps, cfg.balanced_relations, cfg.rank_images) == ("models/nano-janus", 0, True, 12)
+    # the shipped pretrain_config.json is that command's recipe, field for field
+    with open(Path(__file__).resolve().parent.parent / "models" / "nano-janus" / "pretrain_config.json") as f:
+        shipped = json.load(f)
+    recipe = json.loads(json.dumps(asdict(cfg)))  # tuples as JSON writes them
+    assert {k: v for k, v in recipe.items() if shipped.get(k, v) != v} == {}
