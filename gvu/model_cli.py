@@ -25,7 +25,7 @@ def register_pretrain(sub) -> None:
                         "nano-v7 (v7's: fewer understanding rows a step), nano-rel30 (nano-v7's name as a candidate), "
                         "nano-v6 (v6's: no relation balance), nano-v5 (v5's: 2,000 VQ steps), nano-crop (a "
                         "stage 1 on object crops; no better than nano-v5), nano-v4 ... nano-v0 (earlier models), "
-                        "nano-vq4k (nano's name while a candidate), or smoke (seconds)")
+                        "nano-vq4k (nano-v6's name while a candidate), or smoke (seconds)")
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a recipe field of the preset (PretrainConfig in gvu/models/pretrain.py; repeatable), "

@@ -261,7 +261,7 @@ _V7 = replace(_V6, spatial_suite="geneval", balanced_relations=True, caption_tra
 
 # v8: v7's recipe with more understanding per stage-2 step (24 understanding rows instead of 16, 12 ranking groups
 # instead of 6) and fewer steps, so that stage 2 and 3 take v7's time (a stage-2 step cost 1.41 s against v7's 1.17 in a
-# 60-step probe side by side: 3,600 x 1.17 / 1.41 = 2,990 steps, and stage 3's 400 scaled alike)
+# 60-step probe of each, one after the other: 3,600 x 1.17 / 1.41 = 2,990 steps, and stage 3's 400 scaled alike)
 _V8 = replace(_V7, und_batch=24, rank_images=12, lm_steps=3000, s3_steps=330)
 
 PRESETS = {
