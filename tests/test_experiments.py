@@ -1,5 +1,6 @@
 """Helpers of the experiment scripts: deadline_compare.py's step bookkeeping (which checkpoint every run is evaluated
-at), compare_rewards.py's evaluation under another guidance, and vq_draw.py's settings and report."""
+at), compare_rewards.py's evaluation under another guidance, compare_gpu.sh's CUDA check, and vq_draw.py's settings and
+report."""
 
 import importlib.util
 import json
@@ -315,3 +316,25 @@ def test_caption_leak_replays_the_very_understanding_rows_of_stage2_and_counts_e
         read = sum(n for t, n in seen.items() if made.get(t) in ("eval", "ood"))
         assert (read > 0) != flag
     assert made and all(s in ("train", "train+eval") for t, s in made.items() if seen[t])
+
+
+def test_compare_gpu_stops_at_its_cuda_check_before_any_row_starts(tmp_path):
+    """experiments/compare_gpu.sh checks the CUDA path with a 2-step run first: without a GPU it stops there, with
+    the check's own error, and no row's process is started; without its arguments it prints its usage."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the failure on a machine without a GPU")
+    script = os.path.join(HERE, "..", "experiments", "compare_gpu.sh")
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    usage = subprocess.run(["bash", script], capture_output=True, text=True, env=env)
+    assert usage.returncode != 0 and "usage: bash experiments/compare_gpu.sh OUT ROWS SEEDS SECONDS" in usage.stderr
+    out = tmp_path / "cmp"
+    r = subprocess.run(["bash", script, str(out), "base,gvu_policy", "0", "60", "--steps", "4"], cwd=os.path.join(HERE, ".."),
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 1
+    assert "the CUDA check failed" in r.stdout and "this torch sees no GPU" in r.stdout
+    assert sorted(os.listdir(out)) == ["cuda-check.log"]  # no row's log, no row's folder
