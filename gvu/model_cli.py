@@ -20,7 +20,7 @@ def register_pretrain(sub) -> None:
                        description="Build and train nano-Janus: tokenizer, VQ tokenizer (stage 1), language model on "
                                    "understanding + generation (stage 2). Rerun the same command to resume.")
     p.add_argument("--preset", default="nano",
-                   help="nano (the shipped v8's recipe: about 118 min on a 2-core CPU with fast bf16, about 390 on "
+                   help="nano (the shipped v8's recipe: 75 min on a 2-core Xeon with AMX, 124 on a 2-core EPYC, about 390 on "
                         "an AVX2-only one; README 'Pretraining cost'), nano-u24r12 (nano's name as a candidate), "
                         "nano-v7 (v7's: fewer understanding rows a step), nano-rel30 (nano-v7's name as a candidate), "
                         "nano-v6 (v6's: no relation balance), nano-v5 (v5's: 2,000 VQ steps), nano-crop (a "
