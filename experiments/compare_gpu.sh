@@ -7,7 +7,8 @@
 # Every process gets --set device=cuda; give the speed fields (--threads, --set evaluator_workers=N) yourself.
 # Before the rows start, a 2-step training run with an 8-prompt evaluation checks the CUDA path (a broken one then
 # costs seconds, not a whole run). Afterwards OUT/results.tar.gz holds every result, config, metric log and process
-# log (no checkpoints), and `python experiments/compare_rewards.py --out OUT ... --set device=cuda` with the same
+# log (no checkpoints). Each process also writes OUT/table.md and OUT/budget.png for its own row, the last one
+# winning; `python experiments/compare_rewards.py --out OUT ... --set device=cuda` with the same
 # arguments prints the table from the cache once every row it names has a result.
 set -u
 OUT=${1:?usage: bash experiments/compare_gpu.sh OUT ROWS SEEDS SECONDS [compare_rewards.py arguments...]}
