@@ -23,13 +23,32 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def rng_states() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, NumPy's and torch's global RNG states as plain data (lists, ints, floats, strings): it can be
+    written as JSON and read back without unpickling anything."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(mt), gauss],
+            "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state().tolist()}
+
+
+def python_rng_state(rng: random.Random) -> list:
+    """A random.Random's state as plain data (see rng_states); random.Random.setstate(python_rng_tuple(s)) undoes it."""
+    version, mt, gauss = rng.getstate()
+    return [version, list(mt), gauss]
+
+
+def python_rng_tuple(state) -> tuple:
+    """The inverse of python_rng_state: the tuple random.Random.setstate takes."""
+    version, mt, gauss = state
+    return (version, tuple(mt), gauss)
 
 
 def set_rng_states(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
+    random.setstate(python_rng_tuple(s["python"]))
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
 
 
 def fsync(path: str) -> None:
