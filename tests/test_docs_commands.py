@@ -1,4 +1,4 @@
-"""Every `gvu` command that README.md and docs/*.md show exists, and so does every long flag written after it.
+"""Every `gvu` command that README.md, the model card and docs/*.md show exists, and so does each long flag after it.
 
 The docs are read as a user reads them: fenced code blocks (a trailing backslash joins the next line) and inline
 code spans (which may wrap across a line break). Wherever `gvu COMMAND [SUBCOMMAND]` (or `gvu.cli COMMAND`, as in
@@ -97,7 +97,7 @@ def commands_in_markdown(markdown: str, path: str) -> list[DocCommand]:
 
 
 def doc_files() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return [REPO / "README.md", REPO / "models" / "nano-janus" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def help_text(words: list[str]) -> str | None:
@@ -189,7 +189,7 @@ def test_the_docs_show_gvu_commands_at_all():
     assert {"train", "pretrain"} <= commands
 
 
-@pytest.mark.parametrize("path", doc_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_gvu_command_and_long_flag_in_the_doc_exists(path):
     commands = commands_in_markdown(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
     report = problems(commands)
