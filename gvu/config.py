@@ -14,6 +14,7 @@ JUDGES = ("policy", "frozen", "ema")
 TOKEN_WEIGHTS = ("uniform", "surprisal")
 REWARD_KINDS = ("gvu", "oracle")
 LOSS_LOGPROBS = ("conditional", "guided")
+ENGINES = ("eager", "static", "compiled")  # rollout decoding engines (gvu/models/janus_decode.py)
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,7 @@ class SamplingConfig:
     top_p: float = 1.0  # nucleus sampling; 1.0 disables
     min_p: float = 0.0  # drop tokens whose probability is below min_p x the top probability (official GvU: 0.03)
     seed: int = 0  # rollout RNG seed; the same seed and inputs give the same tokens
+    engine: str = "static"  # how decoding steps run (gvu/models/janus_decode.py): eager (growing cache) | static (preallocated cache, fixed-shape step) | compiled (static under torch.compile; CUDA graphs on CUDA); all draw the same tokens
 
     def validate(self) -> None:
         if not self.guidance and self.cfg_scale is not None:  # first: with guidance off, any scale is the mistake
@@ -46,6 +48,8 @@ class SamplingConfig:
             raise ConfigError(f"top_p must be in (0, 1] (got {self.top_p}); 1 disables it")
         if not 0 <= self.min_p < 1:
             raise ConfigError(f"min_p must be in [0, 1) (got {self.min_p}); 0 disables it")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"sampling engine must be one of {ENGINES} (got {self.engine!r})")
 
 
 @dataclass(frozen=True)

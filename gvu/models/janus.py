@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, JanusForConditionalGeneration
+from transformers import JanusForConditionalGeneration
 
 from gvu.config import SamplingConfig
 from gvu.models.adapter import TokenLogprobs
+from gvu.models.janus_decode import EagerDecoder, SampledImageTokens, StaticDecoder, prompt_bucket
 from gvu.models.janus_format import Batch, JanusTemplate, left_pad, unconditional
-from gvu.sampling import guide, sample
+from gvu.sampling import filter_logits, guide, sample
 
 BACKEND_FILE = "gvu_backend.json"  # optional backend defaults stored beside a checkpoint (nano-Janus has one)
 
@@ -359,10 +360,19 @@ class JanusBackend:
     def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig,
                             row_ids: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [M, N]. With guidance the batch is [conditional rows; unconditional rows] (transformers' layout);
-        without (sampling.guidance False) only the conditional rows. A KV cache either way.
+        without (sampling.guidance False) only the conditional rows. A KV cache either way; sampling.engine picks
+        how the decoding steps run (gvu.models.janus_decode): every engine draws the same tokens.
 
         row_ids [M]: each row's global id (default 0..M-1); a row's random draws depend only on (seed, row id,
         position), not on its batch (gvu.sampling.row_uniforms)."""
+        return self.sample_image_tokens_with_logprobs(prompts, sampling, row_ids, with_logprobs=False).tokens
+
+    @torch.no_grad()
+    def sample_image_tokens_with_logprobs(self, prompts: list[str], sampling: SamplingConfig,
+                                          row_ids: torch.Tensor | None = None,
+                                          with_logprobs: bool = True) -> SampledImageTokens:
+        """sample_image_tokens, plus the log-probability [M, N] of each drawn token under the distribution it was
+        drawn from (guided, tempered and filtered); None when with_logprobs is False."""
         sampling.validate()
         self.check_prompts(prompts)
         scale = sampling.cfg_scale if sampling.cfg_scale is not None else self.default_cfg_scale
@@ -370,28 +380,39 @@ class JanusBackend:
             raise ValueError(f"Janus samples with classifier-free guidance: cfg_scale must be > 1 (got {scale}); "
                              "for no guidance set sampling.guidance to false")
         m, n = len(prompts), self.num_image_tokens
-        branches = 2 if sampling.guidance else 1
         cond = self.prompt_batch(prompts)
-        ids, mask, positions = cond.ids, cond.mask, cond.positions
         if sampling.guidance:
             uncond = unconditional(cond.ids, cond.mask, self.ids["bos"], self.ids["boi"], self.ids["pad"])
-            ids, mask, positions = torch.cat([ids, uncond]), torch.cat([mask, mask]), torch.cat([positions, positions])
+            cond = Batch(torch.cat([cond.ids, uncond]), torch.cat([cond.mask, cond.mask]),
+                         torch.cat([cond.positions, cond.positions]))
         rows = torch.arange(m) if row_ids is None else torch.as_tensor(row_ids)
-        cache = DynamicCache()
-        hidden = self._lm_step(self.model.get_input_embeddings()(ids), mask, positions, cache)
+        if sampling.engine == "eager":
+            decoder = EagerDecoder(self, cond)
+        else:
+            decoder = self._static_decoder(cond.ids.shape[0], cond.ids.shape[1], sampling.engine == "compiled")
+            cond = decoder.start(cond)
+        logits = decoder.prefill(cond)
         tokens = torch.empty(m, n, dtype=torch.long, device=self.device)
+        logprobs = torch.empty(m, n, device=self.device) if with_logprobs else None
         for i in range(n):
-            logits = self.model.model.generation_head(hidden).float()  # [branches * M, V]
             if sampling.guidance:
                 logits = guide(logits[:m], logits[m:], scale)
             tokens[:, i] = sample(logits, sampling, rows, i)
-            if i == n - 1:
-                break
-            embeds = self.model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(branches))[:, None]
-            mask = torch.cat([mask, mask.new_ones(branches * m, 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            hidden = self._lm_step(embeds, mask, positions, cache)
-        return tokens
+            if with_logprobs:
+                logprobs[:, i] = filter_logits(logits, sampling).log_softmax(-1).gather(-1, tokens[:, i, None])[:, 0]
+            if i < n - 1:
+                logits = decoder.step(tokens[:, i].repeat(cond.ids.shape[0] // m), i)
+        return SampledImageTokens(tokens, logprobs)
+
+    def _static_decoder(self, rows: int, prompt_width: int, compiled: bool) -> StaticDecoder:
+        """The backend's static decoder for `rows` rows (kept between calls, so a compiled step compiles once per
+        shape); a new one, replacing it, when the rows, the prompt bucket, the engine or the weights' dtype differ."""
+        width = prompt_bucket(prompt_width, self.max_positions - self.num_image_tokens)
+        key = (rows, width, compiled, self.model.dtype, self.device)
+        if getattr(self, "_static", None) is None or self._static.key != key:
+            self._static = None  # free the old cache before allocating the new one
+            self._static = StaticDecoder(self, key)
+        return self._static
 
     def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0,
                              guidance: float | None = None) -> torch.Tensor:
