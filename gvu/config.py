@@ -88,7 +88,7 @@ class TrainConfig:
     # model and data
     model: str = "models/nano-janus"  # a local Janus checkpoint directory (transformers format)
     device: str = "cpu"
-    dtype: str = "float32"  # float32 | bfloat16
+    dtype: str = "float32"  # float32 | bfloat16 (LoRA: bf16 base weights; full fine-tuning: fp32 master weights and AdamW state, bf16 compute; gvu/precision.py)
     parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2: weights, gradients and optimiser state sharded)
     dist_timeout_min: float = 120.0  # under torchrun: how long a collective waits (the ranks wait while rank 0 saves)
     suite: str = "geneval"  # nano world: prompt suite for training and evaluation
@@ -164,10 +164,6 @@ class TrainConfig:
                                          "the last step"),
             (self.schedule in ("constant", "cosine"), f"schedule must be constant or cosine (got {self.schedule!r})"),
             (self.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (got {self.dtype!r})"),
-            (self.dtype == "float32" or self.lora_r > 0,
-             "full fine-tuning (lora_r=0) needs dtype=float32: AdamW's steps at these learning rates are far below "
-             "bfloat16's resolution (8 bits of mantissa), so most updates to bf16 weights round away. Use LoRA "
-             "(lora_r > 0; peft keeps the adapters in float32) or dtype=float32"),
             (self.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp (got {self.parallel!r})"),
             (self.dist_timeout_min > 0, f"dist_timeout_min must be > 0 minutes (got {self.dist_timeout_min})"),
             (self.grad_accum >= 1 and (self.batch_prompts * self.group_size) % self.grad_accum == 0,

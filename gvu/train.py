@@ -29,10 +29,10 @@ from gvu.config import ConfigError, TrainConfig
 from gvu.errors import SetupError
 from gvu.evaluate import evaluate, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
+from gvu.precision import compute_context, weights_dtype
 from gvu.reward import Judge, compute_reward, gvu_reward
 from gvu.rollout import rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
-
 
 # fields that change how fast a run goes (or its memory, how often it logs, how long ranks wait for each other),
 # never what it computes (gradient checkpointing recomputes the same operations): a run resumes under other values
@@ -80,7 +80,8 @@ def setup_trainable(backend, cfg: TrainConfig):
 
 
 def torch_dtype(cfg: TrainConfig) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    """The weights' dtype: bf16 for dtype=bfloat16 with LoRA, else fp32 (fp32 masters for bf16 full fine-tuning)."""
+    return weights_dtype(cfg)
 
 
 def precision_warning(cfg: TrainConfig) -> str:
@@ -145,13 +146,15 @@ def micro_batches(rows: int, grad_accum: int) -> list[slice]:
     return [slice(s, s + size) for s in range(0, rows, size)]
 
 
-def update(policy, ro, adv, cfg, params, optimizer, refs: list | None, recompute=contextlib.nullcontext) -> dict:
+def update(policy, ro, adv, cfg, params, optimizer, refs: list | None, recompute=contextlib.nullcontext,
+           compute=contextlib.nullcontext) -> dict:
     """mu inner passes of GRPO over this rank's rows (grad_accum micro-batches each); returns metrics.
     policy: backend.image_token_logprobs (with the loss's guidance bound, see loss_guidance) wrapped as a module
     (DDP or FSDP under torchrun).
     refs: the KL reference's log-probs per micro-batch (reference_batches), or None when beta is 0.
     recompute: the context each micro-batch's forward and backward run in (backend.checkpointed for
-    cfg.gradient_checkpointing)."""
+    cfg.gradient_checkpointing).
+    compute: the context of the forward alone (gvu.precision.compute_context: bf16 autocast over fp32 masters)."""
     rows = ro.row_prompts
     temp = cfg.sampling.temperature
     metrics: dict = {}
@@ -160,7 +163,8 @@ def update(policy, ro, adv, cfg, params, optimizer, refs: list | None, recompute
         total = 0.0
         for i, sl in enumerate(micro_batches(len(rows), cfg.grad_accum)):
             with recompute():
-                logp = policy(rows[sl], ro.tokens[sl], temp)
+                with compute():
+                    logp = policy(rows[sl], ro.tokens[sl], temp)
                 old = ro.old_logprobs[sl] if ro.old_logprobs is not None else logp.detach()  # mu = 1: ratio 1
                 ref = refs[i] if refs is not None else None
                 loss, mm = grpo_loss(logp, old, adv[sl].to(logp.device), torch.ones_like(logp, dtype=torch.bool), ref,
@@ -231,6 +235,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         from gvu.models.janus import check_checkpoint, resolve_checkpoint
         check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
         info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
+        compute = compute_context(cfg)  # bf16 autocast over fp32 masters (gvu.precision), else a no-op
         torch.set_num_threads(cfg.threads)
         warning = precision_warning(cfg)
         if warning:
@@ -276,14 +281,14 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         truncate_jsonl(os.path.join(run_dir, "diagnostics.jsonl"), start if ckpt else -1)
     # evaluations: every rank generates and scores its share (gvu.evaluate), rank 0 writes them
     if not ckpt and cfg.final_eval and nano:
-        with dist.full_params(policy):
+        with dist.full_params(policy), compute():
             before = final_tables(backend, cfg, info)
             if info.is_main:
                 save_json(run_dir, "before.json", before)
             dist.barrier()
 
     if start == 0 and cfg.eval_every:
-        with dist.full_params(policy):
+        with dist.full_params(policy), compute():
             periodic(backend, cfg, 0, eval_md, grid_md, run_dir, log, info)
             dist.barrier()
     bar = make_bar(cfg, start, progress and info.is_main)
@@ -294,7 +299,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         md = prompts_for_step(pool, step, cfg)
         # 1. rollout: G images per prompt (this rank's rows), with guidance, seeded by (seed, step, global row)
         # (under FSDP the full weights are gathered for rollout, reward and the KL reference, then sharded again)
-        with dist.full_params(policy):
+        with dist.full_params(policy), compute():
             ro = rollout(backend, md, cfg.group_size, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * 7919),
                          with_old_logprobs=cfg.mu > 1, old_logprobs_guidance=guidance,
                          micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
@@ -308,7 +313,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         zero_var = zero_variance_groups(d.rewards, cfg.group_size)
         # 4. update
         metrics = update(policy, ro, d.advantages, cfg, params, optimizer, refs,
-                         backend.checkpointed if cfg.gradient_checkpointing else contextlib.nullcontext)
+                         backend.checkpointed if cfg.gradient_checkpointing else contextlib.nullcontext, compute)
         if judge is not None:
             with dist.full_params(policy):
                 judge.update()
@@ -334,7 +339,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             if info.is_main and (s % cfg.log_every == 0 or s == cfg.steps or "alarm" in metrics):
                 log.write(metrics)
             if evaluate_now:
-                periodic(backend, cfg, s, eval_md if eval_now else None, grid_md, run_dir, log, info)
+                with compute():
+                    periodic(backend, cfg, s, eval_md if eval_now else None, grid_md, run_dir, log, info)
             if info.is_main:
                 if save_now:
                     tensors = judge.ema_tensors() if judge else None
@@ -345,7 +351,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             dist.barrier()
     bar.close()
     summary = {"run_dir": run_dir, "steps": cfg.steps}
-    with dist.full_params(policy):
+    with dist.full_params(policy), compute():
         if cfg.final_eval and nano:
             summary.update(finish(backend, cfg, run_dir, info))
         dist.barrier()

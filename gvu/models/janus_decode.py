@@ -47,6 +47,13 @@ def prompt_bucket(width: int, limit: int) -> int:
     return max(width, min(-(-width // PROMPT_BUCKET) * PROMPT_BUCKET, limit))
 
 
+def image_embeds(model, tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [R] -> the next step's input embeddings [R, 1, D], in the text embeddings' dtype: under bf16 autocast
+    over fp32 weights the aligner computes in bf16 while the prompt's embeddings are fp32, and the keys written into
+    a preallocated cache must keep the dtype of the prompt's (image_token_logits casts the same way)."""
+    return model.prepare_embeddings_for_image_generation(tokens)[:, None].to(model.get_input_embeddings().weight.dtype)
+
+
 class EagerDecoder:
     """transformers' DynamicCache: the cache and the attention mask grow by one position a step."""
 
@@ -62,7 +69,7 @@ class EagerDecoder:
     def step(self, tokens: torch.Tensor, i: int) -> torch.Tensor:
         """tokens [R]: image token i of every row -> logits [R, V] for token i + 1."""
         model = self.backend.model
-        embeds = model.prepare_embeddings_for_image_generation(tokens)[:, None]
+        embeds = image_embeds(model, tokens)
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         hidden = self.backend._lm_step(embeds, self.mask, self.last + 1 + i, self.cache)
         return model.model.generation_head(hidden).float()
@@ -109,7 +116,7 @@ class StaticDecoder:
         """The fixed-shape step: tokens [R], positions [R, 1] -> logits [R, V]. The cache writes at its own
         cumulative length (a tensor, so the position is data, not shape)."""
         model = self.backend.model
-        embeds = model.prepare_embeddings_for_image_generation(tokens)[:, None]
+        embeds = image_embeds(model, tokens)
         hidden = self.backend._lm_step(embeds, self.mask, positions, self.cache)
         return model.model.generation_head(hidden).float()
 
