@@ -105,7 +105,7 @@ def grpo_update(backend, ro, adv, cfg, params, optimizer, adapter_off, checkpoin
 
 
 def check(size: str, preset: str, prompts: int | None, device, dtype, checkpointing: bool, warm: bool,
-          compare: bool = False) -> dict:
+          compare: bool = False, engine: str | None = None) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from gvu.config import RewardConfig
@@ -143,7 +143,8 @@ def check(size: str, preset: str, prompts: int | None, device, dtype, checkpoint
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
 
     metadata = [{"prompt": PROMPTS[i % len(PROMPTS)]} for i in range(cfg.batch_prompts)]
-    sampling = cfg.sampling
+    sampling = replace(cfg.sampling, engine=engine) if engine else cfg.sampling  # the rollout engine (sampling.engine)
+    out["engine"] = sampling.engine
     ph = out["phases"]
     if warm:  # CUDA kernels, cuBLAS handles and the allocator warm up on one micro-batch
         with Phase("warmup", device, min(m, cfg.rollout_micro_batch or m), ph):
@@ -214,6 +215,7 @@ def main() -> None:
     ap.add_argument("--nccl", action="store_true", help="also run the one-rank nccl smoke check of gvu.dist")
     ap.add_argument("--compare", action="store_true", help="repeat the update without checkpointing (memory saved)")
     ap.add_argument("--budget-s", type=float, default=420, help="skip sizes that start after half this many seconds")
+    ap.add_argument("--engine", default=None, help="rollout engine: eager, static or compiled (default: the preset's)")
     ap.add_argument("--out", default=None, help="write results.json here")
     args = ap.parse_args()
 
@@ -236,7 +238,7 @@ def main() -> None:
             continue
         preset = "janus-pro-7b" if size == "7b" else "janus-pro-1b"
         results["runs"].append(check(size, preset, b, device, dtype, not args.no_checkpointing,
-                                     warm=device.type == "cuda", compare=args.compare))
+                                     warm=device.type == "cuda", compare=args.compare, engine=args.engine))
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             with open(os.path.join(args.out, "results.json"), "w") as f:

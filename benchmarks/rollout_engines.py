@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed rollouts per cell (default: 3 on cpu, 2 on cuda)")
     ap.add_argument("--bandwidth", type=float, default=3.35e12, help="GPU memory bandwidth in bytes/s (H100 SXM "
                                                                      "3.35e12, H200 4.8e12)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: a contended machine slows more threads down)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
 
