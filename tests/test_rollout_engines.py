@@ -85,14 +85,19 @@ def test_the_drawn_tokens_logprobs_are_the_guided_filtered_distribution_at_each_
     torch.testing.assert_close(out.logprobs, teacher.detach(), atol=1e-4, rtol=0)
 
 
-def test_static_decoder_is_kept_for_batches_of_one_shape_and_replaced_for_another(nano):
-    sampling = SamplingConfig(engine="static", guidance=False)
-    nano.sample_image_tokens(NANO_PROMPTS[:2], sampling)
-    first = nano._static
-    nano.sample_image_tokens(NANO_PROMPTS[2:4], sampling)  # other prompt lengths, same rows and bucket
-    assert nano._static is first
-    nano.sample_image_tokens(NANO_PROMPTS[:3], sampling)
-    assert nano._static is not first and nano._static.mask.shape[0] == 3
+def test_a_compiled_decoder_is_kept_for_batches_of_one_shape_and_replaced_for_another(nano):
+    # building a decoder compiles nothing (torch.compile is lazy): this test runs no step
+    first = nano._static_decoder(4, 20, compiled=True)
+    assert nano._static_decoder(4, 27, compiled=True) is first  # widths 20 and 27 share the bucket of 32
+    assert first.width == 32 and tuple(first.mask.shape) == (4, 32 + nano.num_image_tokens)
+    second = nano._static_decoder(3, 20, compiled=True)
+    assert second is not first and nano._static is second
+    nano._static = None
+
+
+def test_the_static_engine_frees_its_cache_after_a_rollout(nano):
+    nano.sample_image_tokens(NANO_PROMPTS[:2], SamplingConfig(engine="static", guidance=False))
+    assert nano._static is None
 
 
 def test_the_default_engine_draws_what_sample_image_tokens_returns(nano):

@@ -402,11 +402,14 @@ class JanusBackend:
                 logprobs[:, i] = filter_logits(logits, sampling).log_softmax(-1).gather(-1, tokens[:, i, None])[:, 0]
             if i < n - 1:
                 logits = decoder.step(tokens[:, i].repeat(cond.ids.shape[0] // m), i)
+        if sampling.engine == "static":
+            self._static = None  # nothing compiled to keep: free the KV cache for the reward and the update
         return SampledImageTokens(tokens, logprobs)
 
     def _static_decoder(self, rows: int, prompt_width: int, compiled: bool) -> StaticDecoder:
-        """The backend's static decoder for `rows` rows (kept between calls, so a compiled step compiles once per
-        shape); a new one, replacing it, when the rows, the prompt bucket, the engine or the weights' dtype differ."""
+        """The backend's static decoder for `rows` rows; a new one, replacing it, when the rows, the prompt bucket, the
+        engine or the weights' dtype differ. The compiled engine keeps it (and its KV cache, R x (W + N) positions)
+        between rollouts, so that CUDA graphs replay on the same addresses; the static engine frees it after each."""
         width = prompt_bucket(prompt_width, self.max_positions - self.num_image_tokens)
         key = (rows, width, compiled, self.model.dtype, self.device)
         if getattr(self, "_static", None) is None or self._static.key != key:

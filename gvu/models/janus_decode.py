@@ -30,6 +30,9 @@ from gvu.dist import print0
 from gvu.models.janus_format import Batch
 
 PROMPT_BUCKET = 16  # prompt widths are rounded up to a multiple of this, so a compiled step serves many batches
+# the (rows, cache length, dtype, device) shapes compiled in this process: torch.compile keeps each graph, so a
+# decoder rebuilt for a shape seen before (rollout and evaluation batches alternate) does not compile again
+_COMPILED_SHAPES: set[tuple] = set()
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ class StaticDecoder:
         if compiled:
             mode = "reduce-overhead" if torch.device(device).type == "cuda" else None  # CUDA graphs on CUDA
             self._step = torch.compile(self._forward, fullgraph=True, dynamic=False, mode=mode)
-        self._compile_pending = compiled
+        self._shape = (rows, width + self.n, key[3], str(device))
+        self._compile_pending = compiled and self._shape not in _COMPILED_SHAPES
 
     def start(self, prompt: Batch) -> Batch:
         """Left-pad the prompt batch [R, T] to the bucket [R, W], empty the cache, and fix the full-length mask."""
@@ -127,6 +131,7 @@ class StaticDecoder:
         started = time.perf_counter()
         logits = self._step(tokens, self.last + 1 + i).clone()
         self._compile_pending = False
+        _COMPILED_SHAPES.add(self._shape)
         print0(f"gvu: compiled the decoding step for {tuple(self.mask.shape)} (rows, cache length) in "
                f"{time.perf_counter() - started:.1f} s (once per shape)")
         return logits
