@@ -63,3 +63,23 @@ def evaluate(backend, metadata: list[dict], images_per_prompt: int, sampling: Sa
         out["per_tag"] = {t: float(np.mean(v)) for t, v in sorted(correct.items())}
         out["overall"] = float(np.mean(list(out["per_tag"].values())))
     return out
+
+
+@torch.no_grad()
+def sample_over_ranks(backend, prompts: list[str], sampling: SamplingConfig, rank: int = 0,
+                      world: int = 1) -> torch.Tensor:
+    """Image tokens [M, N] for prompts (row ids 0..M-1) on every rank: rank r samples rows r, r + world, ... and the
+    ranks exchange them. One process samples all rows in one call, as sample_image_tokens(prompts, sampling) does;
+    under W ranks each row draws what it draws there (its draws depend only on the seed and its row id,
+    gvu.sampling.row_uniforms), up to the floating-point order of a smaller batch."""
+    from gvu.dist import all_gather_objects
+
+    ids = torch.arange(len(prompts))[rank::world]
+    mine = backend.sample_image_tokens([prompts[i] for i in ids.tolist()], sampling, ids) if len(ids) else None
+    if world == 1:
+        return mine
+    parts = [(i, t) for i, t in all_gather_objects((ids, None if mine is None else mine.cpu())) if t is not None]
+    tokens = torch.empty(len(prompts), parts[0][1].shape[1], dtype=torch.long)
+    for i, t in parts:
+        tokens[i] = t
+    return tokens.to(backend.device)

@@ -27,7 +27,7 @@ import torch
 from gvu import checkpoint, dist
 from gvu.config import ConfigError, TrainConfig
 from gvu.errors import SetupError
-from gvu.evaluate import evaluate, world_judgeable
+from gvu.evaluate import evaluate, sample_over_ranks, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
 from gvu.precision import compute_context, weights_dtype
 from gvu.reward import Judge, compute_reward, gvu_reward
@@ -494,21 +494,22 @@ def eval_sets(cfg: TrainConfig, nano: bool) -> tuple[list[dict], list[dict]]:
 
 def periodic(backend, cfg, step, eval_md, grid_md, run_dir, log, info=None) -> None:
     """Evaluation (exact + intrinsic), the sample grid of the fixed prompts, and per-token diagnostics. Under
-    torch.distributed every rank calls it (info: its DistInfo) and evaluates its share; rank 0 writes
-    the results and draws the grid alone."""
+    torch.distributed every rank calls it (info: its DistInfo), evaluates its share of the evaluation and samples its
+    share of the grid; rank 0 writes the results, decodes the grid and scores its diagnostics."""
     fixed = replace(cfg.sampling, seed=424242)
     res = evaluate(backend, eval_md, cfg.eval_images_per_prompt, fixed, cfg.reward,
                    batch=cfg.eval_batch, evaluator_workers=cfg.evaluator_workers, **shard(info)) if eval_md else None
+    per = 4  # grid images per prompt
+    grid = [m["prompt"] for m in grid_md for _ in range(per)] if grid_md and cfg.grid_every else []
+    grid_tokens = sample_over_ranks(backend, grid, fixed, **shard(info)) if grid else None
     if info is not None and not info.is_main:
         return
     if res is not None:
         log.write({"step": step, **{f"eval/{k}": v for k, v in res.items() if k in ("overall", "reward")},
                    **{f"eval/{t}": v for t, v in res.get("per_tag", {}).items()}})
-    if grid_md and cfg.grid_every:
-        per = 4
-        prompts = [m["prompt"] for m in grid_md for _ in range(per)]
+    if grid_tokens is not None:
         with torch.no_grad():
-            px = backend.decode_images(backend.sample_image_tokens(prompts, fixed))
+            px = backend.decode_images(grid_tokens)
             diag = gvu_reward(backend, px[::per], [m["prompt"] for m in grid_md], replace(cfg.reward, kind="gvu"))
         save_grid(os.path.join(run_dir, "grids", f"step_{step:06d}.png"), px, [m["prompt"] for m in grid_md], per)
         tl = diag.token_logprobs

@@ -80,6 +80,11 @@ def test_two_processes_share_the_evaluations_and_write_what_one_process_writes(t
         assert a["reward_per_tag"] == pytest.approx(b["reward_per_tag"], abs=1e-6)
     after = json.loads((tmp_path / "run2/after.json").read_text())
     assert after["eval"]["n"] == after["ood"]["n"] == 6
+    # the step-0 grid: each rank sampled half of its rows, rank 0 decoded and scored them as one process does
+    grids = [(tmp_path / f"run{n}/grids/step_000000.png").read_bytes() for n in (1, 2)]
+    assert grids[0] == grids[1]
+    diags = [[r for r in map(json.loads, open(tmp_path / f"run{n}/diagnostics.jsonl")) if r["step"] == 0] for n in (1, 2)]
+    assert len(diags[0]) == 2 and diags[0] == diags[1]
 
 
 def test_fsdp_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
