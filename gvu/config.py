@@ -88,7 +88,7 @@ class TrainConfig:
     # model and data
     model: str = "models/nano-janus"  # a local Janus checkpoint directory (transformers format)
     device: str = "cpu"
-    dtype: str = "float32"  # float32 | bfloat16 (LoRA: bf16 base weights; full fine-tuning: fp32 master weights and AdamW state, bf16 compute; gvu/precision.py)
+    dtype: str = "float32"  # float32 | bfloat16 (LoRA: bf16 base weights; full fine-tuning: fp32 master weights and AdamW state, bf16 compute; gvu/master_weights.py)
     parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2: weights, gradients and optimiser state sharded)
     dist_timeout_min: float = 120.0  # under torchrun: how long a collective waits (the ranks wait while rank 0 saves)
     suite: str = "geneval"  # nano world: prompt suite for training and evaluation

@@ -29,7 +29,7 @@ from gvu.config import ConfigError, TrainConfig
 from gvu.errors import SetupError
 from gvu.evaluate import evaluate, sample_over_ranks, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
-from gvu.precision import compute_context, weights_dtype
+from gvu.master_weights import compute_context, weights_dtype
 from gvu.reward import Judge, compute_reward, gvu_reward
 from gvu.rollout import rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
@@ -154,7 +154,7 @@ def update(policy, ro, adv, cfg, params, optimizer, refs: list | None, recompute
     refs: the KL reference's log-probs per micro-batch (reference_batches), or None when beta is 0.
     recompute: the context each micro-batch's forward and backward run in (backend.checkpointed for
     cfg.gradient_checkpointing).
-    compute: the context of the forward alone (gvu.precision.compute_context: bf16 autocast over fp32 masters)."""
+    compute: the context of the forward alone (gvu.master_weights.compute_context: bf16 autocast over fp32 masters)."""
     rows = ro.row_prompts
     temp = cfg.sampling.temperature
     metrics: dict = {}
@@ -235,7 +235,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         from gvu.models.janus import check_checkpoint, resolve_checkpoint
         check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
         info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
-        compute = compute_context(cfg)  # bf16 autocast over fp32 masters (gvu.precision), else a no-op
+        compute = compute_context(cfg)  # bf16 autocast over fp32 masters (gvu.master_weights), else a no-op
         torch.set_num_threads(cfg.threads)
         warning = precision_warning(cfg)
         if warning:

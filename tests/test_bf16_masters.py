@@ -1,4 +1,4 @@
-"""bf16 full fine-tuning (gvu/precision.py): fp32 master weights and AdamW state under bf16 compute. Updates far
+"""bf16 full fine-tuning (gvu/master_weights.py): fp32 master weights and AdamW state under bf16 compute. Updates far
 below bf16's resolution add up in the masters, the forward passes compute in bf16, checkpoints hold the masters and
 a resumed run equals an uninterrupted one."""
 
@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 
 import gvu.train as train_mod
 from gvu.config import TrainConfig
+from gvu.master_weights import compute_context, fp32_masters, weights_dtype
 from gvu.models.nano import SPECS, build_random
 from gvu.models.pretrain import save_model
-from gvu.precision import compute_context, fp32_masters, weights_dtype
 
 LR = 1e-6  # AdamW moves a weight by about lr a step: 2^-20, far below bf16's 2^-8 of a weight of size ~0.05
 

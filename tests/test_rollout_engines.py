@@ -135,7 +135,7 @@ def test_compiled_engine_draws_the_eager_tokens_and_logprobs_on_tiny_janus_pro(p
 
 @pytest.mark.slow
 def test_under_bf16_autocast_over_fp32_weights_the_engines_draw_the_same_tokens(pro, can_compile):
-    """bf16 full fine-tuning samples under autocast with fp32 master weights (gvu/precision.py); bf16 sums in another
+    """bf16 full fine-tuning samples under autocast with fp32 master weights (gvu/master_weights.py); bf16 sums in another
     order move the log-probs by up to about 1e-3 here, the tokens not at all."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         eager = draw(pro, PRO_PROMPTS[:2], "eager", cfg_scale=3.0)
