@@ -539,17 +539,25 @@ def make_bar(cfg, start, progress):
     return tqdm(total=cfg.steps, initial=start, desc="gvu train", unit="step", disable=not progress)
 
 
-def load_trained(run_dir: str, step: int | None = None):
-    """The policy of a run (its latest checkpoint, or `step`), as a JanusBackend ready for evaluation."""
-    from safetensors.torch import load_file
-
+def read_run_config(run_dir: str) -> TrainConfig:
+    """The TrainConfig a run was made with (its config.json; fields added since it began get their defaults)."""
     from gvu.config import RewardConfig, SamplingConfig
-    from gvu.models.janus import JanusBackend
 
     with open(os.path.join(run_dir, "config.json")) as f:
-        d = json.load(f)
+        d = with_defaults(json.load(f))
     d["sampling"], d["reward"] = SamplingConfig(**d["sampling"]), RewardConfig(**d["reward"])
-    cfg = TrainConfig(**d)
+    return TrainConfig(**d)
+
+
+def load_trained(run_dir: str, step: int | None = None, device: str | None = None, dtype: str | None = None):
+    """The policy of a run (its latest checkpoint, or `step`), as a JanusBackend ready for evaluation.
+    device, dtype: where and in which precision to load it (default: the run's own)."""
+    from safetensors.torch import load_file
+
+    from gvu.models.janus import JanusBackend
+
+    cfg = read_run_config(run_dir)
+    cfg = replace(cfg, device=device or cfg.device, dtype=dtype or cfg.dtype)
     backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))  # as the run trained
     setup_trainable(backend, cfg)
     ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}") if step else checkpoint.latest(run_dir)
