@@ -341,3 +341,53 @@ def test_two_gloo_ranks_write_the_same_png_bytes_as_one_process(prompts, geneval
     assert png_bytes(out) == png_bytes(geneval_folder)
     record = json.loads((out / "generation.json").read_text())
     assert record["world_size"] == 2 and record["counts"]["complete"] == 4
+
+
+# ----------------------------------------------------------------------------------------------- bench
+
+def eval_takes_scorer() -> bool:
+    from gvu.cli import build_parser
+
+    try:
+        build_parser().parse_args(["eval", "folder", "--scorer", "nano"])
+    except SystemExit:
+        return False
+    return True
+
+
+def test_bench_generates_then_scores_through_gvu_eval_and_resumes(prompts, tmp_path, gvu, monkeypatch):
+    import gvu.generate_cli as gcli
+
+    built = []
+    real_argv = gcli.eval_argv
+
+    def argv(*a):
+        out = real_argv(*a)
+        built.append(out)
+        if not eval_takes_scorer():  # the nano eval before `gvu eval --scorer` exists: the same command without it
+            i = out.index("--scorer")
+            out = out[:i] + out[i + 2:]
+        return out
+
+    monkeypatch.setattr(gcli, "eval_argv", argv)
+    out = tmp_path / "bench"
+    args = ("bench", "geneval", "--model", NANO, "--prompts", prompts, "--out", out, "--limit", "2", "--device", "cpu",
+            "--scorer-args", "--image-size", "64")
+    rc, stdout, err = gvu(*args)
+    assert rc == 0, err
+    assert built[0] == ["eval", str(out / "images"), "--scorer", "nano", "--out", str(out / "scores/results.jsonl"),
+                        "--overwrite", "--image-size", "64"]  # nano-world prompts: the nano world's exact evaluator
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["00000", "00001", "generation.json"]
+    assert len((out / "scores/results.jsonl").read_text().splitlines()) == 8
+    summary = json.loads((out / "scores/summary.json").read_text())
+    stamps = mtimes(out / "images")
+    monkeypatch.setattr(gen, "load_backend", lambda *a: pytest.fail("a complete bench regenerated"))
+    rc, _, err = gvu(*args)
+    assert rc == 0, err
+    assert mtimes(out / "images") == stamps and json.loads((out / "scores/summary.json").read_text()) == summary
+
+
+def test_bench_refuses_a_bad_scorer_option_before_generating(prompts, tmp_path, gvu, no_model):
+    rc, _, err = gvu("bench", "geneval", "--model", NANO, "--prompts", prompts, "--out", tmp_path / "b",
+                     "--scorer-args", "--no-such-option")
+    assert rc == 2 and "--no-such-option" in err and not (tmp_path / "b").exists()
