@@ -1,0 +1,107 @@
+"""Throughput of `gvu generate` (images/s, the geneval layout, after the model has loaded): nano-Janus on the CPU at 1
+and 2 threads; with --device cuda also Janus-Pro-1B-sized random weights (gvu/models/janus_pro.py) in bfloat16,
+and the time that rate gives for GenEval's 2,212 images (553 prompts x 4). Prints a markdown table.
+
+Random weights sample as fast as real ones (the same shapes, 576 tokens an image, CFG doubling the rows); what
+they cannot show is image quality.
+
+Usage: python -m benchmarks.generate_speed [--prompts 16] [--batch-size 16] [--device cuda --gpu-prompts 16
+       --gpu-batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from gvu.config import SamplingConfig
+from gvu.generate import GenerateRequest, ModelRef, plan_generation, run_generation
+from gvu.prompt_sources import read_source
+from gvu.world.prompts import make_suite
+
+GENEVAL_IMAGES = 2212  # GenEval: 553 prompts x 4 images
+NANO = str(Path(__file__).resolve().parents[1] / "models" / "nano-janus")
+
+
+def write_prompts(folder: Path, n: int) -> Path:
+    """n prompts of the nano world's GenEval-shaped eval split (GenEval's templates and lengths)."""
+    import json
+
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps(m) + "\n" for m in make_suite("geneval", "eval", n, seed=0)))
+    return path
+
+
+def cpu_row(prompts: Path, out: Path, threads: int, batch_size: int) -> dict:
+    from gvu.generate import load_backend
+
+    torch.set_num_threads(threads)
+    req = plan_generation(prompts=str(prompts), out=str(out), model=NANO, device="cpu", batch_size=batch_size)
+    backend = load_backend(req.model, "cpu", req.dtype)
+    run_generation(replace_out(req, out.with_name(out.name + "-warmup"), limit=1), backend, progress=False)
+    result = run_generation(req, backend, progress=False)
+    return {"device": f"CPU ({platform.machine()}, {os.cpu_count()} cores)", "model": "nano-Janus (64 tokens, 64 px)",
+            "threads": threads, "batch": batch_size, "images": result.images, "seconds": result.seconds,
+            "rate": result.images_per_s}
+
+
+def replace_out(req: GenerateRequest, out: Path, limit: int | None = None) -> GenerateRequest:
+    from dataclasses import replace
+
+    return replace(req, out=out, items=req.items[:limit] if limit else req.items)
+
+
+def gpu_row(prompts: Path, out: Path, batch_size: int) -> dict:
+    from gvu.models import janus_pro as jp
+    from gvu.models.janus import JanusBackend, JanusBackendConfig
+
+    model, tok = jp.build_random("1b", device="cuda", dtype=torch.bfloat16)
+    backend = JanusBackend(model, tok, JanusBackendConfig.janus_pro())
+    source = read_source(prompts)
+    ref = ModelRef("model", "random Janus-Pro-1B-sized weights", None, {"random": "janus-pro-1b"}, SamplingConfig(),
+                   None, None)
+    req = GenerateRequest(ref, source, source.items, "geneval", 4, SamplingConfig(seed=0), out, batch_size, "cuda",
+                          "bfloat16")
+    run_generation(replace_out(req, out.with_name(out.name + "-warmup"), limit=1), backend, progress=False)
+    torch.cuda.synchronize()
+    result = run_generation(req, backend, progress=False)
+    return {"device": torch.cuda.get_device_name(), "model": "Janus-Pro-1B-sized, random (576 tokens, 384 px)",
+            "threads": "-", "batch": batch_size, "images": result.images, "seconds": result.seconds,
+            "rate": result.images_per_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=16, help="nano-Janus prompts (4 images each)")
+    ap.add_argument("--batch-size", type=int, default=16, help="gvu generate's --batch-size on the CPU")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: also the Janus-Pro-1B-sized row")
+    ap.add_argument("--gpu-prompts", type=int, default=16, help="Janus-Pro-1B-sized prompts (4 images each)")
+    ap.add_argument("--gpu-batch-size", type=int, default=64)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        prompts = write_prompts(tmp, args.prompts)
+        for threads in args.threads:
+            rows.append(cpu_row(prompts, tmp / f"cpu-{threads}", threads, args.batch_size))
+        if args.device == "cuda":
+            (tmp / "gpu").mkdir()
+            rows.append(gpu_row(write_prompts(tmp / "gpu", args.gpu_prompts), tmp / "gpu-out", args.gpu_batch_size))
+    print(f"torch {torch.__version__}; `gvu generate`, geneval layout, 4 images a prompt, CFG on, seconds after the "
+          "model loaded (one warm-up prompt first)\n")
+    print("| device | model | threads | batch | images | seconds | images/s | GenEval's 2,212 images |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        total = GENEVAL_IMAGES / r["rate"] if r["rate"] else float("nan")
+        print(f"| {r['device']} | {r['model']} | {r['threads']} | {r['batch']} | {r['images']} | {r['seconds']:.1f} | "
+              f"{r['rate']:.2f} | {total / 60:.1f} min |")
+
+
+if __name__ == "__main__":
+    main()
