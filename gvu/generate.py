@@ -354,8 +354,10 @@ def run_generation(req: GenerateRequest, backend=None, progress: bool = True) ->
     from gvu import dist
 
     info = dist.init(req.device)
-    if folder_plan(req) == "resume" and all(is_complete(req.layout, req.out, it, req.images_per_prompt)
-                                            for it in req.items):
+    done = folder_plan(req) == "resume" and all(is_complete(req.layout, req.out, it, req.images_per_prompt)
+                                                for it in req.items)
+    dist.barrier()  # every rank has looked at the folder before rank 0 changes it
+    if done:
         return GenerationResult(req.out, len(req.items), len(req.items), 0, 0, 0.0)  # nothing to do: no model loads
     if backend is None:
         backend = load_backend(req.model, str(info.device), req.dtype)
