@@ -151,8 +151,12 @@ def scorer_for(bench: str, req) -> str:
 
 
 def eval_argv(images: Path, scores: Path, scorer: str, extra: list[str]) -> list[str]:
-    """The `gvu eval` command line that scores a bench's images."""
-    return ["eval", str(images), "--scorer", scorer, "--out", str(scores / "results.jsonl"), "--overwrite", *extra]
+    """The `gvu eval` command line that scores a bench's images. The nano scorer writes one results file
+    (summary.json beside it) and scores anew in seconds, so it replaces its results; the benchmark scorers write a
+    results folder and resume from their own cache of scored images, so that is kept."""
+    if scorer == "nano":
+        return ["eval", str(images), "--scorer", scorer, "--out", str(scores / "results.jsonl"), "--overwrite", *extra]
+    return ["eval", str(images), "--scorer", scorer, "--out", str(scores), *extra]
 
 
 def parse_eval(argv: list[str]) -> argparse.Namespace:

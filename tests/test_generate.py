@@ -387,6 +387,13 @@ def test_bench_generates_then_scores_through_gvu_eval_and_resumes(prompts, tmp_p
     assert mtimes(out / "images") == stamps and json.loads((out / "scores/summary.json").read_text()) == summary
 
 
+def test_bench_keeps_a_benchmark_scorers_results_folder_and_cache():
+    import gvu.generate_cli as gcli
+
+    assert gcli.eval_argv(Path("b/images"), Path("b/scores"), "geneval", ["--detector", "d"]) == \
+        ["eval", "b/images", "--scorer", "geneval", "--out", "b/scores", "--detector", "d"]
+
+
 def test_bench_refuses_a_bad_scorer_option_before_generating(prompts, tmp_path, gvu, no_model):
     rc, _, err = gvu("bench", "geneval", "--model", NANO, "--prompts", prompts, "--out", tmp_path / "b",
                      "--scorer-args", "--no-such-option")
