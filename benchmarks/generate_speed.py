@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -44,10 +45,12 @@ def cpu_row(prompts: Path, out: Path, threads: int, batch_size: int) -> dict:
     req = plan_generation(prompts=str(prompts), out=str(out), model=NANO, device="cpu", batch_size=batch_size)
     backend = load_backend(req.model, "cpu", req.dtype)
     run_generation(replace_out(req, out.with_name(out.name + "-warmup"), limit=1), backend, progress=False)
+    cpu0 = time.process_time()
     result = run_generation(req, backend, progress=False)
+    cpu = time.process_time() - cpu0
     return {"device": f"CPU ({platform.machine()}, {os.cpu_count()} cores)", "model": "nano-Janus (64 tokens, 64 px)",
             "threads": threads, "batch": batch_size, "images": result.images, "seconds": result.seconds,
-            "rate": result.images_per_s}
+            "rate": result.images_per_s, "cpu_per_image": cpu / max(result.images, 1)}
 
 
 def replace_out(req: GenerateRequest, out: Path, limit: int | None = None) -> GenerateRequest:
@@ -72,7 +75,7 @@ def gpu_row(prompts: Path, out: Path, batch_size: int) -> dict:
     result = run_generation(req, backend, progress=False)
     return {"device": torch.cuda.get_device_name(), "model": "Janus-Pro-1B-sized, random (576 tokens, 384 px)",
             "threads": "-", "batch": batch_size, "images": result.images, "seconds": result.seconds,
-            "rate": result.images_per_s}
+            "rate": result.images_per_s, "cpu_per_image": None}
 
 
 def main() -> None:
@@ -93,14 +96,17 @@ def main() -> None:
         if args.device == "cuda":
             (tmp / "gpu").mkdir()
             rows.append(gpu_row(write_prompts(tmp / "gpu", args.gpu_prompts), tmp / "gpu-out", args.gpu_batch_size))
-    print(f"torch {torch.__version__}; `gvu generate`, geneval layout, 4 images a prompt, CFG on, seconds after the "
-          "model loaded (one warm-up prompt first)\n")
-    print("| device | model | threads | batch | images | seconds | images/s | GenEval's 2,212 images |")
-    print("|---|---|---|---|---|---|---|---|")
+    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
+    print(f"torch {torch.__version__}{load}; `gvu generate`, geneval layout, 4 images a prompt, CFG on, seconds after "
+          "the model loaded (one warm-up prompt first); CPU s/image: this process's CPU time (all its threads) per "
+          "image, which other processes on the machine inflate less than the wall clock\n")
+    print("| device | model | threads | batch | images | seconds | images/s | CPU s/image | GenEval's 2,212 images |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         total = GENEVAL_IMAGES / r["rate"] if r["rate"] else float("nan")
+        cpu = "-" if r["cpu_per_image"] is None else f"{r['cpu_per_image']:.3f}"
         print(f"| {r['device']} | {r['model']} | {r['threads']} | {r['batch']} | {r['images']} | {r['seconds']:.1f} | "
-              f"{r['rate']:.2f} | {total / 60:.1f} min |")
+              f"{r['rate']:.2f} | {cpu} | {total / 60:.1f} min |")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,15 @@ def test_genevalpp_writes_index_named_images_and_a_prompts_file_whose_line_i_is_
             (geneval_folder / f"{i:05d}" / "samples" / "0000.png").read_bytes()
 
 
+def test_plain_text_gets_one_image_a_line_and_its_prompts_listed_even_under_limit(backend, tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("a photo of a red circle\n\na photo of a star\n")
+    result = generate(txt, tmp_path / "t", backend, limit=1)
+    assert result.generated == 1 and sorted(p.name for p in (tmp_path / "t").glob("*.png")) == ["0.png"]
+    rows = [json.loads(x) for x in (tmp_path / "t" / "prompts.jsonl").read_text().splitlines()]
+    assert rows == [{"prompt": "a photo of a red circle"}, {"prompt": "a photo of a star"}]
+
+
 def test_dpg_writes_a_2x2_grid_per_item_id_whose_tile_k_is_image_k(backend, tmp_path):
     folder = tmp_path / "dpg_prompts"
     folder.mkdir()
