@@ -207,23 +207,25 @@ def score_folder(folder: str, out: str, judge: Judge, questions_csv: str, overwr
     todo = [i for i in ids if i not in missing and cache.get(i) is None]
     bar = progress(len(ids) - len(missing), "DPG-Bench", judge)
     bar.update(len(ids) - len(missing) - len(todo))
-    for start in range(0, len(todo), chunk):
-        batch = todo[start:start + chunk]
-        requests, owner = [], []  # owner[k] = (position in batch, slot among the item's CROPS x Q requests)
-        for b, item in enumerate(batch):
-            item_requests = requests_for(folder, item, items[item], max_tokens)
-            owner += [(b, s) for s in range(len(item_requests))]
-            requests += item_requests
-        texts: list[list[str | None]] = [[None] * (CROPS * len(items[i].question)) for i in batch]
-        left = [len(t) for t in texts]
-        for k, reply in judge.stream(requests):
-            b, s = owner[k]
-            texts[b][s] = reply.text
-            left[b] -= 1
-            if left[b] == 0:
-                cache.add(record_for(batch[b], items[batch[b]], texts[b]))
-                tick(bar, judge)
-    bar.close()
+    try:
+        for start in range(0, len(todo), chunk):
+            batch = todo[start:start + chunk]
+            requests, owner = [], []  # owner[k] = (position in batch, slot among the item's CROPS x Q requests)
+            for b, item in enumerate(batch):
+                item_requests = requests_for(folder, item, items[item], max_tokens)
+                owner += [(b, s) for s in range(len(item_requests))]
+                requests += item_requests
+            texts: list[list[str | None]] = [[None] * (CROPS * len(items[i].question)) for i in batch]
+            left = [len(t) for t in texts]
+            for k, reply in judge.stream(requests):
+                b, s = owner[k]
+                texts[b][s] = reply.text
+                left[b] -= 1
+                if left[b] == 0:
+                    cache.add(record_for(batch[b], items[batch[b]], texts[b]))
+                    tick(bar, judge)
+    finally:
+        bar.close()
     records = [cache.get(i) for i in ids if i not in missing]
     summary = {"judge": judge.name, "folder": os.path.abspath(folder), "protocol": "ELLA compute_dpg_bench.py",
                "questions": os.path.abspath(questions_csv), **summarize(records, items, missing),

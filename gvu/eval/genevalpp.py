@@ -203,30 +203,32 @@ def score_folder(folder: str, out: str, judge: Judge, overwrite: bool = False, c
         cache.add(record)
     bar = progress(len(prompts), "GenEval++", judge)
     bar.update(len(prompts) - len(todo))
-    for start in range(0, len(todo), chunk):
-        indices = todo[start:start + chunk]
-        requests = [make_request(folder, prompts[i], i, max_tokens) for i in indices]
-        tries = dict.fromkeys(range(len(indices)), 0)
-        round_ids = list(range(len(indices)))
-        while round_ids:  # protocol tries: a reply without a JSON object is asked again, up to TRIES times
-            retry = []
-            for k, reply in judge.stream([requests[j] for j in round_ids]):
-                j = round_ids[k]
-                tries[j] += 1
-                i = indices[j]
-                base = {"index": i, "tag": prompts[i]["tag"], "prompt": prompts[i]["prompt"].strip(),
-                        "raw": reply.text, "tries": tries[j]}
-                try:
-                    result = extract_json(reply.text)
-                except ValueError as e:
-                    if tries[j] < TRIES:
-                        retry.append(j)
-                        continue
-                    result = {"correct": -1, "reason": f"Image not successfully evaluated after {TRIES} tries: {e}"}
-                cache.add({**base, "result": result})
-                tick(bar, judge)
-            round_ids = sorted(retry)
-    bar.close()
+    try:
+        for start in range(0, len(todo), chunk):
+            indices = todo[start:start + chunk]
+            requests = [make_request(folder, prompts[i], i, max_tokens) for i in indices]
+            tries = dict.fromkeys(range(len(indices)), 0)
+            round_ids = list(range(len(indices)))
+            while round_ids:  # protocol tries: a reply without a JSON object is asked again, up to TRIES times
+                retry = []
+                for k, reply in judge.stream([requests[j] for j in round_ids]):
+                    j = round_ids[k]
+                    tries[j] += 1
+                    i = indices[j]
+                    base = {"index": i, "tag": prompts[i]["tag"], "prompt": prompts[i]["prompt"].strip(),
+                            "raw": reply.text, "tries": tries[j]}
+                    try:
+                        result = extract_json(reply.text)
+                    except ValueError as e:
+                        if tries[j] < TRIES:
+                            retry.append(j)
+                            continue
+                        result = {"correct": -1, "reason": f"Image not successfully evaluated after {TRIES} tries: {e}"}
+                    cache.add({**base, "result": result})
+                    tick(bar, judge)
+                round_ids = sorted(retry)
+    finally:
+        bar.close()
     verdicts = [cache.get(i) for i in range(len(prompts))]
     summary = {"judge": judge.name, "folder": os.path.abspath(folder), "protocol": "GvU evaluation_geneval_plus.py",
                **summarize(verdicts), "judge_usage_this_call": judge.stats.as_dict()}

@@ -190,6 +190,7 @@ class OpenAIJudge:
         self.stats = JudgeStats()
         self.rng = random.Random(0)
         self.stop = threading.Event()
+        self.error: JudgeError | None = None
 
     def payload(self, request: JudgeRequest) -> dict:
         return chat_payload(self.model, request, None if request.image is None else jpeg_base64(request.image))
@@ -206,7 +207,7 @@ class OpenAIJudge:
         last = ""
         for attempt in range(self.retries + 1):
             if self.stop.is_set():
-                raise JudgeError("stopped: another request failed")
+                raise self.error or JudgeError("stopped")  # another request failed: every request reports that first error
             self.stats.add(requests=1)
             wait_s = None
             try:
@@ -222,8 +223,8 @@ class OpenAIJudge:
                 self.stats.add(failures=1)
                 detail = e.read()[:300].decode(errors="replace")
                 if e.code not in RETRY_STATUS:
-                    raise JudgeError(f"judge {self.name} refused the request: HTTP {e.code} {detail.strip()} "
-                                     "(check OPENAI_API_KEY, OPENAI_BASE_URL and the model name)") from None
+                    raise self.fail(f"judge {self.name} refused the request: HTTP {e.code} {detail.strip()} "
+                                    "(check OPENAI_API_KEY, OPENAI_BASE_URL and the model name)") from None
                 last = f"HTTP {e.code}"
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
@@ -238,11 +239,21 @@ class OpenAIJudge:
                 # wait on the stop event, not time.sleep, so that a failed run does not sit out long backoffs
                 self.stop.wait(wait_s if wait_s is not None
                                else backoff_seconds(attempt, self.backoff_s, self.backoff_cap_s, self.rng))
-        raise JudgeError(f"judge {self.name} could not be reached after {self.retries + 1} tries (last: {last}); "
-                         "check the server and OPENAI_BASE_URL, then rerun: cached verdicts are kept")
+        raise self.fail(f"judge {self.name} could not be reached after {self.retries + 1} tries (last: {last}); "
+                        "check the server and OPENAI_BASE_URL, then rerun: cached verdicts are kept")
+
+    def fail(self, message: str) -> JudgeError:
+        """Record the run's first error and stop the other workers (before the raise, so that no worker starts
+        another request meanwhile)."""
+        with self.stats.lock:
+            if self.error is None:
+                self.error = JudgeError(message)
+        self.stop.set()
+        return self.error
 
     def stream(self, requests: list[JudgeRequest]) -> Iterator[tuple[int, JudgeReply]]:
         self.stop.clear()
+        self.error = None
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             pending = {pool.submit(self.ask, self.payload(r)): i for i, r in enumerate(requests)}
             try:
