@@ -195,6 +195,9 @@ class OpenAIJudge:
     def payload(self, request: JudgeRequest) -> dict:
         return chat_payload(self.model, request, None if request.image is None else jpeg_base64(request.image))
 
+    def answer_one(self, request: JudgeRequest) -> JudgeReply:
+        return self.ask(self.payload(request))
+
     def post(self, payload: dict) -> dict:
         """One HTTP try; returns the decoded JSON body or raises urllib's errors."""
         req = urllib.request.Request(
@@ -255,7 +258,8 @@ class OpenAIJudge:
         self.stop.clear()
         self.error = None
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            pending = {pool.submit(self.ask, self.payload(r)): i for i, r in enumerate(requests)}
+            # the worker encodes the JPEG (PIL releases the GIL), so encoding runs in parallel with the requests
+            pending = {pool.submit(self.answer_one, r): i for i, r in enumerate(requests)}
             try:
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
