@@ -77,7 +77,7 @@ def main() -> None:
         n, s = api_rate(c, latency, args.seconds, args.image)
         print(f"| {c} | {n} | {s:.2f} | {n / s:.1f} | {c / latency:.0f} |")
     built, s = local_time(args.local_requests, 8, 8)
-    print(f"\nlocal judge: tiny random Qwen2-VL (2 layers, hidden 32), CPU, batch 8, 8 new tokens, "
+    print("\nlocal judge: tiny random Qwen2-VL (2 layers, hidden 32), CPU, batch 8, 8 new tokens, "
           "GenEval++ system prompt, 64x64 images\n")
     print("| requests | build s | answer s | s/request |")
     print("|---|---|---|---|")
