@@ -155,6 +155,11 @@ def test_crop_averaging_parent_zeroing_and_category_tables_worked_by_hand(tmp_pa
 
         judge_cli.run(args)
         assert server.count == 28  # resumed from the cached answers: nothing sent
+        regenerated = grid()
+        regenerated.putpixel((0, 0), (0, 0, 0))
+        regenerated.save(folder / "b.png")
+        judge_cli.run(args)
+        assert server.count == 28 + 8  # only the regenerated grid is asked again (2 questions x 4 crops)
 
 
 def test_bad_inputs_are_refused_before_any_request(tmp_path, monkeypatch):

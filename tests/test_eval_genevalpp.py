@@ -92,7 +92,7 @@ def test_json_is_extracted_from_fences_and_prose_and_a_reply_without_one_raises(
     assert genevalpp.is_correct({"correct": True}) and not genevalpp.is_correct({"correct": "1"})
 
 
-def test_verdicts_retries_failures_and_tag_means_then_a_second_run_sends_nothing(tmp_path, local_endpoint, capsys):
+def test_verdicts_retries_failures_and_tag_means_then_a_rerun_asks_only_what_is_not_cached(tmp_path, local_endpoint, capsys):
     folder = make_folder(tmp_path)
     with FakeChatServer(responder) as server:
         local_endpoint(server.base_url)
@@ -116,7 +116,7 @@ def test_verdicts_retries_failures_and_tag_means_then_a_second_run_sends_nothing
         assert {v["judge"] for v in verdicts} == {f"openai:fake-vlm@{server.base_url}"}
         by_index = {v["index"]: v for v in verdicts}
         assert by_index[3]["result"]["correct"] == -1 and by_index[3]["tries"] == 6
-        assert by_index[2]["result"] == {"correct": 0, "reason": "Image not found"}
+        assert 2 not in by_index  # the missing image is counted wrong but not cached: it is judged once generated
         assert by_index[1]["result"]["reason"] == "the dog is brown" and by_index[1]["raw"] == FENCED
         assert json.load(open(out / genevalpp.RESULTS_JSON))["judge"] == f"openai:fake-vlm@{server.base_url}"
         assert "| **overall (mean of 3 tags)** | | **0.6111** |" in open(out / genevalpp.RESULTS_MD).read()
@@ -129,8 +129,9 @@ def test_verdicts_retries_failures_and_tag_means_then_a_second_run_sends_nothing
         with open(out / genevalpp.VERDICTS_FILE, "w") as f:  # lose image 0's verdict, and image 1's cut short
             f.writelines(ln for i, ln in lines.items() if i not in (0, 1))
             f.write(lines[1][:10])
+        Image.new("RGB", (32, 32), (9, 9, 9)).save(folder / "4.png")  # image 4 regenerated
         judge_cli.run(args)
-        assert server.count == 12 + 2  # only the two lost verdicts are asked again
+        assert server.count == 12 + 3  # only the two lost verdicts and the new image are asked again
     assert "estimate: 5 requests" in capsys.readouterr().out
 
 

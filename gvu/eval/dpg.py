@@ -36,7 +36,8 @@ import numpy as np
 from PIL import Image
 
 from gvu.errors import UserError
-from gvu.eval.judge_io import VerdictCache, progress, read_prompts, tick, write_json_atomic, write_text_atomic
+from gvu.eval.judge_io import (VerdictCache, file_sha1, progress, read_prompts, tick, write_json_atomic,
+                               write_text_atomic)
 from gvu.eval.judges import Judge, JudgeRequest
 
 CSV_COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad", "category_detailed",
@@ -195,6 +196,12 @@ def markdown(summary: dict, judge_name: str, folder: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+def cached_for_file(cache: VerdictCache, folder: str, item: str) -> bool:
+    """A cached record of this very image file (a regenerated grid is judged again)."""
+    record = cache.get(item)
+    return record is not None and record.get("image_sha1") == file_sha1(os.path.join(folder, f"{item}.png"))
+
+
 def score_folder(folder: str, out: str, judge: Judge, questions_csv: str, overwrite: bool = False, chunk: int = 8,
                  max_tokens: int = MAX_TOKENS) -> dict:
     """Ask every question on every crop of every image not yet cached, then write the results. Images missing
@@ -204,7 +211,7 @@ def score_folder(folder: str, out: str, judge: Judge, questions_csv: str, overwr
     os.makedirs(out, exist_ok=True)
     cache = VerdictCache(os.path.join(out, ANSWERS_FILE), key="item_id", judge=judge.name, overwrite=overwrite)
     missing = [i for i in ids if not os.path.isfile(os.path.join(folder, f"{i}.png"))]
-    todo = [i for i in ids if i not in missing and cache.get(i) is None]
+    todo = [i for i in ids if i not in missing and not cached_for_file(cache, folder, i)]
     bar = progress(len(ids) - len(missing), "DPG-Bench", judge)
     bar.update(len(ids) - len(missing) - len(todo))
     try:
@@ -222,13 +229,14 @@ def score_folder(folder: str, out: str, judge: Judge, questions_csv: str, overwr
                 texts[b][s] = reply.text
                 left[b] -= 1
                 if left[b] == 0:
-                    cache.add(record_for(batch[b], items[batch[b]], texts[b]))
+                    record = record_for(batch[b], items[batch[b]], texts[b])
+                    cache.add({**record, "image_sha1": file_sha1(os.path.join(folder, f"{batch[b]}.png"))})
                     tick(bar, judge)
     finally:
         bar.close()
     records = [cache.get(i) for i in ids if i not in missing]
     summary = {"judge": judge.name, "folder": os.path.abspath(folder), "protocol": "ELLA compute_dpg_bench.py",
-               "questions": os.path.abspath(questions_csv), **summarize(records, items, missing),
+               "questions": os.path.abspath(questions_csv), "max_tokens": max_tokens, **summarize(records, items, missing),
                "judge_usage_this_call": judge.stats.as_dict()}
     write_json_atomic(os.path.join(out, RESULTS_JSON), summary)
     write_text_atomic(os.path.join(out, RESULTS_MD), markdown(summary, judge.name, folder))

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from gvu.errors import UserError
-from gvu.eval.judge_io import VerdictCache, progress, read_prompts, tick, write_json_atomic, write_text_atomic
+from gvu.eval.judge_io import (VerdictCache, file_sha1, progress, read_prompts, tick, write_json_atomic,
+                               write_text_atomic)
 from gvu.eval.judges import Judge, JudgeRequest
 
 # The official GenEval++ judge system prompt, reproduced exactly (it is a protocol constant): SYSTEM_PROMPT in
@@ -167,21 +168,27 @@ def image_path(folder: str, index: int) -> str:
     return os.path.join(folder, f"{index}.png")
 
 
-def pending_requests(folder: str, prompts: list[dict], cache: VerdictCache) -> tuple[list[int], list[dict]]:
-    """Indices still to judge (image present, no cached verdict) and the records of missing images."""
-    todo, missing = [], []
+def missing_verdict(index: int, metadata: dict) -> dict:
+    """The official record for an image that is not on disk: wrong, and never sent."""
+    return {"index": index, "tag": metadata["tag"], "prompt": metadata["prompt"].strip(), "missing": True,
+            "result": {"correct": 0, "reason": "Image not found"}, "tries": 0}
+
+
+def pending_requests(folder: str, prompts: list[dict], cache: VerdictCache) -> tuple[list[int], dict[int, dict]]:
+    """Indices still to judge (image on disk, and no cached verdict of this very image file) and the verdicts of
+    missing images (kept out of the cache, so that an image generated later is judged)."""
+    todo, missing = [], {}
     for i, m in enumerate(prompts):
-        cached = cache.get(i)
-        if cached is not None:
-            if cached["prompt"] != m["prompt"].strip():
-                raise UserError(f"{cache.path} holds a verdict for image {i} of another prompt "
-                                f"({cached['prompt']!r}); pass --overwrite or another --out")
+        path = image_path(folder, i)
+        if not os.path.isfile(path):
+            missing[i] = missing_verdict(i, m)
             continue
-        if os.path.isfile(image_path(folder, i)):
+        cached = cache.get(i)
+        if cached is not None and cached.get("prompt") != m["prompt"].strip():
+            raise UserError(f"{cache.path} holds a verdict for image {i} of another prompt "
+                            f"({cached.get('prompt')!r}); pass --overwrite or another --out")
+        if cached is None or cached.get("image_sha1") != file_sha1(path):  # new or regenerated image
             todo.append(i)
-        else:
-            missing.append({"index": i, "tag": m["tag"], "prompt": m["prompt"].strip(), "missing": True,
-                            "result": {"correct": 0, "reason": "Image not found"}, "tries": 0})
     return todo, missing
 
 
@@ -199,8 +206,6 @@ def score_folder(folder: str, out: str, judge: Judge, overwrite: bool = False, c
     os.makedirs(out, exist_ok=True)
     cache = VerdictCache(os.path.join(out, VERDICTS_FILE), key="index", judge=judge.name, overwrite=overwrite)
     todo, missing = pending_requests(folder, prompts, cache)
-    for record in missing:
-        cache.add(record)
     bar = progress(len(prompts), "GenEval++", judge)
     bar.update(len(prompts) - len(todo))
     try:
@@ -216,7 +221,7 @@ def score_folder(folder: str, out: str, judge: Judge, overwrite: bool = False, c
                     tries[j] += 1
                     i = indices[j]
                     base = {"index": i, "tag": prompts[i]["tag"], "prompt": prompts[i]["prompt"].strip(),
-                            "raw": reply.text, "tries": tries[j]}
+                            "raw": reply.text, "tries": tries[j], "image_sha1": file_sha1(image_path(folder, i))}
                     try:
                         result = extract_json(reply.text)
                     except ValueError as e:
@@ -229,8 +234,9 @@ def score_folder(folder: str, out: str, judge: Judge, overwrite: bool = False, c
                 round_ids = sorted(retry)
     finally:
         bar.close()
-    verdicts = [cache.get(i) for i in range(len(prompts))]
+    verdicts = [missing.get(i) or cache.get(i) for i in range(len(prompts))]
     summary = {"judge": judge.name, "folder": os.path.abspath(folder), "protocol": "GvU evaluation_geneval_plus.py",
+               "max_tokens": max_tokens, "tries": TRIES,
                **summarize(verdicts), "judge_usage_this_call": judge.stats.as_dict()}
     write_json_atomic(os.path.join(out, RESULTS_JSON), summary)
     write_text_atomic(os.path.join(out, RESULTS_MD), markdown(summary, judge.name, folder))

@@ -70,7 +70,8 @@ def plan(args) -> tuple[list, str]:
     ids = dpg.check_folder(args.folder, items)
     cache = VerdictCache(os.path.join(out, dpg.ANSWERS_FILE), "item_id", judge_name(args), overwrite=args.overwrite,
                          read_only=True)
-    todo = [i for i in ids if os.path.isfile(os.path.join(args.folder, f"{i}.png")) and cache.get(i) is None]
+    todo = [i for i in ids if os.path.isfile(os.path.join(args.folder, f"{i}.png"))
+            and not dpg.cached_for_file(cache, args.folder, i)]
     makers = [lambda i=i, k=k: dpg.requests_for(args.folder, i, items[i], tokens)[k]
               for i in todo for k in range(dpg.CROPS * len(items[i].question))]
     return makers, f"{len(todo)} of {len(ids)} grids to judge ({len(makers)} questions on crops)"

@@ -8,6 +8,7 @@ cached verdict made by the same judge, so an interrupted evaluation resumes wher
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -103,6 +104,12 @@ class VerdictCache:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
         self.records[str(record[self.key])] = record
+
+
+def file_sha1(path: str) -> str:
+    """The image file's hash: a cached verdict is reused only for the very file it judged."""
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
 
 
 def write_text_atomic(path: str, text: str) -> None:

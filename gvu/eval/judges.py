@@ -318,7 +318,7 @@ class LocalJudge:
         texts = [self.prompt_text(r) for r in batch]
         images = [r.image.convert("RGB") for r in batch if r.image is not None]
         inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-        inputs = inputs.to(self.model.device)
+        inputs = inputs.to(self.model.device, dtype=self.model.dtype)  # casts the floating tensors (pixels) only
         with torch.no_grad():
             out = self.model.generate(**inputs, do_sample=False, max_new_tokens=max(r.max_tokens for r in batch))
         new_tokens = out[:, inputs["input_ids"].shape[1]:]  # [B, new]
