@@ -146,10 +146,11 @@ def run(args) -> dict | None:
     makers, description = plan(args)  # checks the folder layout and the question file
     if args.dry_run:
         dry_run(makers, description, args)
+        if kind == "openai":
+            print_estimate(makers, description, args)
         return None
     if kind == "openai":
-        base = os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        resolve_api_key(base)  # no key: an error before any work
+        resolve_api_key(os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)  # no key: an error before any work
         print_estimate(makers, description, args)
     judge = build_judge(args.judge, device=args.judge_device, concurrency=args.concurrency, timeout_s=args.timeout,
                         retries=args.retries, backoff_s=args.backoff, batch_size=args.judge_batch)
