@@ -130,8 +130,10 @@ def test_verdicts_retries_failures_and_tag_means_then_a_rerun_asks_only_what_is_
             f.writelines(ln for i, ln in lines.items() if i not in (0, 1))
             f.write(lines[1][:10])
         Image.new("RGB", (32, 32), (9, 9, 9)).save(folder / "4.png")  # image 4 regenerated
-        judge_cli.run(args)
+        (folder / "5.png").write_bytes(b"not a png")  # image 5 broken: wrong, not sent
+        third = judge_cli.run(args)
         assert server.count == 12 + 3  # only the two lost verdicts and the new image are asked again
+        assert third["tag_accuracy"]["size_spatial_attr"] == 0.0 and third["missing_images"] == 2
     assert "estimate: 5 requests" in capsys.readouterr().out
 
 

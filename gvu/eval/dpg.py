@@ -150,11 +150,15 @@ def check_folder(folder: str, items: dict[str, ItemQuestions]) -> list[str]:
     present = [i for i in ids if os.path.isfile(os.path.join(folder, f"{i}.png"))]
     if not present:
         raise UserError(f"{folder} has none of the images <item_id>.png that prompts.jsonl promises")
-    for i in present[:1]:
-        with Image.open(os.path.join(folder, f"{i}.png")) as im:
-            if im.width != im.height or im.width % 2:
-                raise UserError(f"{folder}/{i}.png is {im.width}x{im.height}: DPG-Bench expects a square 2x2 grid "
-                                "of even side (generate 4 images a prompt)")
+    for i in present:  # PIL reads only the header here: cheap for the whole folder
+        try:
+            with Image.open(os.path.join(folder, f"{i}.png")) as im:
+                width, height = im.size
+        except OSError as e:
+            raise UserError(f"{folder}/{i}.png cannot be read ({e}); regenerate it or remove it") from None
+        if width != height or width % 2:
+            raise UserError(f"{folder}/{i}.png is {width}x{height}: DPG-Bench expects a square 2x2 grid "
+                            "of even side (generate 4 images a prompt)")
     return ids
 
 

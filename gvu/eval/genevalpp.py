@@ -6,7 +6,7 @@
   official `metadata_to_explanation` builds it; the image as a base64 JPEG; temperature 0, max_tokens 200;
 - the reply's JSON object (`correct`, `reason`) is extracted as the official `extract_json_from_response` does;
   a reply without one is asked again, 6 tries in all, then recorded as correct = -1 (counted wrong);
-- a missing image counts as wrong ("Image not found", no request);
+- a missing image counts as wrong ("Image not found", no request), and so does an unreadable one;
 - an image is correct when its `correct` equals 1 (Python equality, so JSON true counts, "1" does not);
   accuracy per tag; overall = the mean of the tag accuracies, each rounded to 4 decimals first, as the official
   script reports it.
@@ -144,7 +144,7 @@ def markdown(summary: dict, judge_name: str, folder: str) -> str:
         rows.append(f"| {tag} | {c['correct']} / {c['total']} | {acc:.4f} |")
     rows.append(f"| **overall (mean of {len(summary['tag_accuracy'])} tags)** | | **{summary['overall']:.4f}** |")
     rows += ["", (f"{summary['images']} images; {summary['failed_after_tries']} without a JSON verdict after "
-                  f"{TRIES} tries and {summary['missing_images']} missing, all counted wrong.")]
+                  f"{TRIES} tries and {summary['missing_images']} missing or unreadable, all counted wrong.")]
     return "\n".join(rows) + "\n"
 
 
@@ -210,8 +210,15 @@ def score_folder(folder: str, out: str, judge: Judge, overwrite: bool = False, c
     bar.update(len(prompts) - len(todo))
     try:
         for start in range(0, len(todo), chunk):
-            indices = todo[start:start + chunk]
-            requests = [make_request(folder, prompts[i], i, max_tokens) for i in indices]
+            indices, requests = [], []
+            for i in todo[start:start + chunk]:
+                try:
+                    requests.append(make_request(folder, prompts[i], i, max_tokens))
+                    indices.append(i)
+                except OSError as e:  # an unreadable image fails, and a failed image counts wrong
+                    missing[i] = {**missing_verdict(i, prompts[i]), "result": {"correct": 0,
+                                                                                "reason": f"Image unreadable: {e}"}}
+                    tick(bar, judge)
             tries = dict.fromkeys(range(len(indices)), 0)
             round_ids = list(range(len(indices)))
             while round_ids:  # protocol tries: a reply without a JSON object is asked again, up to TRIES times
