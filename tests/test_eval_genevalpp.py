@@ -92,7 +92,8 @@ def test_json_is_extracted_from_fences_and_prose_and_a_reply_without_one_raises(
     assert genevalpp.is_correct({"correct": True}) and not genevalpp.is_correct({"correct": "1"})
 
 
-def test_verdicts_retries_failures_and_tag_means_then_a_rerun_asks_only_what_is_not_cached(tmp_path, local_endpoint, capsys):
+def test_verdicts_retries_failures_and_tag_means_then_a_rerun_asks_only_what_is_not_cached(
+        tmp_path, local_endpoint, capsys):
     folder = make_folder(tmp_path)
     with FakeChatServer(responder) as server:
         local_endpoint(server.base_url)

@@ -16,7 +16,8 @@ from gvu.eval.tiny_vlm import save_tiny_llava, tiny_qwen2_vl
 def test_tiny_qwen2_vl_judge_answers_a_batch_as_it_answers_each_request_alone():
     model, processor = tiny_qwen2_vl()
     judge = LocalJudge(model, processor, name="local:tiny-qwen2-vl", batch_size=3)
-    requests = [JudgeRequest(image=Image.new("RGB", (40 + 10 * k, 56), (60 * k, 90, 200)), user=f"question {k}?" * (k + 1),
+    requests = [JudgeRequest(image=Image.new("RGB", (40 + 10 * k, 56), (60 * k, 90, 200)),
+                             user=f"question {k}?" * (k + 1),
                              system=genevalpp.SYSTEM_PROMPT, max_tokens=4) for k in range(3)]
     batched = dict(judge.stream(requests))
     alone = [next(judge.stream([r]))[1].text for r in requests]

@@ -240,7 +240,8 @@ def score_folder(folder: str, out: str, judge: Judge, questions_csv: str, overwr
         bar.close()
     records = [cache.get(i) for i in ids if i not in missing]
     summary = {"judge": judge.name, "folder": os.path.abspath(folder), "protocol": "ELLA compute_dpg_bench.py",
-               "questions": os.path.abspath(questions_csv), "max_tokens": max_tokens, **summarize(records, items, missing),
+               "questions": os.path.abspath(questions_csv), "max_tokens": max_tokens,
+               **summarize(records, items, missing),
                "judge_usage_this_call": judge.stats.as_dict()}
     write_json_atomic(os.path.join(out, RESULTS_JSON), summary)
     write_text_atomic(os.path.join(out, RESULTS_MD), markdown(summary, judge.name, folder))

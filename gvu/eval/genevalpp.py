@@ -54,7 +54,7 @@ Return your result as a JSON object using this format:
   "correct": 1 if the image fully satisfies all expectations, else 0,
   "reason": "You may explain in detail what is missing or incorrect"
 }
-"""  # the space after "judgment." is in the official prompt too
+"""  # noqa: E501 (a protocol constant, long line and the space after "judgment." included)
 
 USER_TEMPLATE = "Instruction:\n{prompt}\n\nExpectation checklist:\n{checklist}"
 MAX_TOKENS = 200
@@ -73,7 +73,8 @@ def checklist(metadata: dict) -> str:
     for item in metadata.get("include", []):
         count = item.get("count", 1)
         noun = f"{count} {item['class'] + 's' if count > 1 else item['class']}"
-        adjectives = ([f"{item['color']}-colored"] if item.get("color") else []) + ([item["size"]] if item.get("size") else [])
+        adjectives = [f"{item['color']}-colored"] if item.get("color") else []
+        adjectives += [item["size"]] if item.get("size") else []
         if adjectives:
             noun = f"{' '.join(adjectives)} {noun}"
         where = f"located in the {item['region']} part of the image" if item.get("region") else "present in the image"

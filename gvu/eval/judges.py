@@ -210,7 +210,8 @@ class OpenAIJudge:
         last = ""
         for attempt in range(self.retries + 1):
             if self.stop.is_set():
-                raise self.error or JudgeError("stopped")  # another request failed: every request reports that first error
+                # another request failed: every request reports that first error
+                raise self.error or JudgeError("stopped")
             self.stats.add(requests=1)
             wait_s = None
             try:
