@@ -135,13 +135,13 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 
 def instances(class_logits: torch.Tensor, mask_logits: torch.Tensor, resized: tuple[int, int],
-              original: tuple[int, int], class_names: tuple[str, ...], min_score: float = 0.0,
+              original: tuple[int, int], class_names: tuple[str, ...], min_score: float | None = None,
               chunk: int = 20) -> dict[str, list[Detection]]:
     """One image's instances, as mmdet 2's Mask2Former returns them (see the module docstring).
 
     class_logits [Q, K + 1] (last: no-object); mask_logits [Q, h4, w4] at a quarter of the padded input;
-    resized (h, w): the image inside the padding; original (H, W). Detections scoring <= min_score are dropped
-    (GenEval's lowest threshold is a strict 0.3, so the caller may pass it to save memory)."""
+    resized (h, w): the image inside the padding; original (H, W). All 100 are returned, or with min_score
+    only those scoring above it (GenEval's lowest threshold is a strict 0.3: passing it saves memory)."""
     num_classes = class_logits.shape[-1] - 1
     probs = class_logits.float().softmax(-1)[:, :-1]  # [Q, K]
     k = min(MAX_PER_IMAGE, probs.numel())
@@ -162,7 +162,7 @@ def instances(class_logits: torch.Tensor, mask_logits: torch.Tensor, resized: tu
         for row, q in enumerate(qs):
             for j in torch.where(queries == q)[0].tolist():
                 score = float(top_probs[j] * mask_score[row])
-                if score <= min_score:
+                if min_score is not None and score <= min_score:
                     continue
                 name = class_names[int(labels[j])]
                 out.setdefault(name, []).append(Detection(score, tuple(boxes[row].tolist()),
@@ -183,7 +183,7 @@ class Mask2FormerDetector:
         self.dtype = dtype
 
     @torch.no_grad()
-    def detect(self, images: list[Image.Image], min_score: float = 0.0) -> list[dict[str, list[Detection]]]:
+    def detect(self, images: list[Image.Image], min_score: float | None = None) -> list[dict[str, list[Detection]]]:
         """B same-size images -> per image {GenEval class name: detections}."""
         pixels, resized = preprocess(images)
         out = self.model(pixel_values=pixels.to(self.device, self.dtype))
