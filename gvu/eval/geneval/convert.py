@@ -199,7 +199,8 @@ def plan(sizes: Sizes) -> list[Rule]:
     for i, depth in enumerate(sizes.depths):
         for j in range(depth):
             s, t = f"backbone.stages.{i}.blocks.{j}", f"{ENC}.swin.encoder.layers.{i}.blocks.{j}"
-            rules += _wb("copy", f"{s}.norm1", f"{t}.layernorm_before") + _wb("copy", f"{s}.norm2", f"{t}.layernorm_after")
+            rules += _wb("copy", f"{s}.norm1", f"{t}.layernorm_before")
+            rules += _wb("copy", f"{s}.norm2", f"{t}.layernorm_after")
             rules.append(Rule("copy", (f"{s}.attn.w_msa.relative_position_bias_table",),
                               (f"{t}.attention.relative_position_bias.relative_position_bias_table",)))
             rules.append(Rule("index", (f"{s}.attn.w_msa.relative_position_index",), ()))
@@ -207,10 +208,12 @@ def plan(sizes: Sizes) -> list[Rule]:
                 rules.append(Rule("split3", (f"{s}.attn.w_msa.qkv.{n}",),
                                   tuple(f"{t}.attention.{p}_proj.{n}" for p in "qkv")))
             rules += _wb("copy", f"{s}.attn.w_msa.proj", f"{t}.attention.o_proj")
-            rules += _wb("copy", f"{s}.ffn.layers.0.0", f"{t}.mlp.fc1") + _wb("copy", f"{s}.ffn.layers.1", f"{t}.mlp.fc2")
+            rules += _wb("copy", f"{s}.ffn.layers.0.0", f"{t}.mlp.fc1")
+            rules += _wb("copy", f"{s}.ffn.layers.1", f"{t}.mlp.fc2")
         if i < len(sizes.depths) - 1:
             s, t = f"backbone.stages.{i}.downsample", f"{ENC}.swin.encoder.layers.{i}.downsample"
-            rules += _wb("unfold", f"{s}.reduction", f"{t}.reduction", ("weight",)) + _wb("unfold", f"{s}.norm", f"{t}.norm")
+            rules += _wb("unfold", f"{s}.reduction", f"{t}.reduction", ("weight",))
+            rules += _wb("unfold", f"{s}.norm", f"{t}.norm")
         rules += _wb("copy", f"backbone.norm{i}", f"{ENC}.hidden_states_norms.stage{i + 1}")
     p = "panoptic_head.pixel_decoder"
     for i in range(LEVELS):  # both sides start from the lowest-resolution feature map
@@ -220,7 +223,8 @@ def plan(sizes: Sizes) -> list[Rule]:
         s, t = f"{p}.encoder.layers.{k}", f"{PIX}.encoder.layers.{k}"
         for part in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
             rules += _wb("copy", f"{s}.attentions.0.{part}", f"{t}.self_attn.{part}")
-        rules += _wb("copy", f"{s}.norms.0", f"{t}.self_attn_layer_norm") + _wb("copy", f"{s}.norms.1", f"{t}.final_layer_norm")
+        rules += _wb("copy", f"{s}.norms.0", f"{t}.self_attn_layer_norm")
+        rules += _wb("copy", f"{s}.norms.1", f"{t}.final_layer_norm")
         rules += _wb("copy", f"{s}.ffns.0.layers.0.0", f"{t}.fc1") + _wb("copy", f"{s}.ffns.0.layers.1", f"{t}.fc2")
     rules.append(Rule("copy", (f"{p}.level_encoding.weight",), (f"{PIX}.level_embed",)))
     rules += _wb("copy", f"{p}.lateral_convs.0.conv", f"{PIX}.adapter_1.0", ("weight",))
@@ -269,7 +273,8 @@ def _transform(kind: str, x: torch.Tensor) -> list[torch.Tensor]:
     return [x]
 
 
-def apply(rules: list[Rule], source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def apply(rules: list[Rule], source: dict[str, torch.Tensor],
+          target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Fill the target state dict from the source by the rules; a UserError lists every leftover on either side."""
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
