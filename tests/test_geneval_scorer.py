@@ -321,3 +321,13 @@ def test_coco_prompts_default_to_the_geneval_scorer_which_needs_its_models(tmp_p
     folder = make_folder(tmp_path / "f", [RED_DOG])
     rc, _, err = gvu("eval", folder)
     assert rc == 2 and "--scorer geneval needs --detector and --clip" in err
+
+
+def test_images_are_read_with_their_exif_orientation_applied(tmp_path):
+    from gvu.eval.geneval.detector import load_image
+
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    im.save(tmp_path / "r.png", exif=exif)
+    assert load_image(tmp_path / "r.png").size == (20, 40)
