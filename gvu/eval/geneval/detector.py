@@ -44,9 +44,12 @@ PAD_DIVISOR = 32
 MAX_PER_IMAGE = 100
 OFFICIAL_SHA256_PREFIX = "743b7d99"  # mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco_20220504_001756-743b7d99.pth
 
-# COCO's usual names (detectron2, mmdet, the facebook/mask2former-*-coco-instance configs) -> GenEval's names
-# (its object_names.txt renames three classes)
-COCO_ALIASES = {"mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard"}
+# Other spellings of COCO's classes -> GenEval's names: GenEval's object_names.txt renames three of the usual
+# names (detectron2's and mmdet's, which facebook/mask2former-*-coco-instance carry); the rest are older
+# (PASCAL-style) spellings some label files use. Labels are matched by name, so their order does not matter.
+COCO_ALIASES = {"mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard",
+                "motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch", "tvmonitor": "tv",
+                "diningtable": "dining table", "pottedplant": "potted plant", "hair dryer": "hair drier"}
 
 
 @dataclass(frozen=True)
