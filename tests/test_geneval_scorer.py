@@ -331,3 +331,8 @@ def test_images_are_read_with_their_exif_orientation_applied(tmp_path):
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     im.save(tmp_path / "r.png", exif=exif)
     assert load_image(tmp_path / "r.png").size == (20, 40)
+
+
+def test_the_class_names_are_genevals_object_names_in_order(benchmarks_dir):
+    names = (benchmarks_dir / "geneval" / "object_names.txt").read_text().split("\n")
+    assert tuple(n.strip() for n in names if n.strip()) == NAMES
