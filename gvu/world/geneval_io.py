@@ -127,8 +127,9 @@ def _real_benchmark_message(classes: Iterable[str]) -> str:
     few = sorted(set(classes))
     shown = ", ".join(repr(c) for c in few[:5]) + (", ..." if len(few) > 5 else "")
     return (f"COCO classes ({shown}): these are real-benchmark prompts (GenEval / GenEval++ format), and the nano "
-            f"world can neither render nor judge COCO objects; judging them needs GenEval's object detector and "
-            f"images from a real model. The nano world's classes are its shapes: {', '.join(SHAPES)}")
+            f"world can neither render nor judge COCO objects; judging them needs GenEval's object detector (gvu eval "
+            f"--scorer geneval, docs/geneval.md) and images from a real model. The nano world's classes are its "
+            f"shapes: {', '.join(SHAPES)}")
 
 
 def validate_metadata(m: dict, path: str | Path, line: int) -> None:
