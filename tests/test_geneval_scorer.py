@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gvu.errors import UserError
 from gvu.eval.geneval import scorer as scorer_mod
 from gvu.eval.geneval.detector import instances, mask_boxes, preprocess, resized_shape
 from gvu.eval.geneval.rules import Detection
@@ -238,7 +239,7 @@ def test_results_made_with_another_detector_are_kept_unless_overwrite(tmp_path, 
     folder = make_folder(tmp_path / "f", [RED_DOG])
     scorer_mod.score_folder(folder, tmp_path / "out", det, clip, "cpu", progress=False)
     other = save_tiny_mask2former(tmp_path / "other")
-    with pytest.raises(Exception, match="other models or settings.*--overwrite"):
+    with pytest.raises(UserError, match="other models or settings.*--overwrite"):
         scorer_mod.score_folder(folder, tmp_path / "out", other, clip, "cpu", progress=False)
     scorer_mod.score_folder(folder, tmp_path / "out", other, clip, "cpu", overwrite=True, progress=False)
     assert FakeDetector.calls == 4
