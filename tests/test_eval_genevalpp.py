@@ -231,3 +231,21 @@ def test_verdicts_of_another_judge_are_not_reused(tmp_path, local_endpoint):
         with pytest.raises(UserError, match="another judge"):
             judge_cli.run(parse([str(folder), "--judge", "openai:m"]))
         assert server.count == 0
+
+
+def test_gvu_eval_picks_the_judged_scorer_from_the_folders_layout_and_writes_verdicts(tmp_path, local_endpoint,
+                                                                                     capsys):
+    from gvu.cli import main
+
+    script = {"A photo of a red cat": ("color_attr", lambda n: FakeReply(VALID)),
+              "A photo of two bowls": ("counting", lambda n: FakeReply(FENCED))}
+    folder = make_folder(tmp_path, script)
+    (folder / "generation.json").write_text(json.dumps({"layout": "genevalpp"}))
+    with FakeChatServer(lambda payload, seen: script[user_text(payload).split("\n")[1]][1](seen)) as server:
+        local_endpoint(server.base_url)
+        assert main(["eval", str(folder), "--judge", "openai:fake-vlm", "--out", str(tmp_path / "res")]) == 0
+        assert server.count == 2
+    verdicts = [json.loads(ln) for ln in open(tmp_path / "res" / genevalpp.VERDICTS_FILE)]
+    assert {v["prompt"]: v["result"]["correct"] for v in verdicts} == {"A photo of a red cat": 1,
+                                                                        "A photo of two bowls": 0}
+    assert all(v["judge"].startswith("openai:fake-vlm@") for v in verdicts)

@@ -1,4 +1,5 @@
-"""`gvu eval` (the nano world's exact scorer or GenEval's) and `gvu convert geneval-detector`.
+"""`gvu eval` (the nano world's exact scorer, GenEval's, or the judged GenEval++ and DPG-Bench) and
+`gvu convert geneval-detector`.
 
 The register functions import nothing heavy: torch and transformers load inside the commands.
 """
@@ -9,25 +10,30 @@ import argparse
 from pathlib import Path
 
 from gvu.errors import UserError
+from gvu.eval.judge_cli import JUDGED_SCORERS, add_judge_arguments
 
-SCORERS = ("nano", "geneval")
+SCORERS = ("nano", "geneval", "genevalpp", "dpg")
 
 
 def register_eval(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("eval", help="score a GenEval folder (nano world: exact; real prompts: GenEval's detector)",
-                       description="Score every image of a GenEval folder (<index:05d>/metadata.jsonl, "
-                                   "samples/<k:04d>.png). --scorer nano judges nano-world prompts exactly; "
-                                   "--scorer geneval applies GenEval's rules to a Mask2Former detector and CLIP "
-                                   "(transformers, local directories; see docs/geneval.md). Prints per-tag "
-                                   "accuracy and the overall score (the unweighted mean over tags).")
-    e.add_argument("folder", type=Path, help="GenEval folder: <index:05d>/metadata.jsonl, samples/<k:04d>.png")
+    e = sub.add_parser("eval", help="score a benchmark folder: nano (exact), geneval, genevalpp or dpg (judged)",
+                       description="Score every image of a benchmark folder. A GenEval folder (<index:05d>/"
+                                   "metadata.jsonl, samples/<k:04d>.png): --scorer nano judges nano-world prompts "
+                                   "exactly; --scorer geneval applies GenEval's rules to a Mask2Former detector and "
+                                   "CLIP (transformers, local directories; docs/geneval.md). A GenEval++ folder "
+                                   "(<index>.png + prompts.jsonl) or a DPG-Bench folder (<item_id>.png 2x2 grids + "
+                                   "prompts.jsonl), as `gvu generate` writes them: --scorer genevalpp or dpg with "
+                                   "--judge (docs/judges.md). Prints per-tag accuracy and the overall score.")
+    e.add_argument("folder", type=Path, help="the benchmark folder (GenEval, GenEval++ or DPG-Bench layout)")
     e.add_argument("--scorer", choices=SCORERS, default=None,
-                   help="nano (the exact evaluator) or geneval (Mask2Former + CLIP); default: nano for nano-world "
-                        "prompts, geneval for COCO prompts")
+                   help="nano (the exact evaluator), geneval (Mask2Former + CLIP), genevalpp or dpg (a judge "
+                        "model); default: the layout's, and for GenEval folders nano for nano-world prompts, "
+                        "geneval for COCO prompts")
     e.add_argument("--out", type=Path, default=None,
                    help="nano: the results jsonl (default FOLDER/results.jsonl; summary.json goes beside it); "
                         "geneval: the results folder (default FOLDER/geneval: results.jsonl in GenEval's format, "
-                        "summary.json, summary.md, cache.jsonl)")
+                        "summary.json, summary.md, cache.jsonl); genevalpp/dpg: the results folder (default "
+                        "FOLDER/eval-<scorer>: verdicts, summary)")
     e.add_argument("--overwrite", action="store_true", help="replace existing results (geneval: and its cache)")
     e.add_argument("--image-size", type=int, default=None,
                    help="nano: required image side in pixels (default: all images share the first one's size)")
@@ -38,6 +44,7 @@ def register_eval(sub: argparse._SubParsersAction) -> None:
                    help="geneval: a transformers CLIP directory (openai/clip-vit-large-patch14)")
     e.add_argument("--device", default=None, help="geneval: torch device (default: cuda when available, else cpu)")
     e.add_argument("--batch-size", type=int, default=4, help="geneval: images per detector batch (default 4)")
+    add_judge_arguments(e)
     e.set_defaults(func=cmd_eval)
 
 
@@ -57,8 +64,17 @@ def register_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def pick_scorer(folder: Path) -> str:
-    """nano when the folder's prompts name nano-world shapes, geneval when they name only other (COCO) classes.
-    A folder mixing both goes to nano, whose checks then name the COCO prompts."""
+    """A folder `gvu generate` wrote names its layout in generation.json: genevalpp and dpg folders go to their
+    judged scorers. A GenEval folder goes to nano when its prompts name nano-world shapes, to geneval when they name
+    only other (COCO) classes; one mixing both goes to nano, whose checks then name the COCO prompts."""
+    import json
+
+    try:
+        layout = json.loads((folder / "generation.json").read_text()).get("layout")
+    except (OSError, ValueError, AttributeError):
+        layout = None
+    if layout in JUDGED_SCORERS:
+        return layout
     from gvu.world import geneval_io as gio
     from gvu.world.vocab import SHAPES
 
@@ -69,6 +85,12 @@ def pick_scorer(folder: Path) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     scorer = args.scorer or pick_scorer(args.folder)
+    if scorer in JUDGED_SCORERS:
+        from gvu.eval import judge_cli
+
+        args.scorer = scorer
+        judge_cli.run(args)
+        return
     if scorer == "nano":
         from gvu.world.cli import cmd_eval as nano_eval
 
