@@ -4,25 +4,21 @@ where the rendering and tokenizing run changes.
 
 Runs short stage-2 and stage-3 runs of the preset from fresh weights, alternating the two settings (--rounds of each,
 order swapped every round), and prints the seconds per step between logged steps 20 and 40 of each run, and the
-medians. Usage: python benchmarks/data_workers_speed.py [--preset nano] [--rounds 3]
+medians. Usage: python -m benchmarks.data_workers_speed [--preset nano] [--rounds 3]
 About 12 minutes on the 2-core CPU with 3 rounds; run it alone (timings).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from lm_stage_harness import logged_times, new_run, scratch_setup  # noqa: E402
-import gvu.models.pretrain as pretrain  # noqa: E402
+import gvu.models.pretrain as pretrain
+from gvu.models.stage_timing import logged_times, new_run, scratch_setup
 
 
 def main() -> None:

@@ -5,26 +5,22 @@ Runs short stage-2 runs of the preset from fresh weights, alternating the two se
 swapped every round), and prints the seconds per step between logged steps 20 and 40 of each run, and the medians.
 "Without" gives every row its own copy of its image, the code path before the change; the math is the same.
 
-Usage: python benchmarks/stage2_image_sharing.py [--preset nano] [--rounds 4]
+Usage: python -m benchmarks.stage2_image_sharing [--preset nano] [--rounds 4]
 About 8 minutes on the 2-core CPU with the default 4 rounds; run it alone (timings).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from lm_stage_harness import logged_times, new_run, scratch_setup  # noqa: E402
-import gvu.models.janus as janus  # noqa: E402
-import gvu.models.pretrain as pretrain  # noqa: E402
+from gvu.models.stage_timing import logged_times, new_run, scratch_setup
+import gvu.models.janus as janus
+import gvu.models.pretrain as pretrain
 
 
 def main() -> None:

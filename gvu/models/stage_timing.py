@@ -1,16 +1,14 @@
-"""Shared set-up of the benchmarks that time short stage-2/3 runs (stage2_image_sharing.py, data_workers_speed.py)."""
+"""Set-up and timing of short pretraining-stage runs, shared by the benchmarks that time them
+(`python -m benchmarks.stage2_image_sharing`, `benchmarks.data_workers_speed`, `benchmarks.pretrain_speed`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import sys
 from dataclasses import replace
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import gvu.models.pretrain as pretrain  # noqa: E402
+import gvu.models.pretrain as pretrain
 
 
 def scratch_setup(out: str, full: pretrain.PretrainConfig, **changes):
