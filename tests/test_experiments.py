@@ -61,6 +61,19 @@ def test_report_uses_the_steps_every_run_has_a_result_at(dc, tmp_path):
     assert dc.eval_steps(args_for(tmp_path, report=True), runs[:1]) == [500, 250, 50]
 
 
+def test_deadline_compare_evaluation_jobs_rerun_this_module_with_what_run_row_reads(dc, tmp_path, monkeypatch):
+    from gvu.compare import cfg_suffix, row_config
+
+    args = args_for(tmp_path)
+    # every field gvu.compare reads of the comparison's arguments is there (eval_cfg: no other guidance)
+    assert cfg_suffix(dc.compare_args(args)) == ""
+    assert row_config("gvu_policy", 1, dc.compare_args(args)).seed == 1
+    started = []
+    monkeypatch.setattr(dc, "spawn", lambda cmd, log: started.append(cmd))
+    dc.eval_job(args, "oracle", 0, 250)
+    assert started[0][1:7] == ["-m", "experiments.deadline_compare", "--_eval", "oracle", "0", "250"]
+
+
 # ------------------------------------------------------------------------ gvu/compare.py, experiments/compare_rewards.py
 
 def test_compare_rewards_eval_cfg_changes_only_the_evaluations_guidance_and_caches_apart(tmp_path, monkeypatch):
