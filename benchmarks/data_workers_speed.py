@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import gvu.models.pretrain as pretrain
-from gvu.models.stage_timing import logged_times, new_run, scratch_setup
+from gvu.models.stage_timing import new_run, scratch_setup, stage_times
 
 
 def main() -> None:
@@ -29,17 +29,17 @@ def main() -> None:
     full = pretrain.PRESETS[args.preset]
     torch.set_num_threads(full.threads)
     times = {(stage, w): [] for stage in ("2", "3") for w in (0, 1)}
-    with tempfile.TemporaryDirectory() as out, logged_times() as logged:
+    with tempfile.TemporaryDirectory() as out:
         short, spec, tok, config, vq, vision = scratch_setup(out, full, lm_steps=42, s3_steps=42)
         for r in range(args.rounds):
             for w in ((0, 1) if r % 2 == 0 else (1, 0)):
                 cfg = replace(short, data_workers=w)
                 run = new_run(out, f"w{w}r{r}")
-                logged.clear()
                 model = pretrain.stage2(cfg, run, spec, tok, config, vq, vision)
+                logged = stage_times(run, 2)
                 times["2", w].append((logged[1] - logged[0]) / 20)  # logged every 20 steps
-                logged.clear()
                 pretrain.stage3(cfg, run, spec, tok, model)
+                logged = stage_times(run, 3)
                 times["3", w].append((logged[1] - logged[0]) / 20)
                 print(f"round {r} data_workers={w}: stage 2 {times['2', w][-1]:.3f}, stage 3 "
                       f"{times['3', w][-1]:.3f} s a step", flush=True)

@@ -22,7 +22,7 @@ import torch
 
 from gvu.models.pretrain import (PRESETS, parse_overrides, stage0, stage1, stage2, stage3, stage_decoder,
                                  stage_vision, use_bf16)
-from gvu.models.stage_timing import logged_times
+from gvu.models.stage_timing import stage_times
 
 
 def main() -> None:
@@ -43,8 +43,8 @@ def main() -> None:
         if not steps:
             per_step[name] = warm[name] = 0.0
             return None
-        with logged_times() as times:  # the stage's log records at steps 20, 40, ..., n
-            result = fn()
+        result = fn()
+        times = stage_times(out, name)  # the stage's log records at steps 20, 40, ..., n
         per_step[name] = (times[-1] - times[0]) / (n - 20)
         warm[name] = max(0.0, times[0] - 20 * per_step[name])
         return result

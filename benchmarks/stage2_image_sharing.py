@@ -18,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from gvu.models.stage_timing import logged_times, new_run, scratch_setup
+from gvu.models.stage_timing import new_run, scratch_setup, stage_times
 import gvu.models.janus as janus
 import gvu.models.pretrain as pretrain
 
@@ -36,15 +36,15 @@ def main() -> None:
         return shared_path(model, batch, pixel_values if image_index is None else pixel_values[image_index])
 
     times = {"shared": [], "per_row": []}
-    with tempfile.TemporaryDirectory() as out, logged_times() as logged:
+    with tempfile.TemporaryDirectory() as out:
         short, spec, tok, config, vq, vision = scratch_setup(out, full)
         try:
             for r in range(args.rounds):
                 for mode in (("shared", "per_row") if r % 2 == 0 else ("per_row", "shared")):
                     janus.text_logits = shared_path if mode == "shared" else per_row
                     run = new_run(out, f"{mode}{r}")
-                    logged.clear()
                     pretrain.stage2(replace(short, lm_steps=42), run, spec, tok, config, vq, vision)
+                    logged = stage_times(run, 2)
                     times[mode].append((logged[1] - logged[0]) / 20)  # logged every 20 steps
                     print(f"round {r} {mode}: {times[mode][-1]:.3f} s a step", flush=True)
         finally:

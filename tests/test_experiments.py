@@ -363,3 +363,15 @@ def test_compare_gpu_stops_at_its_cuda_check_before_any_row_starts(tmp_path):
     assert r.returncode == 1
     assert "the CUDA check failed" in r.stdout and "this torch sees no GPU" in r.stdout
     assert sorted(os.listdir(out)) == ["cuda-check.log"]  # no row's log, no row's folder
+
+
+def test_stage_times_reads_one_stages_logged_times_from_the_run_folder(tmp_path):
+    from gvu.models.stage_timing import stage_times
+
+    records = [{"stage": 1, "step": 20, "time": 5.0}, {"stage": "1b", "step": 20, "time": 2.5},
+               {"stage": 2, "step": 20, "time": 8.0}, {"stage": 2, "step": 40, "time": 14.0},
+               {"stage": 2, "event": "saved"}]  # a record without a time is not a timing
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert stage_times(str(tmp_path), 2) == [8.0, 14.0]  # (14 - 8) / 20 = 0.3 s a step
+    assert stage_times(str(tmp_path), "1b") == [2.5] and stage_times(str(tmp_path), "1") == [5.0]
+    assert stage_times(str(tmp_path), 3) == []
