@@ -18,9 +18,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from gvu.models.stage_timing import new_run, scratch_setup, stage_times
 import gvu.models.janus as janus
 import gvu.models.pretrain as pretrain
+from gvu.models.stage_timing import new_run, scratch_setup, stage_times
 
 
 def main() -> None:
