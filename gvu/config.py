@@ -107,8 +107,9 @@ class TrainConfig:
     lora_r: int = 0  # LoRA rank; 0 = full fine-tuning
     lora_alpha: int = 16
     lora_dropout: float = 0.0  # must stay 0: sampling and the loss must score one network
-    lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # LM only (JANUS-NOTES 13)
-    lr: float = 2e-5  # full fine-tuning above ~1e-4 destroyed generation in the JANUS-NOTES probe
+    # the language model only: the vision tower's attention layers carry the same names (q_proj, k_proj, v_proj)
+    lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    lr: float = 2e-5  # small: guidance (s * cond - (s - 1) * uncond) amplifies every weight change that parts the branches
     weight_decay: float = 0.0
     warmup_steps: int = 10
     schedule: str = "constant"  # constant | cosine (after warmup)

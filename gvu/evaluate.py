@@ -1,5 +1,5 @@
-"""Evaluation during and after training: exact nano-world scores and the intrinsic reward, side by side
-(JANUS-NOTES: a rising reward with flat correctness is reward hacking, and must be visible at once)."""
+"""Evaluation during and after training: exact nano-world scores and the intrinsic reward, side by side, so that
+reward hacking (a rising reward while correctness stays flat) is visible at once."""
 
 from __future__ import annotations
 

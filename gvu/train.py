@@ -252,11 +252,11 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         ckpt = checkpoint.latest(run_dir) if resume else None
         if ckpt:  # weights now (unsharded), the optimiser once it exists
             start, extra, tensors = checkpoint.load(ckpt, backend.model, None)
-            low_signal = extra.get("low_signal", 0)  # 0 for checkpoints written before the count was saved
+            low_signal = extra.get("low_signal", 0)  # 0 for a checkpoint that holds no count
             if judge is not None and judge.mode == "ema":
                 judge.load_ema_tensors(tensors)
 
-        # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
+        # log-probs go through the wrapped module's forward, where DDP's and FSDP's gradient hooks fire (gvu/dist.py)
         guidance = loss_guidance(backend, cfg)
         policy = dist.PolicyForward(backend.model, functools.partial(backend.image_token_logprobs, guidance=guidance))
         if cfg.parallel == "fsdp":

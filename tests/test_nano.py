@@ -109,8 +109,8 @@ def test_object_crops_hold_the_drawn_object_and_stay_inside_the_image():
     tops, lefts = (crops[:, 0, 0, 0] // 64).long(), (crops[:, 0, 0, 0] % 64).long()
     assert set(lefts.tolist()) <= {0, 1, 2} and set(tops.tolist()) <= set(range(26, 33))
     assert len(set(tops.tolist())) > 3  # the jitter moves crops about
-    for c, t, l in zip(crops, tops, lefts):  # a plain slice of the image, not resampled
-        assert torch.equal(c, pixels[0, :, t:t + 32, l:l + 32])
+    for c, top, left in zip(crops, tops, lefts):  # a plain slice of the image, not resampled
+        assert torch.equal(c, pixels[0, :, top:top + 32, left:left + 32])
     with pytest.raises(ValueError, match="does not fit"):
         object_crops(pixels, [scene] * 40, 72, random.Random(0))
 
@@ -346,15 +346,12 @@ def test_gvu_score_refuses_bad_input_before_loading_the_model_and_keeps_existing
 
 
 def test_stage2_variant_takes_its_vq_from_a_saved_model(smoke_model, tmp_path, monkeypatch):
-    """experiments/stage2_variants.py --vq-from: stage 2 runs on the saved model's VQ, copied bit for bit."""
-    import importlib.util
+    """experiments.stage2_variants --vq-from: stage 2 runs on the saved model's VQ, copied bit for bit."""
     import sys
 
     from safetensors.torch import load_file
 
-    spec = importlib.util.spec_from_file_location("stage2_variants", SHIPPED.parents[1] / "experiments" / "stage2_variants.py")
-    sv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sv)
+    from experiments import stage2_variants as sv
     base = os.path.dirname(smoke_model)
     src = load_file(os.path.join(smoke_model, "model.safetensors"))
     vq = [k for k in src if k.startswith("model.vqmodel.")]

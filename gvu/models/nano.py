@@ -23,8 +23,9 @@ SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI, USER, ASSISTANT]
 
 @dataclass(frozen=True)
 class NanoSpec:
-    """Sizes of a nano-Janus. Constraints (see JANUS-NOTES.md): the VQ downsample 2**(len(mult)-1) must equal
-    the vision patch size, and base_channels * every multiplier must be divisible by 32 (GroupNorm)."""
+    """Sizes of a nano-Janus. Constraints: the VQ downsample 2**(len(mult)-1) must equal the vision patch size
+    (JanusConfig overwrites the VQ's num_patches with the vision encoder's image_size // patch_size), and
+    base_channels * every multiplier must be divisible by 32 (the VQ's GroupNorm layers use 32 groups)."""
 
     image_size: int = 64
     vq_base_channels: int = 32
@@ -53,8 +54,8 @@ class NanoSpec:
 
 SPECS = {
     "nano": NanoSpec(),
-    # the same with a 6-layer language model (issue 3's experiment on whether depth lets captions bind spatial
-    # relations; 34 MB of fp32 safetensors against nano's 27)
+    # the same with a 6-layer language model (whether depth lets captions bind spatial relations; 34 MB of fp32
+    # safetensors against nano's 27)
     "nano-deep": NanoSpec(text_layers=6),
     # tiny, for tests: trains in well under two minutes and exercises every code path
     "smoke": NanoSpec(vq_base_channels=32, vq_codebook=64, vision_hidden=32, vision_layers=1, vision_heads=2,
@@ -101,7 +102,8 @@ def build_processor(spec: NanoSpec, tokenizer) -> JanusProcessor:
         from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil as ImageProcessor
     except ImportError:  # older transformers
         from transformers import JanusImageProcessor as ImageProcessor
-    # mean = std = 0.5 so that the tensor path (VQ decode in [-1, 1]) equals the PIL path (JANUS-NOTES pitfall 11)
+    # mean = std = 0.5 (the processor's default is CLIP's) so that the PIL path equals the backend's tensor path,
+    # which normalises decoded [-1, 1] images with 0.5 (JanusBackend.pixel_values)
     image_processor = ImageProcessor(size={"height": spec.image_size, "width": spec.image_size},
                                              image_mean=[0.5] * 3, image_std=[0.5] * 3, min_size=spec.image_size)
     return JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=spec.num_image_tokens)
