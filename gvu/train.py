@@ -29,6 +29,7 @@ from gvu.config import ConfigError, TrainConfig
 from gvu.errors import SetupError
 from gvu.evaluate import evaluate, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
+from gvu.models.adapter import decode_seeds
 from gvu.reward import Judge, compute_reward, gvu_reward
 from gvu.rollout import rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
@@ -502,7 +503,9 @@ def periodic(backend, cfg, step, eval_md, grid_md, run_dir, log, info=None) -> N
         per = 4
         prompts = [m["prompt"] for m in grid_md for _ in range(per)]
         with torch.no_grad():
-            px = backend.decode_images(backend.sample_image_tokens(prompts, fixed))
+            rows = torch.arange(len(prompts))
+            px = backend.decode_images(backend.sample_image_tokens(prompts, fixed, rows), prompts,
+                                       decode_seeds(fixed.seed, rows))
             diag = gvu_reward(backend, px[::per], [m["prompt"] for m in grid_md], replace(cfg.reward, kind="gvu"))
         save_grid(os.path.join(run_dir, "grids", f"step_{step:06d}.png"), px, [m["prompt"] for m in grid_md], per)
         tl = diag.token_logprobs
