@@ -82,8 +82,13 @@ class XOmniBackend:
         return self.model.lm_head.weight.device
 
     def full_finetune_modules(self) -> list[torch.nn.Module]:
-        """What full fine-tuning trains: the language model (embeddings, layers, norms, both heads)."""
-        return [self.model]
+        """What full fine-tuning trains: the generation path, the modules the image-token loss reaches (embeddings,
+        layers, mm_norm, mm_head). lm_head (text mode only) stays frozen, and lm_norm too unless the prompt's last
+        token, which predicts the first image token, is a text token."""
+        lm = self.model.model
+        modules = [lm.lm_embed_tokens, lm.mm_embed_tokens, lm.layers, lm.mm_norm, self.model.mm_head]
+        last = self.prompt_ids("x")[-1]
+        return modules + ([lm.lm_norm] if last < self.vocab_size else [])
 
     @contextlib.contextmanager
     def checkpointed(self):
