@@ -1,0 +1,170 @@
+"""X-Omni specifics on a tiny random X-Omni folder: checkpoint key names, the two heads, the adapter layers that
+update image positions only, the SigLIP-VQ tokenizer, the FLUX conditioning, and the errors for bad input."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gvu.models.xomni import CheckpointError, XOmniBackend, XOmniBackendConfig, check_checkpoint
+from gvu.models.xomni.lm import XOmniForCausalLM, attention_mask, checkpoint_keys, is_adapter_layer, qwen2_config
+from gvu.models.xomni.siglip_vq import vit_state_from_timm
+from gvu.models.xomni.tiny import build_tiny_xomni, lm_config, timm_vit_state
+
+pytest.importorskip("diffusers", reason="X-Omni's decoder needs diffusers (pip install 'gvu[xomni]')")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return build_tiny_xomni(str(tmp_path_factory.mktemp("xomni")))
+
+
+@pytest.fixture(scope="module")
+def backend(folders):
+    return XOmniBackend.from_pretrained(folders[0])
+
+
+def lm():
+    torch.manual_seed(0)
+    model = XOmniForCausalLM(qwen2_config(lm_config())).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def run(model, ids):
+    m, t = ids.shape
+    return model.model(ids, torch.ones(m, t, dtype=torch.long), torch.arange(t).expand(m, t))
+
+
+def test_module_names_are_the_published_checkpoints_keys():
+    model = lm()
+    assert sorted(model.state_dict()) == checkpoint_keys(model.config)
+    assert "model.layers.3.self_attn.q_proj.bias" in checkpoint_keys(model.config)  # Qwen2's q/k/v carry biases
+    assert not [k for k in checkpoint_keys(model.config) if "embed_tokens" in k and "_embed_tokens" not in k]
+
+
+def test_the_first_and_last_adapter_layers_are_the_configured_ones():
+    cfg = qwen2_config({**lm_config(layers=10), "num_mm_adap_layers": 4, "num_mm_head_layers": 4})
+    assert [i for i in range(10) if is_adapter_layer(cfg, i)] == [0, 1, 2, 3, 6, 7, 8, 9]  # 4 first, 4 last; 4 and 5 read everything
+
+
+def test_adapter_layers_update_image_positions_only():
+    model, ids = lm(), torch.tensor([[5, 17, 40, 77, 9]])  # text only
+    image = torch.tensor([[5, 17, 300 + 3, 300 + 60, 300 + 7]])  # text, then image codes
+    base_text, base_image = run(model, ids), run(model, image)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.add_(1.0)  # an adapter layer
+    assert torch.equal(run(model, ids), base_text)  # text positions pass the adapter layer unchanged
+    after = run(model, image)
+    assert torch.equal(after[:, :2], base_image[:, :2]) and not torch.allclose(after[:, 2:], base_image[:, 2:])
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.add_(1.0)  # a middle layer: every position
+    assert not torch.allclose(run(model, ids), base_text)
+
+
+def test_each_mode_reads_its_own_head_and_norm():
+    model = lm()
+    ids = torch.tensor([[5, 17, 300 + 3, 300 + 60]])
+    hidden = run(model, ids)
+    model.set_generation_mode("text")
+    text = model.logits(hidden)
+    model.set_generation_mode("image")
+    image = model.logits(hidden)
+    assert text.shape[-1] == 300 and image.shape[-1] == 64  # the text vocabulary; the codes (no mm specials)
+    assert torch.equal(text, model.lm_head(hidden)) and torch.equal(image, model.mm_head(hidden)[..., :64])
+    with torch.no_grad():
+        model.model.lm_norm.weight.mul_(3.0)
+    after = run(model, ids)
+    assert not torch.allclose(after[:, :2], hidden[:, :2]) and torch.equal(after[:, 2:], hidden[:, 2:])
+    with pytest.raises(ValueError, match="generation mode"):
+        model.set_generation_mode("video")
+
+
+def test_a_padding_query_attends_only_to_itself_and_real_tokens_never_see_padding():
+    mask = attention_mask(torch.tensor([[0, 1, 1]]), 3)[0, 0]
+    assert mask.tolist() == [[True, False, False], [False, True, False], [False, True, True]]
+
+
+def test_the_codebook_picks_the_nearest_normalised_code_as_x_omnis_squared_distance_does():
+    from gvu.models.xomni.siglip_vq import Codebook
+
+    book = Codebook(3, 2)
+    with torch.no_grad():
+        book.embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]]))
+    z = torch.tensor([[3.0, 0.5], [0.1, 5.0], [-2.0, -1.5]])
+    zn, en = F.normalize(z, dim=-1), F.normalize(book.embedding.weight, dim=-1)
+    d = (zn ** 2).sum(1, keepdim=True) + (en ** 2).sum(1) - 2 * zn @ en.T  # X-Omni's IBQ distance
+    assert book.nearest(z).tolist() == d.argmin(1).tolist() == [0, 1, 2]
+
+
+def test_timm_vit_weights_convert_both_ways(backend):
+    state = backend.image_tokenizer.state_dict()
+    vit = {k: v for k, v in state.items() if k.startswith(("embeddings.", "encoder."))}
+    back = vit_state_from_timm(timm_vit_state(vit))
+    assert back.keys() == vit.keys() and all(torch.equal(back[k], vit[k]) for k in vit)
+
+
+def test_the_decoder_reads_the_siglip_features_and_the_prompt(backend):
+    tokens = torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(0))
+    seed = torch.tensor([3])
+    a = backend.decode_images(tokens, ["a red cube"], seed)
+    assert torch.equal(a, backend.decode_images(tokens, ["a red cube"], seed))
+    assert not torch.allclose(a, backend.decode_images(tokens, ["two blue dogs"], seed))
+    assert not torch.allclose(a, backend.decode_images(tokens, ["a red cube"], torch.tensor([4])))
+    hook = backend.decoder.conditioning
+    with torch.no_grad():
+        saved = hook.siglip_embed.weight.clone()
+        hook.siglip_embed.weight.zero_()  # X-Omni's initialisation: the codes then change nothing
+        try:
+            other = torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(1))
+            assert torch.equal(backend.decode_images(tokens, ["a red cube"], seed),
+                               backend.decode_images(other, ["a red cube"], seed))
+        finally:
+            hook.siglip_embed.weight.copy_(saved)
+
+
+def test_understanding_reads_the_image_re_tokenised_into_codes(backend):
+    px = torch.rand(2, 3, 32, 32) * 2 - 1
+    codes = backend.image_codes(px)
+    assert codes.shape == (2, 4, 4) and int(codes.max()) < 64
+    before, after = backend.understanding_parts("Describe the image in detail.", 4, 4)
+    text = backend.tokenizer.decode(before) + "|" + backend.tokenizer.decode(after)
+    assert text == ("<|im_start|>user\n<SOM>4 4<IMAGE>|<EOM>\nDescribe the image in detail.<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+
+
+def test_the_generation_prompt_is_raw_text_then_the_image_prefix(backend):
+    assert backend.tokenizer.decode(backend.prompt_ids("a cat")) == "a cat<SOM>4 4<IMAGE>"
+
+
+def test_a_folder_that_is_not_x_omni_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "janus"}))
+    with pytest.raises(CheckpointError, match="not X-Omni"):
+        check_checkpoint(str(tmp_path))
+
+
+def test_a_missing_flux_folder_is_named_with_the_extra(folders, tmp_path):
+    with pytest.raises(ValueError, match=r"no FLUX.1-dev pipeline at .*nowhere.*gvu\[xomni\]"):
+        XOmniBackend.from_pretrained(folders[0], flux_dir=str(tmp_path / "nowhere"))
+
+
+def test_an_image_size_off_the_token_grid_is_refused():
+    with pytest.raises(CheckpointError, match="not a multiple of the 16-pixel"):
+        XOmniBackendConfig(image_size=580)
+
+
+def test_missing_language_model_weights_are_refused(folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "x"
+    shutil.copytree(folders[0], copy)
+    state = load_file(os.path.join(copy, "model.safetensors"))
+    del state["mm_head.weight"]
+    save_file(state, os.path.join(copy, "model.safetensors"))
+    with pytest.raises(CheckpointError, match="mm_head.weight"):
+        XOmniBackend.from_pretrained(str(copy))
