@@ -168,3 +168,19 @@ def test_missing_language_model_weights_are_refused(folders, tmp_path):
     save_file(state, os.path.join(copy, "model.safetensors"))
     with pytest.raises(CheckpointError, match="mm_head.weight"):
         XOmniBackend.from_pretrained(str(copy))
+
+
+def test_the_xomni_en_presets_lora_wraps_the_seven_projections_of_every_layer(folders):
+    from gvu.config import TrainConfig
+    from gvu.model_cli import CONFIG_DIR
+    from gvu.train import setup_trainable
+
+    preset = json.loads((CONFIG_DIR / "xomni-en.json").read_text())
+    assert (preset["lora_r"], preset["lora_alpha"], preset["lr"], preset["beta"], preset["group_size"],
+            preset["batch_prompts"], preset["sampling"]["guidance"], preset["sampling"]["min_p"]) == \
+        (8, 32, 1e-6, 0.03, 2, 8, False, 0.03)
+    backend = XOmniBackend.from_pretrained(folders[0])
+    params, _ = setup_trainable(backend, TrainConfig(lora_r=8, lora_alpha=32, lora_target=preset["lora_target"]))
+    wrapped = {n.rsplit(".lora_", 1)[0] for n, p in backend.model.named_parameters() if p.requires_grad}
+    assert len(wrapped) == 4 * 7 and all(".layers." in n for n in wrapped)
+    assert all("lora_" in n for n, p in backend.model.named_parameters() if p.requires_grad)
