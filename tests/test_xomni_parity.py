@@ -68,3 +68,20 @@ def test_the_image_tokenizers_codes_and_decoded_features_equal_the_officials(sav
     assert torch.equal(codes, ref["codes"]) and len(ref["codes"].unique()) > 3
     m, z, h, w = ref["decoded"].shape
     torch.testing.assert_close(decoded, ref["decoded"].flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_the_flux_decoder_makes_the_official_pipelines_images(saved, tmp_path):
+    import shutil
+
+    from gvu.models.xomni.flux_decoder import DecoderConfig, FluxDecoder
+
+    ref = saved[1]
+    shutil.copytree(DATA / "decoder", tmp_path / "decoder")  # an X-Omni folder holding only its FLUX transformer
+    config = DecoderConfig(model_path="decoder", upscale_factor=8, num_inference_steps=2, cfg_scale=2.0,
+                           guidance_scale=1.0, max_sequence_length=16, decode_batch=2)
+    decoder = FluxDecoder.load(str(DATA / "flux"), str(tmp_path), config, 32, torch.float32, "cpu")
+    pixels = decoder.decode(ref["flux_features"], ["a red cube", "two blue dogs"], torch.tensor([0, 1]), 32,
+                            latents=ref["flux_latents"])
+    official = ref["flux_images"]  # [0, 1], the pipeline's output_type="pt"
+    assert float(official.std()) > 0.01
+    torch.testing.assert_close((pixels + 1) / 2, official, atol=1e-5, rtol=1e-5)

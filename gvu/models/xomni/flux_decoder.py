@@ -140,22 +140,29 @@ class FluxDecoder(nn.Module):
         return torch.cat([r[0] for r in rows]), rows[0][1]
 
     @torch.no_grad()
-    def decode(self, features: torch.Tensor, prompts: list[str], seeds: torch.Tensor, side: int) -> torch.Tensor:
+    def decode(self, features: torch.Tensor, prompts: list[str], seeds: torch.Tensor, side: int,
+               latents: torch.Tensor | None = None) -> torch.Tensor:
         """features [M, N, z], M prompts, seeds [M] -> pixels [M, 3, side, side] in [-1, 1], decode_batch rows at
-        a time."""
-        out = [self._decode(features[s:s + self.config.decode_batch], prompts[s:s + self.config.decode_batch],
-                            seeds[s:s + self.config.decode_batch], side)
-               for s in range(0, len(prompts), self.config.decode_batch)]
+        a time. latents [M, N, 4c] (optional): the packed starting noise itself, instead of drawing it from seeds."""
+        b = self.config.decode_batch
+        out = [self._decode(features[s:s + b], prompts[s:s + b], seeds[s:s + b], side,
+                            None if latents is None else latents[s:s + b])
+               for s in range(0, len(prompts), b)]
         return torch.cat(out)
 
-    def _decode(self, features, prompts, seeds, side):
+    def _decode(self, features, prompts, seeds, side, latents=None):
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
         pipe, cfg = self.pipe, self.config
         dtype = pipe.transformer.dtype
         embeds, pooled, text_ids = pipe.encode_prompt(prompts, device=self.device,
                                                       max_sequence_length=cfg.max_sequence_length)
-        latents, image_ids = self.noise(seeds, side, side, dtype)
+        if latents is None:
+            latents, image_ids = self.noise(seeds, side, side, dtype)
+        else:
+            channels = pipe.transformer.config.in_channels // 4
+            latents, image_ids = pipe.prepare_latents(len(prompts), channels, side, side, dtype, self.device, None,
+                                                      latents.to(self.device, dtype))
         if latents.shape[1] != features.shape[1]:
             raise ValueError(f"{features.shape[1]} image tokens but {latents.shape[1]} FLUX latent tokens at "
                              f"{side} px: the decoder's upscale_factor does not fit this image size")

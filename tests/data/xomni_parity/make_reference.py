@@ -158,9 +158,54 @@ def main() -> None:
         feats = tokenizer.decode(codes, (*codes.shape, PROJ["codebook_dim"]))  # [2, z, 4, 3]
     out.update({"pixels": pixels, "codes": codes, "decoded": feats})
     os.makedirs(args.out, exist_ok=True)
+    out.update(flux_reference(tokenizer, args.out))
     save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(args.out, "weights.safetensors"))
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(args.out, "reference.safetensors"))
     print("wrote", sorted(out), "and", len(weights), "weights to", args.out)
+
+
+FLUX_PROMPTS = ["a red cube", "two blue dogs"]
+
+
+def flux_reference(tokenizer, out_dir: str) -> dict:
+    """Run X-Omni's FluxPipelineWithSigLIP on a tiny FLUX (tiny CLIP and T5 encoders, VAE) from fixed noise; save its
+    parts as gvu loads them (flux/: FLUX.1-dev's layout without a transformer; decoder/: X-Omni's transformer with
+    siglip_embed) and return the inputs and the images it made."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+    from gvu.models.xomni.tiny import byte_tokenizer  # the tiny tokenizers of gvu's tests (tokenizers library only)
+    from omni_r1.models.modeling_siglip_flux import FluxPipelineWithSigLIP, FluxTransformer2DModelWithSigLIP
+
+    torch.manual_seed(2)
+    transformer = FluxTransformer2DModelWithSigLIP(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+        siglip_channels=PROJ["z_channels"])
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        layers_per_block=1, norm_num_groups=4, shift_factor=0.1159, scaling_factor=0.3611)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=300, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                        num_attention_heads=2, max_position_embeddings=77, projection_dim=32))
+    t5 = T5EncoderModel(T5Config(vocab_size=300, d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=4))
+    for module, scale in ((transformer, 0.1), (vae, 0.1), (clip, 0.1), (t5, 0.1)):
+        fp16_exact(module, scale)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    parts = dict(scheduler=scheduler, vae=vae.eval(), text_encoder=clip.eval(), tokenizer=byte_tokenizer(0, 77),
+                 text_encoder_2=t5.eval(), tokenizer_2=byte_tokenizer(0, 16))
+    pipe = FluxPipelineWithSigLIP(transformer=transformer.eval(), **parts)
+    codes = torch.randint(0, PROJ["codebook_size"], (2, 4, 4), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        feats = tokenizer.decode(codes, (*codes.shape, PROJ["codebook_dim"])).flatten(2).transpose(1, 2)  # [2, 16, z]
+    latents = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(4)).half().float()
+    images = pipe(feats, FLUX_PROMPTS, negative_prompt=[""], height=32, width=32, num_inference_steps=2,
+                  guidance_scale=1.0, true_cfg_scale=2.0, true_cfg_scale_2=2.0, latents=latents, output_type="pt",
+                  max_sequence_length=16).images  # [2, 3, 32, 32] in [0, 1]
+    FluxPipeline(transformer=None, **parts).to(torch.float16).save_pretrained(os.path.join(out_dir, "flux"))
+    transformer.to(torch.float16).save_pretrained(os.path.join(out_dir, "decoder"))
+    return {"flux_codes": codes, "flux_features": feats, "flux_latents": latents, "flux_images": images.float()}
 
 
 if __name__ == "__main__":
