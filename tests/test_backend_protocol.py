@@ -2,6 +2,7 @@
 X-Omni (Qwen2 LM, SigLIP-VQ, FLUX with tiny CLIP/T5 encoders and VAE), each saved as a folder and loaded as users do."""
 
 import importlib
+import json
 
 import pytest
 import torch
@@ -101,7 +102,19 @@ def tiny_run(model_dir, **kw):
     return TrainConfig(**base)
 
 
-def test_one_step_moves_every_trainable_weight(model_dir, tmp_path, monkeypatch):
+def lora_target(kind: str) -> str:
+    """The LoRA target of the backend's presets (X-Omni's module names differ from Janus's)."""
+    if kind == "janus":
+        return TrainConfig().lora_target
+    from gvu.model_cli import CONFIG_DIR
+
+    return json.loads((CONFIG_DIR / "xomni-en.json").read_text())["lora_target"]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_one_step_moves_every_trainable_weight(model_dir, tmp_path, monkeypatch, lora):
+    # LoRA's B starts at zero, so A gets no gradient on step 1: two steps move both factors
+    kw = {"lora_r": 2, "lora_target": lora_target(model_dir[0]), "steps": 2} if lora else {"steps": 1}
     box, real = {}, train_mod.setup_trainable
 
     def spy(backend, cfg):
@@ -111,9 +124,10 @@ def test_one_step_moves_every_trainable_weight(model_dir, tmp_path, monkeypatch)
         return out
 
     monkeypatch.setattr(train_mod, "setup_trainable", spy)
-    train_mod.train(tiny_run(model_dir[1], steps=1), str(tmp_path / "run"), progress=False)
+    train_mod.train(tiny_run(model_dir[1], **kw), str(tmp_path / "run"), progress=False)
     after = {n: p for n, p in box["model"].named_parameters() if p.requires_grad}
     assert len(after) > 5 and [n for n in after if torch.equal(after[n], box["before"][n])] == []
+    assert all("lora_" in n for n in after) == lora
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(model_dir, tmp_path, monkeypatch):

@@ -184,3 +184,28 @@ def test_the_xomni_en_presets_lora_wraps_the_seven_projections_of_every_layer(fo
     wrapped = {n.rsplit(".lora_", 1)[0] for n, p in backend.model.named_parameters() if p.requires_grad}
     assert len(wrapped) == 4 * 7 and all(".layers." in n for n in wrapped)
     assert all("lora_" in n for n, p in backend.model.named_parameters() if p.requires_grad)
+
+
+def test_the_reward_equals_the_official_per_token_loop(backend):
+    """matrix0721/GvU's gvu_score: per image, one forward per prompt token over the chat-templated image and query,
+    the softmax probability of the next prompt token multiplied up, then the L-th root."""
+    from gvu.config import RewardConfig
+    from gvu.reward import gvu_reward
+
+    prompts = ["a red cube", "two blue dogs on a mat"]
+    px = torch.rand(2, 3, 32, 32) * 2 - 1
+    fast = gvu_reward(backend, px, prompts, RewardConfig()).rewards
+    backend.model.set_generation_mode("text")
+    codes = backend.image_codes(px)
+    before, after = backend.understanding_parts("Describe the image in detail.", 4, 4)
+    for i, prompt in enumerate(prompts):
+        ids = before + (codes[i].flatten() + backend.vocab_size).tolist() + after
+        gt = backend.tokenizer.encode(prompt)
+        product = 1.0
+        for token in gt:
+            t = torch.tensor([ids])
+            with torch.no_grad():
+                logits = backend.model(t, torch.ones_like(t), torch.arange(len(ids))[None])[0, -1]
+            product *= float(logits.softmax(-1)[token])
+            ids = ids + [token]
+        assert float(fast[i]) == pytest.approx(product ** (1 / len(gt)), rel=1e-5)
