@@ -209,3 +209,22 @@ def test_the_reward_equals_the_official_per_token_loop(backend):
             product *= float(logits.softmax(-1)[token])
             ids = ids + [token]
         assert float(fast[i]) == pytest.approx(product ** (1 / len(gt)), rel=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(backend):
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(5))
+    weight = backend.model.mm_head.weight
+    grads = []
+    for context in (backend.checkpointed, None):
+        weight.requires_grad_(True)
+        with context() if context else torch.enable_grad():
+            backend.image_token_logprobs(["a cat", "two dogs"], tokens).sum().backward()
+        grads.append(weight.grad.clone())
+        weight.grad = None
+    weight.requires_grad_(False)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+
+
+def test_sliding_window_attention_is_refused():
+    with pytest.raises(ValueError, match="sliding-window"):
+        qwen2_config({**lm_config(), "use_sliding_window": True})

@@ -35,6 +35,9 @@ def qwen2_config(cfg: dict) -> Qwen2Config:
     """A Qwen2Config from an X-Omni config.json (its X-Omni fields kept as attributes), attention through SDPA."""
     plain = {k: v for k, v in cfg.items() if k not in (*XOMNI_KEYS, "architectures", "auto_map", "model_type",
                                                        "transformers_version", "torch_dtype", "dtype")}
+    if plain.get("use_sliding_window"):
+        raise ValueError("this X-Omni config turns on sliding-window attention, which gvu's X-Omni port does not "
+                         "implement (X-Omni-En, like Qwen2.5-7B, has it off)")
     config = Qwen2Config(**plain)
     config.num_mm_adap_layers = cfg.get("num_mm_adap_layers", 4)
     config.num_mm_head_layers = cfg.get("num_mm_head_layers", 4)
