@@ -149,3 +149,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(model_dir, tmp_path, m
     a = load_file(str(tmp_path / "straight/checkpoints/step_000002/trainable.safetensors"))
     b = load_file(str(tmp_path / "resumed/checkpoints/step_000002/trainable.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_decode_seeds_are_the_row_id_plus_the_scaled_seed():
+    assert decode_seeds(2, torch.tensor([0, 5])).tolist() == [2_000_006, 2_000_011]  # 2 x 1,000,003 + row
+    huge = decode_seeds(10 ** 30, torch.tensor([0]))  # a Python int far past int64 still gives a valid seed
+    assert 0 <= int(huge) < 2 ** 62

@@ -64,4 +64,4 @@ class UnifiedModel(Protocol):
 def decode_seeds(seed: int, row_ids: torch.Tensor) -> torch.Tensor:
     """Per-row decoder seeds [M] long, a pure function of (seed, global row id): a row decodes alike in any batch
     and on any rank. Kept below 2**62 so that torch.Generator.manual_seed takes them."""
-    return (row_ids.long() + int(seed) * 1_000_003) % (1 << 62)
+    return (row_ids.long() + (int(seed) * 1_000_003) % (1 << 62)) % (1 << 62)

@@ -127,7 +127,8 @@ def _build_flux(xdir: str, fdir: str, siglip_channels: int) -> None:
                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                         layers_per_block=1, norm_num_groups=4, shift_factor=0.1159, scaling_factor=0.3611)
     clip = CLIPTextModel(CLIPTextConfig(vocab_size=TEXT_VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                        num_attention_heads=2, max_position_embeddings=77, projection_dim=32))
+                                        num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
+                                        bos_token_id=1, eos_token_id=2, pad_token_id=0))
     t5 = T5EncoderModel(T5Config(vocab_size=TEXT_VOCAB, d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=4))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
