@@ -87,3 +87,27 @@ def test_the_flux_decoder_makes_the_official_pipelines_images(saved, tmp_path):
     official = ref["flux_images"]  # [0, 1], the pipeline's output_type="pt"
     assert float(official.std()) > 0.01
     torch.testing.assert_close((pixels + 1) / 2, official, atol=1e-5, rtol=1e-5)
+
+
+def test_the_cached_sampler_makes_the_official_generates_greedy_tokens_with_and_without_guidance(saved, port,
+                                                                                                   monkeypatch):
+    import gvu.models.xomni.backend as backend_module
+
+    from gvu.config import SamplingConfig
+    from gvu.models.xomni import XOmniBackend, XOmniBackendConfig
+    from gvu.models.xomni.tiny import xomni_tokenizer
+
+    ref = saved[1]
+    backend = XOmniBackend(port, xomni_tokenizer(64), SiglipVQ(TOKENIZER), None,
+                           XOmniBackendConfig(image_size=24, downsample=8))  # a 3 x 3 grid: "<SOM>3 3<IMAGE>"
+    prompts = ["a red cube", "two blue dogs on a mat"]
+    assert torch.equal(backend.prompt_batch(prompts).ids, ref["generation_prompt_ids"])
+    greedy = SamplingConfig(guidance=False, top_k=1)
+    seen, real = [], backend_module.sample
+    monkeypatch.setattr(backend_module, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
+    assert torch.equal(backend.sample_image_tokens(prompts, greedy), ref["greedy_tokens"])
+    # every step's logits through the KV cache, left padding included, equal the official generate's scores
+    torch.testing.assert_close(torch.stack(seen, 1), ref["greedy_step_logits"], atol=1e-5, rtol=1e-5)
+    guided = SamplingConfig(guidance=True, cfg_scale=3.0, top_k=1)  # transformers guides log-softmaxes: same argmax
+    assert torch.equal(backend.sample_image_tokens(prompts, guided), ref["greedy_cfg3_tokens"])
+    assert not torch.equal(ref["greedy_tokens"], ref["greedy_cfg3_tokens"])

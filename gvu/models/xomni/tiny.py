@@ -40,6 +40,16 @@ def byte_tokenizer(extra_text_tokens: int = 0, model_max_length: int = 77):
     return fast
 
 
+def xomni_tokenizer(codes: int = CODES):
+    """X-Omni's token layout in small: TEXT_VOCAB text ids (bytes), then <MM-Token-k> at TEXT_VOCAB + k, then <SOM>,
+    <EOM>, <IMAGE>; a ChatML chat template."""
+    tok = byte_tokenizer(TEXT_VOCAB - 259)
+    tok.add_tokens([f"<MM-Token-{k}>" for k in range(codes)], special_tokens=True)
+    tok.add_tokens(["<SOM>", "<EOM>", "<IMAGE>"], special_tokens=True)
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
 def timm_vit_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of siglip_vq.vit_state_from_timm: this module's ViT names -> X-Omni's timm names."""
     out = {"patch_embed.proj.weight": state["embeddings.proj.weight"], "patch_embed.proj.bias": state["embeddings.proj.bias"],
@@ -94,11 +104,7 @@ def build_tiny_xomni(root: str, seed: int = 0) -> tuple[str, str]:
             p.normal_(0, 0.2) if p.dim() > 1 else p.add_(0.1 * torch.randn_like(p))
     save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, os.path.join(xdir, "model.safetensors"))
 
-    tok = byte_tokenizer(TEXT_VOCAB - 259)
-    tok.add_tokens([f"<MM-Token-{k}>" for k in range(CODES)], special_tokens=True)
-    tok.add_tokens(["<SOM>", "<EOM>", "<IMAGE>"], special_tokens=True)
-    tok.chat_template = CHAT_TEMPLATE
-    tok.save_pretrained(xdir)
+    xomni_tokenizer().save_pretrained(xdir)
 
     enc = cfg["vision_config"]["encoder"]
     vq = SiglipVQ(TokenizerConfig.from_encoder(enc))

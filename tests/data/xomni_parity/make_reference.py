@@ -158,10 +158,46 @@ def main() -> None:
         feats = tokenizer.decode(codes, (*codes.shape, PROJ["codebook_dim"]))  # [2, z, 4, 3]
     out.update({"pixels": pixels, "codes": codes, "decoded": feats})
     os.makedirs(args.out, exist_ok=True)
+    out.update(generation_reference(model))
     out.update(flux_reference(tokenizer, args.out))
     save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(args.out, "weights.safetensors"))
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(args.out, "reference.safetensors"))
     print("wrote", sorted(out), "and", len(weights), "weights to", args.out)
+
+
+GENERATION_PROMPTS = ["a red cube", "two blue dogs on a mat"]
+
+
+def generation_reference(model) -> dict:
+    """Greedy image tokens from the official model through transformers' generate (KV cache, left padding), as X-Omni's
+    generate.py and the GvU trainer call it (raw prompt + "<SOM>3 3<IMAGE>", image mode, its specials suppressed):
+    without guidance for the batch, and with guidance 3 one prompt at a time against the prefix alone."""
+    from transformers import GenerationConfig
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+    from gvu.models.xomni.tiny import xomni_tokenizer
+
+    tok = xomni_tokenizer(LM["image_vocab_size"])
+    prefix = "<SOM>3 3<IMAGE>"
+    enc = tok([p + prefix for p in GENERATION_PROMPTS], return_tensors="pt", padding="longest", padding_side="left")
+    settings = dict(max_new_tokens=9, do_sample=False, pad_token_id=tok.pad_token_id,
+                    suppress_tokens=tok.convert_tokens_to_ids(["<SOM>", "<EOM>", "<IMAGE>"]))
+    model.set_generation_mode("image")
+    with torch.no_grad():
+        out = model.generate(inputs=enc.input_ids, attention_mask=enc.attention_mask, output_scores=True,
+                             return_dict_in_generate=True, generation_config=GenerationConfig(**settings))
+        plain = out.sequences[:, enc.input_ids.shape[1]:]
+        codes = slice(LM["vocab_size"], LM["vocab_size"] + LM["image_vocab_size"])
+        step_logits = torch.stack([score[:, codes] for score in out.scores], 1)  # [2, 9, 64], each step's logits
+        negative = tok.encode(prefix, add_special_tokens=False, return_tensors="pt")
+        guided = []
+        for p in GENERATION_PROMPTS:
+            ids = tok(p + prefix, return_tensors="pt").input_ids
+            guided.append(model.generate(inputs=ids, generation_config=GenerationConfig(guidance_scale=3.0, **settings),
+                                         negative_prompt_ids=negative)[:, ids.shape[1]:])
+    return {"generation_prompt_ids": enc.input_ids, "greedy_tokens": plain - LM["vocab_size"],
+            "greedy_step_logits": step_logits,
+            "greedy_cfg3_tokens": torch.cat(guided) - LM["vocab_size"]}
 
 
 FLUX_PROMPTS = ["a red cube", "two blue dogs"]
