@@ -228,3 +228,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(backend):
 def test_sliding_window_attention_is_refused():
     with pytest.raises(ValueError, match="sliding-window"):
         qwen2_config({**lm_config(), "use_sliding_window": True})
+
+
+def test_guided_teacher_forcing_equals_the_guided_cached_sampler(backend, monkeypatch):
+    import gvu.models.xomni.backend as backend_module
+    from gvu.config import SamplingConfig
+
+    seen, real = [], backend_module.sample
+    monkeypatch.setattr(backend_module, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
+    prompts = ["a cat", "two dogs on a long red mat"]  # unequal lengths: left padding on both branches
+    tokens = backend.sample_image_tokens(prompts, SamplingConfig(guidance=True, cfg_scale=2.5, seed=3))
+    cached = F.log_softmax(torch.stack(seen, 1), -1).gather(-1, tokens[..., None]).squeeze(-1)
+    forced = backend.image_token_logprobs(prompts, tokens, guidance=2.5).detach()
+    assert torch.allclose(cached, forced, atol=1e-5)

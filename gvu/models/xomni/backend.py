@@ -126,14 +126,16 @@ class XOmniBackend:
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
 
     def _unconditional(self, m: int, width: int) -> Batch:
-        """CFG's unconditional rows: the image prefix alone (the official negative_prompt_ids), left-padded."""
+        """CFG's unconditional rows [m, width]: the image prefix alone (the official negative_prompt_ids), left-padded
+        to the conditional rows' width so that both share one cache."""
         ids = self.tokenizer(self._prefix, add_special_tokens=False).input_ids
-        b = left_pad([ids] * m, self.pad_id)
-        pad = width - b.ids.shape[1]
-        if pad < 0:
+        if len(ids) > width:
             raise ValueError("the unconditional prompt is longer than the prompts")
-        ids_, mask = F.pad(b.ids, (pad, 0), value=self.pad_id), F.pad(b.mask, (pad, 0))
-        return Batch(ids_.to(self.device), mask.to(self.device), ((mask.cumsum(1) - 1).clamp(min=0)).to(self.device))
+        b = left_pad([[self.pad_id] * (width - len(ids)) + ids] * m, self.pad_id)
+        mask = torch.zeros_like(b.mask)
+        mask[:, width - len(ids):] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        return Batch(b.ids.to(self.device), mask.to(self.device), positions.to(self.device))
 
     # ------------------------------------------------------------------------------------------ generation
     @torch.no_grad()
