@@ -241,3 +241,17 @@ def test_guided_teacher_forcing_equals_the_guided_cached_sampler(backend, monkey
     cached = F.log_softmax(torch.stack(seen, 1), -1).gather(-1, tokens[..., None]).squeeze(-1)
     forced = backend.image_token_logprobs(prompts, tokens, guidance=2.5).detach()
     assert torch.allclose(cached, forced, atol=1e-5)
+
+
+def test_a_training_run_evaluates_and_draws_its_grids_with_x_omni(folders, tmp_path):
+    from gvu.config import SamplingConfig, TrainConfig
+    from gvu.train import train
+
+    cfg = TrainConfig(model=folders[0], steps=1, batch_prompts=2, group_size=2, train_prompts=8, eval_every=1,
+                      eval_prompts=2, eval_images_per_prompt=1, grid_every=1, grid_prompts=2, threads=1,
+                      final_eval=False, warmup_steps=0, sampling=SamplingConfig(guidance=False, min_p=0.03))
+    train(cfg, str(tmp_path / "run"), progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert any("eval/overall" in r for r in rows) and any("reward/mean" in r for r in rows)
+    assert (tmp_path / "run" / "grids" / "step_000001.png").exists()
+    assert len(open(tmp_path / "run" / "diagnostics.jsonl").readlines()) == 4  # 2 grid prompts at steps 0 and 1
