@@ -15,8 +15,6 @@ from gvu.models.adapter import decode_seeds
 from gvu.models.registry import load_backend
 from gvu.rollout import rollout
 
-pytest.importorskip("diffusers", reason="X-Omni's decoder needs diffusers (pip install 'gvu[xomni]')")
-
 QUERY = "Describe the image in detail."
 PROMPTS = ["a photo of a red circle", "a photo of two stars and a blue heart", "a photo of a star"]
 SAMPLER_MODULE = {"janus": "gvu.models.janus", "xomni": "gvu.models.xomni.backend"}
@@ -32,6 +30,7 @@ def model_dir(request, tmp_path_factory):
         model, tok = build_random("smoke", seed=0)
         save_model(model, tok, SPECS["smoke"], str(root / "model"))
         return request.param, str(root / "model")
+    pytest.importorskip("diffusers", reason="X-Omni's decoder needs diffusers (pip install 'gvu[xomni]')")
     from gvu.models.xomni.tiny import build_tiny_xomni
 
     return request.param, build_tiny_xomni(str(root))[0]
