@@ -29,6 +29,7 @@ from gvu.config import ConfigError, TrainConfig
 from gvu.errors import SetupError
 from gvu.evaluate import evaluate, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
+from gvu.models.adapter import decode_seeds
 from gvu.reward import Judge, compute_reward, gvu_reward
 from gvu.rollout import rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
@@ -66,6 +67,10 @@ def setup_trainable(backend, cfg: TrainConfig):
                                                       target_modules=cfg.lora_target, init_lora_weights=True))
         backend.peft_model = peft_model
         adapter_off = peft_model.disable_adapter
+    elif hasattr(backend, "full_finetune_modules"):  # a backend that names its own (X-Omni: the language model)
+        for module in backend.full_finetune_modules():
+            module.requires_grad_(True)
+        adapter_off = None
     else:
         # the generation path: LLM, text embeddings (prompt), image-token embeddings/aligner and head.
         # The VQ tokenizer and the understanding encoder stay frozen (they get no gradient from this loss).
@@ -111,7 +116,7 @@ def prompts_for_step(pool: list[dict], step: int, cfg: TrainConfig) -> list[dict
 
 def block_types(model) -> tuple[type, ...]:
     """FSDP2 units: the language model's decoder layers and the vision encoder's layers."""
-    found = {type(model.model.language_model.layers[0])}
+    found = {type(getattr(model.model, "language_model", model.model).layers[0])}  # Janus's LM, or X-Omni's stack
     vision = getattr(model.model, "vision_model", None)
     layers = getattr(getattr(vision, "encoder", None), "layers", None)
     if layers is not None and len(layers):
@@ -205,7 +210,7 @@ def setup_errors():
 def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Run (or resume) GvU-GRPO. Under torchrun every rank runs this and takes its share of the evaluations;
     rank 0 logs, writes the evaluations and checkpoints."""
-    from gvu.models.janus import JanusBackend
+    from gvu.models.registry import check_model, load_backend
 
     with setup_errors():  # checks, loads, then makes the run folder; a ValueError from the loop below is a bug
         cfg.validate()
@@ -228,8 +233,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         # and the optimiser are set up, so a start that fails there leaves an existing run (even under --overwrite)
         # as it was
         folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
-        from gvu.models.janus import check_checkpoint, resolve_checkpoint
-        check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
+        check_model(cfg.model)  # config, tokenizer (and X-Omni's FLUX folder) only: no weights are read yet
         info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
         torch.set_num_threads(cfg.threads)
         warning = precision_warning(cfg)
@@ -237,7 +241,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             dist.print0(f"[gvu] warning: {warning}")
         torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
         random.seed(cfg.seed)
-        backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))
+        backend = load_backend(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))
         backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
         eval_md, grid_md = eval_sets(cfg, nano)
 
@@ -502,7 +506,9 @@ def periodic(backend, cfg, step, eval_md, grid_md, run_dir, log, info=None) -> N
         per = 4
         prompts = [m["prompt"] for m in grid_md for _ in range(per)]
         with torch.no_grad():
-            px = backend.decode_images(backend.sample_image_tokens(prompts, fixed))
+            rows = torch.arange(len(prompts))
+            px = backend.decode_images(backend.sample_image_tokens(prompts, fixed, rows), prompts,
+                                       decode_seeds(fixed.seed, rows))
             diag = gvu_reward(backend, px[::per], [m["prompt"] for m in grid_md], replace(cfg.reward, kind="gvu"))
         save_grid(os.path.join(run_dir, "grids", f"step_{step:06d}.png"), px, [m["prompt"] for m in grid_md], per)
         tl = diag.token_logprobs
@@ -540,17 +546,17 @@ def make_bar(cfg, start, progress):
 
 
 def load_trained(run_dir: str, step: int | None = None):
-    """The policy of a run (its latest checkpoint, or `step`), as a JanusBackend ready for evaluation."""
+    """The policy of a run (its latest checkpoint, or `step`), as its backend, ready for evaluation."""
     from safetensors.torch import load_file
 
     from gvu.config import RewardConfig, SamplingConfig
-    from gvu.models.janus import JanusBackend
+    from gvu.models.registry import load_backend
 
     with open(os.path.join(run_dir, "config.json")) as f:
         d = json.load(f)
     d["sampling"], d["reward"] = SamplingConfig(**d["sampling"]), RewardConfig(**d["reward"])
     cfg = TrainConfig(**d)
-    backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))  # as the run trained
+    backend = load_backend(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))  # as the run trained
     setup_trainable(backend, cfg)
     ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}") if step else checkpoint.latest(run_dir)
     if ckpt is None:

@@ -420,7 +420,9 @@ class JanusBackend:
         return logp.gather(-1, tokens[..., None]).squeeze(-1)
 
     @torch.no_grad()
-    def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode_images(self, tokens: torch.Tensor, prompts: list[str] | None = None,
+                      seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [M, N] -> pixels [M, 3, H, W]; Janus's VQ decoder is deterministic and reads no prompt."""
         self.check_tokens(tokens)
         return self.model.model.vqmodel.decode(tokens.to(self.device)).float().clamp(-1, 1)
 
