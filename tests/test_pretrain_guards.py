@@ -137,7 +137,9 @@ def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tm
     crashed = tmp_path / "crashed"
     os.makedirs(crashed)
     pt.stage0(cfg, str(crashed))
-    real, saves = pt.atomic_save, []
+    from gvu.models.pretrain import image_stages
+
+    real, saves = image_stages.atomic_save, []
 
     def crash_on_second_save(obj, path):
         if saves:
@@ -145,10 +147,10 @@ def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tm
         saves.append(obj["step"])
         real(obj, path)
 
-    monkeypatch.setattr(pt, "atomic_save", crash_on_second_save)
+    monkeypatch.setattr(image_stages, "atomic_save", crash_on_second_save)
     with pytest.raises(KeyboardInterrupt):
         pt.stage1(cfg, str(crashed), config)
-    monkeypatch.setattr(pt, "atomic_save", real)
+    monkeypatch.setattr(image_stages, "atomic_save", real)
     assert saves == [3]
     got = pt.stage1(cfg, str(crashed), config)
     assert set(got) == set(want)
@@ -158,26 +160,53 @@ def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tm
     assert restarted[0] == restarted[1]
 
 
-def test_the_nano_preset_is_v7_with_more_understanding_per_step_and_nano_v7_is_v6_with_balanced_relations():
-    """The shipped v8 is the model card's u24r12, which ran `--preset nano --set und_batch=24 --set rank_images=12 --set
-    lm_steps=3000 --set s3_steps=330` when nano was v7's recipe; nano (and nano-u24r12, its name as a candidate) must be
-    that recipe and nothing else. v7 (nano-v7, and nano-rel30, its name as a candidate) is v6's recipe with balanced
-    GenEval relations and train-only captions."""
-    from dataclasses import fields
-    v6, v7, v8 = pt.PRESETS["nano-v6"], pt.PRESETS["nano-v7"], pt.PRESETS["nano"]
-    assert pt.PRESETS["nano-u24r12"] == v8 and pt.PRESETS["nano-rel30"] == v7
-    differ = {f.name for f in fields(v7) if getattr(v7, f.name) != getattr(v8, f.name)}
-    assert differ == {"und_batch", "rank_images", "lm_steps", "s3_steps"}
-    assert (v8.und_batch, v8.rank_images, v8.lm_steps, v8.s3_steps) == (24, 12, 3000, 330)
-    assert (v7.und_batch, v7.rank_images, v7.lm_steps, v7.s3_steps) == (16, 6, 3600, 400)
-    differ = {f.name for f in fields(v6) if getattr(v6, f.name) != getattr(v7, f.name)}
-    assert differ == {"spatial_suite", "balanced_relations", "caption_train_only"}
-    assert (v7.spatial_suite, v7.balanced_relations, v7.caption_train_only, v7.spatial_share) == ("geneval", True, True, 0.3)
-    assert (v6.vq_steps, v6.lm_steps, v6.torch_compile) == (4000, 3600, True)
-    cfg = resolve("nano", vq_from="models/nano-janus", dec_steps=0)  # the card's command on v7's VQ (v6's)
-    assert (cfg.vq_from, cfg.dec_steps, cfg.balanced_relations, cfg.rank_images) == ("models/nano-janus", 0, True, 12)
-    # the shipped pretrain_config.json is that command's recipe, field for field
-    with open(Path(__file__).resolve().parent.parent / "models" / "nano-janus" / "pretrain_config.json") as f:
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_the_default_recipe_is_the_shipped_models_and_the_nano_preset_changes_nothing():
+    """PretrainConfig's defaults are the shipped model's recipe: models/nano-janus/pretrain_config.json is what
+    `gvu pretrain --preset nano --vq-from models/nano-janus --set dec_steps=0` runs (its stages 1 and 1c came from an
+    earlier run's model), field for field."""
+    preset = json.loads((CONFIGS / "pretrain-nano.json").read_text())
+    assert [k for k in preset if not k.startswith("_")] == []
+    assert resolve("nano") == pt.PretrainConfig()
+    cfg = resolve("nano", vq_from="models/nano-janus", dec_steps=0)
+    with open(SHIPPED / "pretrain_config.json") as f:
         shipped = json.load(f)
     recipe = json.loads(json.dumps(asdict(cfg)))  # tuples as JSON writes them
     assert {k: v for k, v in recipe.items() if shipped.get(k, v) != v} == {}
+    assert {"und_batch", "rank_images", "lm_steps", "s3_steps", "balanced_relations"} <= shipped.keys()
+
+
+def test_every_archived_recipe_names_all_its_fields_and_is_valid():
+    """An archived recipe does not lean on PretrainConfig's defaults, which follow the shipped model: each file names
+    every field but the runtime ones, so it means the same recipe whatever the defaults become."""
+    from dataclasses import fields
+
+    runtime = {"device", "threads", "data_workers", "from_model", "vq_from"}
+    names = {f.name for f in fields(pt.PretrainConfig)}
+    files = sorted((CONFIGS / "archive").glob("pretrain-*.json"))
+    assert len(files) >= 10
+    for path in files:
+        recipe = json.loads(path.read_text())
+        assert {k for k in recipe if not k.startswith("_")} == names - runtime, path.name
+        name = path.stem[len("pretrain-"):]
+        given = {k: v for k, v in recipe.items() if not k.startswith("_")}
+        loaded = resolve(name)  # validated
+        assert {k: v for k, v in asdict(loaded).items() if k in given} == given, name
+    # the shipped recipe under the name the model card's candidate runs used
+    assert resolve("nano-u24r12") == resolve("nano")
+
+
+def test_a_recipe_file_is_read_like_a_preset_and_bad_ones_are_clear_errors(tmp_path):
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"lm_steps": 7, "_about": "a note"}))
+    assert pt.resolve_files("smoke", str(f), ["vq_steps=3"]) == resolve("smoke", lm_steps=7, vq_steps=3)
+    assert pt.resolve_files(None, str(CONFIGS / "archive" / "pretrain-nano-v7.json"), []) == resolve("nano-v7")
+    for text, words in (('{"lm_steps": "many"}', "lm_steps: expected int"), ("[1]", "not a list"),
+                        ('{"lm_stepz": 1}', "unknown setting 'lm_stepz'"), ('{"lm_steps": 1,', "not valid JSON")):
+        f.write_text(text)
+        with pytest.raises(ValueError, match=words):
+            pt.resolve_files(None, str(f), [])
+    with pytest.raises(ValueError, match="unknown preset 'nanoo'.*nano, smoke"):
+        pt.resolve_files("nanoo", None, [])

@@ -498,10 +498,8 @@ def test_caption_train_only_keeps_eval_and_held_out_prompt_texts_out_of_geneval_
     kept = split_counts(True)
     assert kept["eval"] == kept["ood"] == 0 and kept["train"] + kept["train+eval"] >= 290
 
-    # Stage2Data passes the setting on; it is on only in v7's and v8's recipes (nano-v7, nano-rel30, nano and
-    # nano-u24r12: the shipped names and the candidates' names), off in every earlier model's
-    assert {name for name, cfg in PRESETS.items() if cfg.caption_train_only} == {"nano", "nano-u24r12", "nano-v7",
-                                                                                  "nano-rel30"}
+    # Stage2Data passes the setting on (the shipped recipe has it on)
+    assert PRESETS["nano"].caption_train_only
     seen = []
     describe = captions.describe
     monkeypatch.setattr(captions, "describe", lambda *a, **k: seen.append(k.get("train_only")) or describe(*a, **k))
