@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import gvu.models.pretrain as pt
+from gvu.config import ConfigError
+from gvu.errors import UserError
 from gvu.models.pretrain import RunFolder, pretrain, resolve
 from gvu.models.vq_train import foreground_weight
 from gvu.world.vocab import BACKGROUND
@@ -210,3 +212,78 @@ def test_a_recipe_file_is_read_like_a_preset_and_bad_ones_are_clear_errors(tmp_p
             pt.resolve_files(None, str(f), [])
     with pytest.raises(ValueError, match="unknown preset 'nanoo'.*nano, smoke"):
         pt.resolve_files("nanoo", None, [])
+
+
+class _Planted:
+    """A pickle payload: unpickling it calls exec, which writes a marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_stage_file_holding_a_pickled_object_is_refused_and_its_code_never_runs(tmp_path):
+    # the payload is live: unpickling it the way pretraining once read stage files runs it
+    live = tmp_path / "live"
+    torch.save({"step": 1, "model": _Planted(str(live))}, tmp_path / "probe.pt")
+    torch.load(tmp_path / "probe.pt", weights_only=False)
+    assert live.read_text() == "ran"
+    # planted as a run's stage-1 checkpoint, it is refused when the run resumes, and never runs
+    run = tmp_path / "run"
+    cfg = resolve("smoke", threads=1, vq_steps=2)
+    RunFolder(cfg, str(run)).close()
+    _, _, config = pt.stage0(cfg, str(run))
+    marker = tmp_path / "marker"
+    torch.save({"step": 1, "model": _Planted(str(marker)), "opt": {}}, run / "stage1.pt")
+    with pytest.raises(UserError, match="stage1.pt holds more than tensors and plain data"):
+        pt.stage1(cfg, str(run), config)
+    assert not marker.exists()
+    # through the command: exit 2, one line, no traceback, nothing ran
+    r = subprocess.run([sys.executable, "-m", "gvu.cli", "pretrain", "--preset", "smoke", "--set", "vq_steps=2",
+                        "--threads", "1", "--out", str(run)], capture_output=True, text=True)
+    assert r.returncode == 2 and "stage1.pt holds more than tensors" in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()
+
+
+def test_every_stage_file_loads_without_unpickling_and_resumes_exactly(tmp_path):
+    """The stage files a run writes hold only tensors and plain data (torch.load(weights_only=True) reads each), and
+    a run resumed from them after stage 2's first save ends with the weights of an uninterrupted one."""
+    cfg = resolve("smoke", threads=1, vq_steps=2, dec_steps=1, vis_steps=2, lm_steps=4, s3_steps=2, save_every=2)
+    straight = pt.pretrain(cfg, str(tmp_path / "straight"))
+    names = sorted(n for n in os.listdir(tmp_path / "straight") if n.endswith(".pt"))
+    assert names == ["decoder.pt", "stage1.pt", "stage2.pt", "stage3.pt", "vision.pt"]
+    for n in names:
+        state = torch.load(tmp_path / "straight" / n, weights_only=True)
+        assert isinstance(state["rng"]["python"], list) and isinstance(state["rng"]["torch"], list), n
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "straight", crashed)
+    shutil.rmtree(crashed / "model")
+    os.remove(crashed / "stage3.pt")
+    two = torch.load(crashed / "stage2.pt", weights_only=True)
+    assert two["step"] == 4
+    resumed = pt.pretrain(cfg, str(crashed))
+    from safetensors.torch import load_file
+
+    want, got = load_file(os.path.join(straight, "model.safetensors")), load_file(os.path.join(resumed, "model.safetensors"))
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("vq_lr", float("inf"), "vq_lr=inf: must be a finite number"),
+    ("s3_lr", -1e-3, "s3_lr=-0.001: a learning rate must be above 0"),
+    ("gen_weight", float("nan"), "gen_weight=nan: must be a finite number"),
+    ("rank_weight", float("inf"), "rank_weight=inf: must be a finite number"),
+    ("seed", -1, "seed=-1: must be at least 0 and at most 4294967295"),
+    ("seed", 2**32, "seed=4294967296: must be at least 0"),
+    ("data_workers", 10_000, "data_workers=10000: must be at least 0 and at most 256"),
+    ("vq_crop_batch", 0, "vq_crop_batch=0: must be at least 1"),
+    ("lm_steps", 2.5, "lm_steps=2.5: expected int"),
+    ("bf16", 1, "bf16=1: expected bool"),
+])
+def test_non_finite_floats_out_of_range_seeds_and_wrong_types_are_refused_with_the_fix(tmp_path, field, value, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
+        pretrain("smoke", str(tmp_path / "run"), **{field: value})
+    assert f"--set {field}=" in str(e.value)  # the message says how to fix it
+    assert not (tmp_path / "run").exists()
