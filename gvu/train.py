@@ -35,7 +35,6 @@ from gvu.runs import SPEED_ONLY, check_run_dir, extendable, make_run_dir, prepar
 from gvu.schedules import learning_rate
 
 
-
 class TrainingDiverged(RuntimeError):
     """Loss or gradients became NaN/inf; the run stops and its last good checkpoint stays."""
 

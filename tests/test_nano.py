@@ -110,8 +110,8 @@ def test_object_crops_hold_the_drawn_object_and_stay_inside_the_image():
     tops, lefts = (crops[:, 0, 0, 0] // 64).long(), (crops[:, 0, 0, 0] % 64).long()
     assert set(lefts.tolist()) <= {0, 1, 2} and set(tops.tolist()) <= set(range(26, 33))
     assert len(set(tops.tolist())) > 3  # the jitter moves crops about
-    for c, t, l in zip(crops, tops, lefts):  # a plain slice of the image, not resampled
-        assert torch.equal(c, pixels[0, :, t:t + 32, l:l + 32])
+    for c, top, left in zip(crops, tops, lefts):  # a plain slice of the image, not resampled
+        assert torch.equal(c, pixels[0, :, top:top + 32, left:left + 32])
     with pytest.raises(ValueError, match="does not fit"):
         object_crops(pixels, [scene] * 40, 72, random.Random(0))
 

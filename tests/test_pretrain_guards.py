@@ -278,7 +278,7 @@ def test_every_stage_file_loads_without_unpickling_and_resumes_exactly(tmp_path)
     ("seed", -1, "seed=-1: must be at least 0 and at most 4294967295"),
     ("seed", 2**32, "seed=4294967296: must be at least 0"),
     ("data_workers", 10_000, "data_workers=10000: must be at least 0 and at most 256"),
-    ("vq_crop_batch", 0, "vq_crop_batch=0: must be at least 1"),
+    ("vq_crop", -8, "vq_crop=-8: must be at least 0"),
     ("lm_steps", 2.5, "lm_steps=2.5: expected int"),
     ("bf16", 1, "bf16=1: expected bool"),
 ])
@@ -287,3 +287,11 @@ def test_non_finite_floats_out_of_range_seeds_and_wrong_types_are_refused_with_t
         pretrain("smoke", str(tmp_path / "run"), **{field: value})
     assert f"--set {field}=" in str(e.value)  # the message says how to fix it
     assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_recipe_file_in_the_run_folder_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    RunFolder(resolve("smoke", threads=1), str(run)).close()
+    (run / "pretrain_config.json").write_text('{"lm_steps": 3')
+    with pytest.raises(ConfigError, match="pretrain_config.json is not valid JSON"):
+        RunFolder(resolve("smoke", threads=1), str(run))

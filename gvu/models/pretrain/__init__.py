@@ -25,7 +25,7 @@ from gvu.models.pretrain.data import (RELATIONS, SPATIAL_TAGS, UNDERSTANDING_QUE
                                       relation_labels, render, scene_with_extras, stage2_batches, to_pixels,
                                       train_prompt, train_scene)
 from gvu.models.pretrain.files import atomic_save, load_stage, log, restore, save_config, trim_log
-from gvu.models.pretrain.image_stages import stage0, stage1, stage_decoder, stage_vision
+from gvu.models.pretrain.image_stages import _split_vision_state, stage0, stage1, stage_decoder, stage_vision
 from gvu.models.pretrain.kernels import compile_works, use_bf16, use_compile, vq_kernels
 from gvu.models.pretrain.lm_stages import lm_stage, stage2, stage3
 from gvu.models.pretrain.measure import (PatchProbe, PositionProbe, RelationProbe, ranking_loss, reconstruct_checked,
@@ -33,6 +33,7 @@ from gvu.models.pretrain.measure import (PatchProbe, PositionProbe, RelationProb
 from gvu.models.pretrain.presets import PRESETS, load_preset, parse_overrides, preset_names, resolve, resolve_files
 from gvu.models.pretrain.run import RunFolder, from_saved, pretrain, run_stages, save_model, vq_checkpoint
 from gvu.precision import bf16_is_native
+from gvu.world.prompts import HELD_OUT_PAIRS
 
 __all__ = [
     "RUNTIME", "SPEED_ONLY", "PretrainConfig", "check_crop", "check_source", "check_vq_source", "validate",
@@ -44,5 +45,5 @@ __all__ = [
     "lm_stage", "stage2", "stage3", "PatchProbe", "PositionProbe", "RelationProbe", "ranking_loss",
     "reconstruct_checked", "sequence_logprobs", "PRESETS", "load_preset", "parse_overrides", "preset_names",
     "resolve", "resolve_files", "RunFolder", "from_saved", "pretrain", "run_stages", "save_model", "vq_checkpoint",
-    "bf16_is_native",
+    "bf16_is_native", "HELD_OUT_PAIRS", "_split_vision_state",
 ]

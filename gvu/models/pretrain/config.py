@@ -140,7 +140,7 @@ BEFORE_FIELD = {"vq_norm_fp32": False, "torch_compile": False, "vq_edge_weight":
 _MIN_INT = {"threads": 1, "save_every": 1, "vq_batch": 1, "vq_restart_every": 1, "vis_batch": 1, "gen_batch": 1,
             "und_batch": 1, "dec_batch": 1, "vq_steps": 0, "vis_steps": 0, "lm_steps": 0, "dec_steps": 0,
             "s3_steps": 0, "vis_warmup": 0, "lm_warmup": 0, "dec_warmup": 0, "s3_warmup": 0, "rank_images": 0,
-            "data_workers": 0, "vq_crop": 0, "vq_crop_batch": 1, "vq_full_every": 0, "seed": 0}
+            "data_workers": 0, "vq_crop": 0, "seed": 0}  # vq_crop_batch, vq_full_every: check_crop
 _MAX_INT = {"seed": 2**32 - 1, "threads": 1024, "data_workers": 256}
 _LR_FIELDS = ("vq_lr", "vis_lr", "lm_lr", "dec_lr", "s3_lr")
 _FLOAT_RANGE = {"prompt_dropout": (0.0, 1.0), "spatial_share": (0.0, 1.0), "und_recon": (0.0, 1.0),

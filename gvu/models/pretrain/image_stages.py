@@ -57,7 +57,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     if state is not None:
         step = restore(state, vq, opt, rng)
         ema.load_state_dict(state["ema"])
-        if "usage" in state:  # a checkpoint written on a restart step may lack it: the counts were zero then
+        if "usage" in state:  # absent from an older stage-1 format, whose saves fell on restart steps (all 0)
             usage.copy_(state["usage"])
     trim_log(out, 1, step)  # records after the step resumed from (or any, starting afresh) are written again
     bar = tqdm(total=cfg.vq_steps, initial=step, desc="stage 1: VQ", unit="step")
@@ -65,7 +65,7 @@ def stage1(cfg: PretrainConfig, out: str, config) -> dict:
     while step < cfg.vq_steps:
         crop = cfg.vq_crop and not (cfg.vq_full_every and (step + 1) % cfg.vq_full_every == 0)
         scenes = [train_scene(rng)[1] for _ in range(cfg.vq_crop_batch if crop else cfg.vq_batch)]
-        pixels = to_pixels([render(s) for s in scenes])  # render draws nothing from rng: the same stream as before
+        pixels = to_pixels([render(s) for s in scenes])  # render draws nothing from rng
         pixels = (object_crops(pixels, scenes, cfg.vq_crop, rng) if crop else pixels).to(dev)
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, cfg.vq_lr, cfg.vq_steps)

@@ -80,10 +80,9 @@ class RunFolder:
         off (BEFORE_FIELD) or else its default, which keep the old recipe; a speed-only field (SPEED_ONLY) or a runtime field
         (RUNTIME) takes this command's value, so a run begun compiled resumes eagerly (--set torch_compile=false) and
         one begun at --threads 1 resumes at --threads 2."""
-        import json
+        from gvu.settings import read_settings_file
 
-        with open(meta) as f:
-            run = json.load(f)
+        run = read_settings_file(meta, f"--out {os.path.dirname(meta)}", "PretrainConfig")
         free = SPEED_ONLY + RUNTIME
         want = as_json(cfg)
         out = os.path.dirname(meta)
