@@ -295,3 +295,24 @@ def test_a_damaged_recipe_file_in_the_run_folder_is_a_clear_error(tmp_path):
     (run / "pretrain_config.json").write_text('{"lm_steps": 3')
     with pytest.raises(ConfigError, match="pretrain_config.json is not valid JSON"):
         RunFolder(resolve("smoke", threads=1), str(run))
+
+
+def test_the_help_names_every_preset_and_the_cli_reads_presets_and_recipe_files(tmp_path):
+    from gvu import cli
+
+    r = subprocess.run([sys.executable, "-m", "gvu.cli", "pretrain", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "--config FILE" in text and "configs/archive/pretrain-NAME.json" in text
+    for name in pt.preset_names():
+        assert name in text, name
+    r = subprocess.run([sys.executable, "-m", "gvu.cli", "pretrain", "--preset", "nanoo", "--out", str(tmp_path / "a")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown preset 'nanoo'" in r.stderr and "Traceback" not in r.stderr
+    # --config reads an archived recipe by path, as --preset reads it by name
+    seen = []
+    args = ["pretrain", "--config", str(CONFIGS / "archive" / "pretrain-nano-v5.json"), "--out", str(tmp_path / "b")]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pt, "run_stages", lambda cfg, out: seen.append(cfg) or out + "/model")
+        assert cli.main(args) == 0
+    assert seen == [resolve("nano-v5")]
