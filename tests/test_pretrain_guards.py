@@ -316,3 +316,24 @@ def test_the_help_names_every_preset_and_the_cli_reads_presets_and_recipe_files(
         m.setattr(pt, "run_stages", lambda cfg, out: seen.append(cfg) or out + "/model")
         assert cli.main(args) == 0
     assert seen == [resolve("nano-v5")]
+
+
+def test_a_stage_file_of_the_older_format_still_loads_without_unpickling_and_restores_its_streams(tmp_path):
+    """Stage files written before the RNG states were plain lists hold Python's state as a tuple and torch's as a
+    tensor: weights_only=True reads both, and the restored streams draw what the saved ones would have."""
+    import random
+
+    from gvu.checkpoint import python_rng_tuple
+    from gvu.models.pretrain.files import load_stage, set_global_rngs
+
+    data = random.Random(5)
+    random.seed(1)
+    torch.manual_seed(2)
+    torch.save({"rng": {"python": random.getstate(), "torch": torch.get_rng_state()}, "data_rng": data.getstate(),
+                "step": 3}, tmp_path / "stage1.pt")
+    want = (random.random(), torch.rand(1).item(), data.random())
+    state = load_stage(str(tmp_path / "stage1.pt"), "cpu")
+    set_global_rngs(state["rng"])
+    again = random.Random()
+    again.setstate(python_rng_tuple(state["data_rng"]))
+    assert (random.random(), torch.rand(1).item(), again.random()) == want
