@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gvu.errors import UserError
+
 REDUCTIONS = ("geometric_mean", "product", "min")
 JUDGES = ("policy", "frozen", "ema")
 TOKEN_WEIGHTS = ("uniform", "surprisal")
@@ -16,8 +18,10 @@ REWARD_KINDS = ("gvu", "oracle")
 LOSS_LOGPROBS = ("conditional", "guided")
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which and how to fix it."""
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid; the message says which and how to fix it. The one config error of
+    `gvu train` and `gvu pretrain` (their presets, --config files, --set items and validation): a UserError, so the
+    CLI prints it and exits 2, and a ValueError for code that checks configs."""
 
 
 @dataclass(frozen=True)

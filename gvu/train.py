@@ -19,8 +19,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
@@ -32,12 +31,9 @@ from gvu.grpo import grpo_loss, zero_variance_groups
 from gvu.models.adapter import decode_seeds
 from gvu.reward import Judge, compute_reward, gvu_reward
 from gvu.rollout import rollout
-from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
-
-
-# fields that change how fast a run goes (or its memory, how often it logs, how long ranks wait for each other),
-# never what it computes (gradient checkpointing recomputes the same operations): a run resumes under other values
-SPEED_ONLY = ("dist_timeout_min", "evaluator_workers", "gradient_checkpointing", "log_every")
+from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl
+from gvu.runs import SPEED_ONLY, check_run_dir, extendable, make_run_dir, prepare_run_dir  # noqa: F401 (callers' names)
+from gvu.schedules import learning_rate
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,7 +87,7 @@ def torch_dtype(cfg: TrainConfig) -> torch.dtype:
 def precision_warning(cfg: TrainConfig) -> str:
     """A warning for dtype=bfloat16 on a CPU that emulates bf16 (no AVX512-BF16 or AMX), where its matrix products run
     many times slower than in float32 (benchmarks/precision_speed.py); '' otherwise."""
-    from gvu.models.pretrain import bf16_is_native
+    from gvu.precision import bf16_is_native
 
     if cfg.dtype != "bfloat16" or not cfg.device.startswith("cpu") or bf16_is_native("cpu"):
         return ""
@@ -100,11 +96,7 @@ def precision_warning(cfg: TrainConfig) -> str:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
-    return cfg.lr
+    return learning_rate(step, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.schedule)
 
 
 def prompts_for_step(pool: list[dict], step: int, cfg: TrainConfig) -> list[dict]:
@@ -375,111 +367,6 @@ def finish(backend, cfg: TrainConfig, run_dir: str, info=None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-def with_defaults(saved: dict) -> dict:
-    """A run's saved config with the fields added to TrainConfig since the run began set to their defaults (which
-    is what the run used), so that older runs still resume."""
-    full = json.loads(json.dumps(asdict(TrainConfig())))
-    out = {**full, **saved}
-    for k, v in full.items():
-        if isinstance(v, dict) and isinstance(saved.get(k), dict):
-            out[k] = {**v, **saved[k]}
-    return out
-
-
-def extendable(saved: dict, want: dict) -> bool:
-    """Whether a finished or stopped run may go on to more steps: it may under the constant schedule, where a step's
-    learning rate does not depend on the total, and rollouts are seeded by (seed, step), so the extended run's
-    weights equal those of a run started with the larger step count."""
-    return want["steps"] > saved["steps"] and want["schedule"] == "constant"
-
-
-# what a `gvu train` run folder holds (the experiments add result*.json; a crash can leave *.tmp); --overwrite
-# replaces only such a folder
-RUN_FILES = {"config.json", "metrics.jsonl", "diagnostics.jsonl", "before.json", "after.json", "summary.md",
-             "curves.png", "checkpoints", "grids", "tensorboard"}
-
-
-def run_file(name: str) -> bool:
-    return name in RUN_FILES or name.endswith(".tmp") or (name.startswith("result") and name.endswith(".json"))
-
-
-def is_run_dir(run_dir: str) -> bool:
-    """A folder `gvu train` made: its config.json is a TrainConfig's (and nothing foreign sits beside it)."""
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return (isinstance(saved, dict) and {"group_size", "sampling", "reward"} <= saved.keys()
-            and all(run_file(n) for n in os.listdir(run_dir)))
-
-
-def check_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
-    """Check --out against the flags, changing nothing; returns what make_run_dir will do: "new" (make it),
-    "replace" (an old run, under --overwrite), "extend" (a longer run of the same recipe) or "resume"."""
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise ValueError(f"--out {run_dir} is a file: give a folder for the run")
-    inside = [p for p in (cfg.model, cfg.prompts_file)
-              if p and os.path.exists(run_dir) and Path(os.path.realpath(p)).is_relative_to(os.path.realpath(run_dir))]
-    if inside and not resume:
-        raise ValueError(f"--out {run_dir} holds this run's own input {inside[0]}: pick another --out")
-    cfg_path = os.path.join(run_dir, "config.json")
-    if resume:
-        if not os.path.exists(cfg_path):
-            raise ValueError(f"--resume: {run_dir} holds no run (no config.json)")
-        with open(cfg_path) as f:
-            saved = with_defaults(json.load(f))
-        want = json.loads(json.dumps(asdict(cfg)))
-        diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v and k not in SPEED_ONLY}
-        diff.update({k: (v, None) for k, v in saved.items() if k not in want})  # a field this version does not know
-        hint = ""
-        if set(diff) == {"steps"}:
-            if extendable(saved, want):
-                return "extend"  # a longer run of the same recipe: the steps so far are its first steps
-            hint = (" (more steps extend a run only under the constant schedule: cosine's decay depends on the total)"
-                    if want["steps"] > saved["steps"] else
-                    " (a run is not shortened: its earlier weights are in checkpoints/step_*)")
-        if diff:
-            raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same "
-                             f"settings{hint}")
-        return "resume"
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
-        check_replaceable(run_dir)
-        if not overwrite:
-            raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        return "replace"
-    return "new"
-
-
-def check_replaceable(run_dir: str) -> None:
-    if not is_run_dir(run_dir):
-        held = sorted(os.listdir(run_dir))
-        raise ValueError(f"--out {run_dir} is not empty and is not a gvu train run (it holds "
-                         f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); pick a new or empty folder")
-
-
-def make_run_dir(run_dir: str, cfg: TrainConfig, plan: str) -> None:
-    """Carry out check_run_dir's plan (rank 0, once training is set up), checking again what may have changed since
-    (another `gvu train` given the same --out in the meantime)."""
-    if plan == "resume":
-        return
-    if plan in ("new", "replace"):
-        if os.path.isdir(run_dir) and os.listdir(run_dir):
-            if plan == "new":
-                raise ValueError(f"{run_dir} was empty when this run began and holds files now (another run writing "
-                                 "there?); pick another --out")
-            check_replaceable(run_dir)
-            import shutil
-            shutil.rmtree(run_dir)  # a run, replaced under --overwrite
-        os.makedirs(run_dir, exist_ok=True)
-    write_config(run_dir, cfg)
-
-
-def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """check_run_dir and make_run_dir at once (for callers that load nothing in between)."""
-    make_run_dir(run_dir, cfg, check_run_dir(run_dir, cfg, resume, overwrite))
-
 
 def eval_sets(cfg: TrainConfig, nano: bool) -> tuple[list[dict], list[dict]]:
     if not nano:

@@ -84,9 +84,10 @@ def test_vq_stages_compute_group_norms_in_fp32_only_when_the_recipe_says_so(tmp_
     from dataclasses import replace
 
     import gvu.models.pretrain as pt
+    from gvu.models.pretrain import kernels
 
-    swapped, real = [], pt.fp32_group_norms
-    monkeypatch.setattr(pt, "fp32_group_norms", lambda m: swapped.append(type(m).__name__) or real(m))
+    swapped, real = [], kernels.fp32_group_norms
+    monkeypatch.setattr(kernels, "fp32_group_norms", lambda m: swapped.append(type(m).__name__) or real(m))
     for flag in (False, True):
         cfg = replace(pt.PRESETS["smoke"], vq_norm_fp32=flag, vq_steps=1, dec_steps=1, threads=1)
         out = str(tmp_path / str(flag))
@@ -119,9 +120,10 @@ def test_stage1_trains_on_crops_with_every_nth_step_on_whole_images(tmp_path, mo
     from dataclasses import replace
 
     import gvu.models.pretrain as pt
+    from gvu.models.pretrain import image_stages
 
-    shapes, real = [], pt.vq_loss
-    monkeypatch.setattr(pt, "vq_loss", lambda vq, px, **kw: shapes.append(tuple(px.shape)) or real(vq, px, **kw))
+    shapes, real = [], image_stages.vq_loss
+    monkeypatch.setattr(image_stages, "vq_loss", lambda vq, px, **kw: shapes.append(tuple(px.shape)) or real(vq, px, **kw))
     cfg = replace(pt.PRESETS["smoke"], vq_steps=6, vq_crop=16, vq_crop_batch=3, vq_full_every=3, threads=1)
     _, _, config = pt.stage0(cfg, str(tmp_path))
     pt.stage1(cfg, str(tmp_path), config)
