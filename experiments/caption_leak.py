@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gvu.models import pretrain
 from gvu.models.pretrain import PretrainConfig, Stage2Data
 from gvu.world.prompts import make_suite, split_of
 
@@ -64,8 +63,10 @@ def replay(cfg: PretrainConfig, tokenizer, spec, limit: int | None = None) -> tu
             made[m["prompt"]] = split_of(m, suite)
         return m
 
-    render, to_pixels = pretrain.render, pretrain.to_pixels
-    pretrain.render, pretrain.to_pixels = (lambda scene: None), (lambda images: None)  # no pixels: the same draws
+    from gvu.models.pretrain import data as stage_data
+
+    render, to_pixels = stage_data.render, stage_data.to_pixels
+    stage_data.render, stage_data.to_pixels = (lambda scene: None), (lambda images: None)  # no pixels: same draws
     captions.true_prompt = recording
     try:
         for steps, base, recon in ((cfg.lm_steps, 3, 0.0), (cfg.s3_steps, 7, cfg.und_recon)):
@@ -80,7 +81,7 @@ def replay(cfg: PretrainConfig, tokenizer, spec, limit: int | None = None) -> tu
                 for seq, n in zip(seqs, lens):
                     seen[tokenizer.decode(seq[-n:-1]).strip()] += 1  # the answer without its end token
     finally:
-        pretrain.render, pretrain.to_pixels = render, to_pixels
+        stage_data.render, stage_data.to_pixels = render, to_pixels
         captions.true_prompt = true_prompt
     return seen, made
 
