@@ -111,12 +111,16 @@ def export_run(run_dir: str, step: int | None, out: str | Path, overwrite: bool 
     from gvu.checkpoint import fsync, fsync_folder
     from gvu.generate import versions, run_ref
     from gvu.models.janus import resolve_checkpoint
+    from gvu.models.registry import XOMNI, model_type
     from gvu.train import load_trained, read_run_config
 
     out = Path(out)
     ref = run_ref(run_dir, step)  # the run, its step and its base model, checked before any weights load
     cfg = read_run_config(run_dir)
     base = resolve_checkpoint(cfg.model)
+    if model_type(base) == XOMNI:  # its folder also names a FLUX decoder and a SigLIP-VQ tokenizer outside the LM
+        raise UserError(f"gvu export writes Janus checkpoints; {run_dir} trained X-Omni ({cfg.model}), which it does "
+                        "not export yet: sample the run itself with `gvu generate --run`")
     check_out(out, overwrite, (run_dir, base))
     backend = load_trained(run_dir, ref.step, device=device)
     model = merged_model(backend)

@@ -68,14 +68,15 @@ def _sha256_file(path: str) -> str:
 
 
 def model_dir_ref(path: str) -> ModelRef:
-    """A checkpoint directory in transformers' format (config and tokenizer checked, weights not read)."""
-    from gvu.models.janus import WEIGHT_FILES, CheckpointError, check_checkpoint
+    """A checkpoint directory its backend can load (config and tokenizer checked, weights not read)."""
+    from gvu.models.janus import WEIGHT_FILES
+    from gvu.models.registry import check_model
 
     if not os.path.isdir(path):
-        raise UserError(f"--model {path} is not a directory: give a Janus checkpoint directory in transformers' format")
+        raise UserError(f"--model {path} is not a directory: give a checkpoint directory in transformers' format")
     try:
-        check_checkpoint(path)
-    except CheckpointError as e:
+        check_model(path)
+    except ValueError as e:
         raise UserError(f"--model: {e}") from None
     # the directory and what identifies its contents cheaply: config, weight sizes, and an export's run and step
     weights = {f: os.path.getsize(os.path.join(path, f)) for f in sorted(os.listdir(path))
@@ -86,7 +87,19 @@ def model_dir_ref(path: str) -> ModelRef:
     if os.path.exists(export_file):
         with open(export_file) as f:
             identity["export"] = {k: v for k, v in json.load(f).items() if k in ("run", "step")}
-    return ModelRef("model", path, None, identity, SamplingConfig(), None, None)
+    return ModelRef("model", path, None, identity, default_sampling(path), None, None)
+
+
+def default_sampling(path: str) -> SamplingConfig:
+    """A model directory's sampling defaults: SamplingConfig's (guidance at the backend's scale) for Janus; for X-Omni
+    the sampling of the xomni-en preset, which holds the official GvU generation settings (no guidance, min-p 0.03)."""
+    from gvu.models.registry import XOMNI, model_type
+
+    if model_type(path) != XOMNI:
+        return SamplingConfig()
+    preset = Path(__file__).resolve().parent.parent / "configs" / "xomni-en.json"
+    with open(preset) as f:
+        return SamplingConfig(**json.load(f)["sampling"])
 
 
 _STEP_DIR = re.compile(r"step_(\d+)")
@@ -104,7 +117,7 @@ def run_steps(run_dir: str) -> list[int]:
 def run_ref(run_dir: str, step: int | None) -> ModelRef:
     """A `gvu train` run at `step` (default: its latest checkpoint); its base model checked, no weights read."""
     from gvu import checkpoint
-    from gvu.models.janus import CheckpointError, check_checkpoint, resolve_checkpoint
+    from gvu.models.registry import check_model
     from gvu.train import read_run_config
 
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
@@ -124,8 +137,8 @@ def run_ref(run_dir: str, step: int | None) -> ModelRef:
         raise UserError(f"--step {step}: run {run_dir} has no checkpoint of that step; its checkpoints are at steps "
                         f"{', '.join(map(str, steps))}")
     try:
-        check_checkpoint(resolve_checkpoint(cfg.model))
-    except CheckpointError as e:
+        check_model(cfg.model)
+    except ValueError as e:
         raise UserError(f"--run {run_dir}: its base model {cfg.model!r} cannot be loaded: {e}") from None
     identity = {"run": os.path.realpath(run_dir), "step": step,
                 "config_sha256": _sha256_file(os.path.join(run_dir, "config.json"))}
@@ -133,21 +146,21 @@ def run_ref(run_dir: str, step: int | None) -> ModelRef:
 
 
 def load_backend(ref: ModelRef, device: str, dtype: str):
-    """The JanusBackend of a ModelRef, on `device` in `dtype`."""
+    """The backend of a ModelRef (gvu.models.registry picks it by the checkpoint's model type), on `device` in
+    `dtype`."""
     import torch
 
-    from gvu.models.janus import JanusBackend
+    from gvu.models import registry
     from gvu.train import load_trained
 
     if ref.kind == "run":
         return load_trained(ref.path, ref.step, device=device, dtype=dtype)
-    return JanusBackend.from_pretrained(ref.path, device=device, dtype=getattr(torch, dtype))
+    return registry.load_backend(ref.path, device=device, dtype=getattr(torch, dtype))
 
 
 def resolve_sampling(base: SamplingConfig, sets: list[str], seed: int) -> SamplingConfig:
     """base with --set sampling.FIELD=VALUE changes (typed and checked as gvu train's --set), and the seed."""
-    from gvu.model_cli import apply_dict
-    from gvu.settings import coerce
+    from gvu.settings import apply_dict, coerce
 
     known = {f.name: f for f in fields(SamplingConfig)}
     changes: dict = {}
@@ -160,9 +173,10 @@ def resolve_sampling(base: SamplingConfig, sets: list[str], seed: int) -> Sampli
             raise UserError("--set sampling.seed: give the seed with --seed")
         if name not in known:
             raise UserError(f"--set {key}: unknown sampling setting {name!r}; known: {', '.join(known)}")
-        changes[name] = coerce(value, known[name].type, f"--set {key}")
-    cfg = replace(apply_dict(base, changes, "--set sampling"), seed=seed)
-    try:
+        changes[name] = value
+    try:  # the typing rules of gvu train's --set; a bad value is a ConfigError naming it
+        typed = {k: coerce(v, known[k].type, f"--set sampling.{k}") for k, v in changes.items()}
+        cfg = replace(apply_dict(base, typed, "--set sampling"), seed=seed)
         cfg.validate()
     except ConfigError as e:
         raise UserError(f"sampling settings: {e}") from None
@@ -289,7 +303,7 @@ def versions() -> dict:
 
 
 def generation_record(req: GenerateRequest, complete: int, extra: dict | None = None) -> dict:
-    return {"identity": req.identity(), "model": req.model.label, "prompts_path": req.source.path,
+    return {"layout": req.layout, "identity": req.identity(), "model": req.model.label, "prompts_path": req.source.path,
             "limit": len(req.items) if len(req.items) < len(req.source.items) else None,
             "batch_size": req.batch_size, "versions": versions(),
             "counts": {"prompts": len(req.source.items), "requested": len(req.items), "complete": complete,
@@ -312,23 +326,28 @@ def prepare_folder(req: GenerateRequest, extra: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- sampling
 
-def decode_pixels(backend, tokens):
-    """Image tokens [M, N] -> uint8 [M, H, W, 3], one image at a time (see the module docstring). The one place that
-    decodes, so a backend whose decoder reads more (a prompt, a seed) is wired here alone."""
+def decode_pixels(backend, tokens, prompts: list[str], seeds):
+    """Image tokens [M, N] -> uint8 [M, H, W, 3], one image at a time (see the module docstring). prompts (M texts)
+    and seeds [M] feed decoders that read them (X-Omni's FLUX decoder); Janus's VQ decoder ignores both."""
     import numpy as np
 
     from gvu.reward import to_uint8
 
-    return np.concatenate([to_uint8(backend.decode_images(tokens[j:j + 1])) for j in range(len(tokens))])
+    return np.concatenate([to_uint8(backend.decode_images(tokens[j:j + 1], prompts[j:j + 1], seeds[j:j + 1]))
+                           for j in range(len(tokens))])
 
 
 def sample_rows(backend, rows: list[tuple[PromptItem, int]], sampling: SamplingConfig):
-    """Images of (prompt, k) rows: uint8 [M, H, W, 3], each seeded by its row id alone."""
+    """Images of (prompt, k) rows: uint8 [M, H, W, 3], each seeded by its row id alone (token draws and, for a
+    decoder that draws noise, its seed: gvu.models.adapter.decode_seeds)."""
     import torch
 
+    from gvu.models.adapter import decode_seeds
+
     ids = torch.tensor([row_id(it.index, k) for it, k in rows], dtype=torch.long)
-    tokens = backend.sample_image_tokens([it.prompt for it, _ in rows], sampling, ids)
-    return decode_pixels(backend, tokens)
+    prompts = [it.prompt for it, _ in rows]
+    tokens = backend.sample_image_tokens(prompts, sampling, ids)
+    return decode_pixels(backend, tokens, prompts, decode_seeds(sampling.seed, ids))
 
 
 @dataclass(frozen=True)

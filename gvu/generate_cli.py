@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from gvu.errors import UserError
+from gvu.eval.judge_cli import add_judge_arguments
 
 LAYOUT_CHOICES = ("geneval", "genevalpp", "dpg", "auto")
 BENCHES = ("geneval", "genevalpp", "dpg")
@@ -17,8 +18,8 @@ BENCHES = ("geneval", "genevalpp", "dpg")
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", metavar="DIR", help="a Janus checkpoint directory in transformers' format "
-                                                      "(nano-Janus, Janus-Pro, or a `gvu export`)")
+    which.add_argument("--model", metavar="DIR", help="a checkpoint directory: nano-Janus, Janus-Pro (transformers' "
+                                                      "format), X-Omni, or a `gvu export`")
     which.add_argument("--run", metavar="RUN", help="a `gvu train` run folder: its policy at --step")
     p.add_argument("--step", type=int, default=None, help="the run's checkpoint step (default: its latest)")
 
@@ -33,8 +34,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="images sampled at once on each process (memory bound; images do not depend on it)")
     p.add_argument("--set", action="append", default=[], metavar="sampling.FIELD=VALUE",
                    help="change a sampling setting (repeatable): cfg_scale, guidance, temperature, top_k, top_p, "
-                        "min_p. Default: the run's own settings (--run), or SamplingConfig's defaults with the "
-                        "model's guidance scale (--model)")
+                        "min_p. Default: the run's own settings (--run); for --model, SamplingConfig's defaults with "
+                        "the model's guidance scale (Janus), or the xomni-en preset's (X-Omni: no guidance, min-p .03)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts")
     p.add_argument("--seed", type=int, default=0, help="image k of prompt i depends only on (seed, i, k)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: a run's own; else cuda when "
@@ -84,8 +85,13 @@ def register_bench(sub) -> None:
     _add_sampling_flags(p)
     p.add_argument("--out", required=True, metavar="DIR", help="OUT/images and OUT/scores")
     p.add_argument("--overwrite", action="store_true", help="replace images made by another model or settings")
+    g = p.add_argument_group("scorer (passed on to gvu eval)")
+    g.add_argument("--detector", default=None, help="geneval: the Mask2Former directory (docs/geneval.md)")
+    g.add_argument("--clip", default=None, help="geneval: the CLIP directory")
+    add_judge_arguments(p)
     p.add_argument("--scorer-args", nargs=argparse.REMAINDER, default=[], metavar="...",
-                   help="everything after this goes to `gvu eval` (e.g. the detector and CLIP directories)")
+                   help="everything after this goes to `gvu eval` as it is (its other options, such as geneval's "
+                        "--device and --batch-size, which name generation's own options here)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -150,6 +156,24 @@ def scorer_for(bench: str, req) -> str:
     return bench
 
 
+# the `gvu eval` options that `gvu bench` takes itself (same names) and passes on when given
+FORWARDED = ("detector", "clip", "judge", "questions", "concurrency", "timeout", "retries", "backoff",
+             "max_new_tokens", "judge_batch", "judge_device", "dry_run")
+
+
+def forwarded_options(args) -> list[str]:
+    """bench's scorer options that differ from `gvu eval`'s defaults, as `gvu eval` flags."""
+    defaults = parse_eval(["eval", "folder"])
+    out: list[str] = []
+    for dest in FORWARDED:
+        value = getattr(args, dest)
+        if value == getattr(defaults, dest):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
+    return out
+
+
 def eval_argv(images: Path, scores: Path, scorer: str, extra: list[str]) -> list[str]:
     """The `gvu eval` command line that scores a bench's images. The nano scorer writes one results file
     (summary.json beside it) and scores anew in seconds, so it replaces its results; the benchmark scorers write a
@@ -176,7 +200,7 @@ def cmd_bench(args) -> None:
     out = Path(args.out)
     images, scores = out / "images", out / "scores"
     req = _plan(args, args.bench, str(images))
-    argv = eval_argv(images, scores, scorer_for(args.bench, req), args.scorer_args)
+    argv = eval_argv(images, scores, scorer_for(args.bench, req), forwarded_options(args) + args.scorer_args)
     parse_eval(argv)
     _generate(req, args.threads)
     if _is_rank0():  # under torchrun the ranks share the generation; one process scores

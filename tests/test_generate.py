@@ -93,6 +93,8 @@ def test_genevalpp_writes_index_named_images_and_a_prompts_file_whose_line_i_is_
     names = sorted(p.name for p in (tmp_path / "pp").iterdir())
     assert names == ["0.png", "1.png", "2.png", "3.png", "generation.json", "prompts.jsonl"]
     assert (tmp_path / "pp" / "prompts.jsonl").read_text() == prompts.read_text()
+    from gvu.eval.cli import pick_scorer
+    assert pick_scorer(tmp_path / "pp") == "genevalpp"  # `gvu eval` reads the layout from generation.json
     # image 0 of prompt i is the same draw whatever the layout: (seed, i, k) alone
     for i in range(4):
         assert (tmp_path / "pp" / f"{i}.png").read_bytes() == \
@@ -406,6 +408,16 @@ def test_bench_keeps_a_benchmark_scorers_results_folder_and_cache():
 
     assert gcli.eval_argv(Path("b/images"), Path("b/scores"), "geneval", ["--detector", "d"]) == \
         ["eval", "b/images", "--scorer", "geneval", "--out", "b/scores", "--detector", "d"]
+
+
+def test_bench_passes_its_scorer_options_on_to_gvu_eval():
+    import gvu.generate_cli as gcli
+    from gvu.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "dpg", "--model", NANO, "--prompts", "p", "--out", "o", "--judge",
+                                      "local:/j", "--questions", "q.csv", "--judge-batch", "2", "--dry-run"])
+    assert gcli.forwarded_options(args) == ["--judge", "local:/j", "--questions", "q.csv", "--judge-batch", "2",
+                                            "--dry-run"]
 
 
 def test_bench_refuses_a_bad_scorer_option_before_generating(prompts, tmp_path, gvu, no_model):
