@@ -424,3 +424,28 @@ def test_bench_refuses_a_bad_scorer_option_before_generating(prompts, tmp_path, 
     rc, _, err = gvu("bench", "geneval", "--model", NANO, "--prompts", prompts, "--out", tmp_path / "b",
                      "--scorer-args", "--no-such-option")
     assert rc == 2 and "--no-such-option" in err and not (tmp_path / "b").exists()
+
+
+def test_bench_genevalpp_generates_then_a_judge_scores_each_image_once(tmp_path, gvu, monkeypatch):
+    """nano-Janus on 2 GenEval++ prompts, judged by a scripted OpenAI-compatible server on 127.0.0.1."""
+    from gvu.eval.fake_server import FakeChatServer, FakeReply, user_text
+
+    rows = make_suite("genevalpp", "eval", 2, seed=0)
+    prompts = write_jsonl(tmp_path / "pp.jsonl", rows)
+    verdict = {rows[0]["prompt"]: '{"correct": 1, "reason": "ok"}', rows[1]["prompt"]: '{"correct": 0, "reason": "no"}'}
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = tmp_path / "bench"
+    args = ("bench", "genevalpp", "--model", NANO, "--prompts", prompts, "--out", out, "--device", "cpu",
+            "--judge", "openai:fake-vlm")
+    with FakeChatServer(lambda payload, seen: FakeReply(verdict[user_text(payload).split("\n")[1]])) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        rc, _, err = gvu(*args)
+        assert rc == 0, err
+        assert server.count == 2
+        rc, _, err = gvu(*args)  # resumes: no image is generated or judged again
+        assert rc == 0, err
+        assert server.count == 2
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == ["0.png", "1.png"]
+    result = json.loads((out / "scores" / "genevalpp_results.json").read_text())
+    tags = [r["tag"] for r in rows]
+    assert result["tag_accuracy"] == {tags[0]: 1.0, tags[1]: 0.0} and result["overall"] == 0.5  # mean of the tags
