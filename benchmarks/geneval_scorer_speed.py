@@ -7,7 +7,7 @@ reach the colour step; the timing covers the detector, the instance post-process
 Scores from random weights mean nothing. Prints a table row: seconds per image (a 1 + N image folder minus a
 1 image folder, so model loading cancels out), the time to load and score one image, and the projection to
 GenEval's 2,212 images (553 prompts x 4).
-Usage: python benchmarks/geneval_scorer_speed.py [--images 4] [--device cpu] [--batch-size 4]
+Usage: python -m benchmarks.geneval_scorer_speed [--images 4] [--device cpu] [--batch-size 4]
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def test_compare_rewards_extend_keeps_every_result_of_the_shorter_run_as_a_resul
 
 @pytest.mark.parametrize("sets, words", [
     (["sampling.cfg_scale=3"], "cfg_scale is 3.0 but guidance is off"),  # the preset samples without guidance
-    (["sampling.bogus=1"], "unknown setting 'bogus'"),
+    (["sampling.bogus=1"], "'bogus' is not a SamplingConfig field"),
     (["--model", "{tmp}"], "has no config.json"),  # a folder that is not a model
     (["--rows", "base,gvu_policy", "--extend", "{tmp}/nowhere", "--model", "{shipped}"],
      "nowhere/gvu_policy-s0 holds no run"),  # found before base's evaluation
