@@ -4,25 +4,21 @@ where the rendering and tokenizing run changes.
 
 Runs short stage-2 and stage-3 runs of the preset from fresh weights, alternating the two settings (--rounds of each,
 order swapped every round), and prints the seconds per step between logged steps 20 and 40 of each run, and the
-medians. Usage: python benchmarks/data_workers_speed.py [--preset nano] [--rounds 3]
+medians. Usage: python -m benchmarks.data_workers_speed [--preset nano] [--rounds 3]
 About 12 minutes on the 2-core CPU with 3 rounds; run it alone (timings).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from lm_stage_harness import logged_times, new_run, scratch_setup  # noqa: E402
-import gvu.models.pretrain as pretrain  # noqa: E402
+import gvu.models.pretrain as pretrain
+from gvu.models.stage_timing import new_run, scratch_setup, stage_times
 
 
 def main() -> None:
@@ -33,17 +29,17 @@ def main() -> None:
     full = pretrain.PRESETS[args.preset]
     torch.set_num_threads(full.threads)
     times = {(stage, w): [] for stage in ("2", "3") for w in (0, 1)}
-    with tempfile.TemporaryDirectory() as out, logged_times() as logged:
+    with tempfile.TemporaryDirectory() as out:
         short, spec, tok, config, vq, vision = scratch_setup(out, full, lm_steps=42, s3_steps=42)
         for r in range(args.rounds):
             for w in ((0, 1) if r % 2 == 0 else (1, 0)):
                 cfg = replace(short, data_workers=w)
                 run = new_run(out, f"w{w}r{r}")
-                logged.clear()
                 model = pretrain.stage2(cfg, run, spec, tok, config, vq, vision)
+                logged = stage_times(run, 2)
                 times["2", w].append((logged[1] - logged[0]) / 20)  # logged every 20 steps
-                logged.clear()
                 pretrain.stage3(cfg, run, spec, tok, model)
+                logged = stage_times(run, 3)
                 times["3", w].append((logged[1] - logged[0]) / 20)
                 print(f"round {r} data_workers={w}: stage 2 {times['2', w][-1]:.3f}, stage 3 "
                       f"{times['3', w][-1]:.3f} s a step", flush=True)

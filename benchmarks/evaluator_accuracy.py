@@ -1,4 +1,4 @@
-"""How often is the exact evaluator right? Prints markdown tables (run: python benchmarks/evaluator_accuracy.py).
+"""How often is the exact evaluator right? Prints markdown tables (run: python -m benchmarks.evaluator_accuracy).
 
 For each eval-split prompt of both suites (GenEval 553, GenEval++ 280), IMAGES random scenes that satisfy it
 are rendered at 64 px, and the evaluator (gvu.world.evaluator: classical image analysis + GenEval's rules) is
@@ -29,6 +29,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from gvu.measure import cpu_name
 from gvu.world.degrade import Degradation, degrade
 from gvu.world.evaluator import detect
 from gvu.world.prompts import MIRROR, make_suite
@@ -113,14 +114,6 @@ def main() -> None:
                     reasons[("degraded", m["tag"], ok.reason)] += 1
     wall = time.time() - t0
     report(stats, reasons, wall, degradation)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def pct(a: int, b: int) -> str:

@@ -8,7 +8,7 @@ Only gvu/world/evaluator.py is taken from REV: what it imports (GenEval's rules,
 vocabulary) comes from this checkout, so a change to those files is not compared, and REV's evaluator must still
 import against them.
 
-Usage: python benchmarks/evaluator_change.py --against REV [--model models/nano-janus] [--threads 1] [--out DIR]
+Usage: python -m benchmarks.evaluator_change --against REV [--model models/nano-janus] [--threads 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from collections import defaultdict
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
@@ -59,11 +57,12 @@ def main() -> None:
 
     import numpy as np
     import torch
-    from nano_model_eval import summarise, to_uint8
     from tqdm import tqdm
 
     from gvu.config import SamplingConfig
+    from gvu.measure import summarise
     from gvu.models.janus import JanusBackend
+    from gvu.reward import to_uint8
     from gvu.world.evaluator import evaluate_image
     from gvu.world.prompts import make_suite
 

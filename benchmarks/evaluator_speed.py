@@ -5,7 +5,7 @@ the same renderings degraded as benchmarks/evaluator_accuracy.py degrades them. 
 template function (gvu.world.evaluator._templates.__wrapped__), the code path before the cache; each setting starts
 from an empty cache, so the cached row includes filling it.
 
-Usage: python benchmarks/evaluator_speed.py [--images 600] [--rounds 3]   (about a minute on the 2-core CPU)
+Usage: python -m benchmarks.evaluator_speed [--images 600] [--rounds 3]   (about a minute on the 2-core CPU)
 Run it alone: it times a single process.
 """
 
@@ -15,21 +15,16 @@ import argparse
 import os
 import platform
 import random
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from evaluator_accuracy import cpu_name  # noqa: E402
-
-from gvu.world import evaluator  # noqa: E402
-from gvu.world.degrade import degrade  # noqa: E402
-from gvu.world.prompts import make_suite  # noqa: E402
-from gvu.world.sampler import sample_scene  # noqa: E402
-from gvu.world.scene import render  # noqa: E402
+from gvu.measure import cpu_name
+from gvu.world import evaluator
+from gvu.world.degrade import degrade
+from gvu.world.prompts import make_suite
+from gvu.world.sampler import sample_scene
+from gvu.world.scene import render
 
 
 def images(n: int) -> dict[str, list]:

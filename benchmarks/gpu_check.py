@@ -1,8 +1,8 @@
 """GPU check: a Janus-Pro-sized model with random weights, one GvU-GRPO step at a preset's settings, timed per phase.
 
-  python benchmarks/gpu_check.py --out OUT                    Janus-Pro-1B, preset janus-pro-1b, CUDA, bf16
-  python benchmarks/gpu_check.py --sizes 1b,7b --out OUT      then Janus-Pro-7B (preset janus-pro-7b, LoRA)
-  python benchmarks/gpu_check.py --tiny --out OUT             tiny look-alike on CPU (seconds; for tests)
+  python -m benchmarks.gpu_check --out OUT                    Janus-Pro-1B, preset janus-pro-1b, CUDA, bf16
+  python -m benchmarks.gpu_check --sizes 1b,7b --out OUT      then Janus-Pro-7B (preset janus-pro-7b, LoRA)
+  python -m benchmarks.gpu_check --tiny --out OUT             tiny look-alike on CPU (seconds; for tests)
 
 The model is built from Janus-Pro's config (gvu.models.janus_pro) with random weights, with the look-alike tokenizer
 (Janus-Pro's special tokens and ids, vocabulary padded to 102400). Phases, each timed and with its peak memory:
@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import replace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PROMPTS = ["a photo of a red bench and a blue cup", "a photo of three teddy bears", "a photo of a purple dog",
            "a photo of a laptop left of a giraffe", "a photo of a black toaster and a white sink",

@@ -2,7 +2,7 @@
 
   vq             exact-evaluator accuracy on VQ reconstructions of eval-split renderings (target >= 98%); with
                  --held-out-colours also apart for scenes with and without an object of a held-out colour-shape
-                 pair (see eval_scenes)
+                 pair (see gvu.nano_eval.eval_scenes)
   understanding  choose the true prompt among 4 (3 minimal edits: colour, count, shape or relation) by the
                  model's log p(prompt | image, "Describe the image in detail."), summed and length-normalised
                  (target >= 90%); the summed choice also apart for scenes with and without a held-out pair
@@ -16,7 +16,7 @@
   features       how far apart the vision encoder puts objects differing only in shape, position or colour
   groups         of groups of 8 images per prompt (train split), how many hold both right and wrong images
 
-Usage: python benchmarks/nano_model_eval.py [--model models/nano-janus] [--only vq,understanding,...] [--out DIR]
+Usage: python -m benchmarks.nano_model_eval [--model models/nano-janus] [--only vq,understanding,...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 from collections import defaultdict
 
@@ -34,109 +33,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from gvu.config import SamplingConfig
+from gvu.measure import summarise
+from gvu.models.janus import JanusBackend
+from gvu.models.pretrain import to_pixels
+from gvu.nano_eval import EDIT_SEED, bench_understanding, bench_vq, eval_scenes, score_texts
+from gvu.reward import to_uint8
+from gvu.world.captions import QUESTION_TYPES, questions
+from gvu.world.evaluator import evaluate_image
+from gvu.world.prompts import make_suite
+from gvu.world.scene import render
+from gvu.world.vocab import COLOR_NAMES, NUMBER_WORDS, SHAPES, SIZES
 
-from gvu.config import SamplingConfig  # noqa: E402
-from gvu.models.janus import JanusBackend  # noqa: E402
-from gvu.models.vq_train import quantize  # noqa: E402
-from gvu.reward import reduce_logprobs, to_uint8  # noqa: E402
-from gvu.world.captions import QUESTION_TYPES, REWARD_QUERY, questions  # noqa: E402
-from gvu.world.evaluator import evaluate_image  # noqa: E402
-from gvu.world.perturb import distractors  # noqa: E402
-from gvu.world.prompts import HELD_OUT_PAIRS, make_suite  # noqa: E402
-from gvu.world.sampler import sample_scene  # noqa: E402
-from gvu.world.scene import render  # noqa: E402
-from gvu.world.vocab import COLOR_NAMES, NUMBER_WORDS, SHAPES, SIZES  # noqa: E402
-
-EDIT_SEED = 5  # seed of the caption-choice edits (perturb.distractors) drawn for the eval scenes
 ANSWERS = {"count": ["zero"] + [NUMBER_WORDS[k] for k in range(1, 7)], "color": list(COLOR_NAMES), "shape": list(SHAPES),
            "size": list(SIZES), "relation": ["yes", "no"], "exists": ["yes", "no"]}
-
-
-def pixels_of(images) -> torch.Tensor:
-    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
-
-
-def eval_scenes(n_prompts: int | None, seed: int, held_out_colours: bool = False):
-    """(metadata, scene) for the eval prompts. As the world renders images of train and eval prompts (`gvu world
-    render`) and as pretraining draws its scenes, the colours a prompt leaves open never form a held-out pair, so no
-    scene shows an ood composition. held_out_colours=True draws them from all colours, as this benchmark did until
-    2026-12-02: then about a fifth of the scenes hold an object of a colour-shape pair no model saw in training
-    (every score in the model card before that date; "The eval scenes held unseen compositions")."""
-    rng = random.Random(seed)
-    prompts = make_suite("geneval", "eval", seed=0)[:n_prompts]
-    forbid = frozenset() if held_out_colours else HELD_OUT_PAIRS
-    return [(m, sample_scene(m, rng, forbid=forbid)) for m in prompts]
-
-
-@torch.no_grad()
-def bench_vq(b: JanusBackend, pairs) -> dict:
-    vq = b.model.model.vqmodel
-    correct, agree, by_held_out = defaultdict(list), [], defaultdict(list)
-    for s in tqdm(range(0, len(pairs), 64), desc="vq"):
-        chunk = pairs[s:s + 64]
-        px = pixels_of([render(sc) for _, sc in chunk])
-        # the library's own encode() path (unit codes make it agree with training), then decode
-        idx = vq.encode(px).image_tokens.view(len(chunk), -1)
-        agree.append((idx == quantize(vq, px)[2]).float().mean().item())  # library encode vs training quantizer
-        rec = to_uint8(b.decode_images(idx))
-        for (m, sc), img in zip(chunk, rec):
-            ok = evaluate_image(m, img).correct
-            correct[m["tag"]].append(ok)
-            by_held_out[holds_held_out_pair(sc)].append(ok)
-    return {**summarise(correct), **held_out_split(by_held_out),
-            "encode_agrees_with_training_quantizer": float(np.mean(agree))}
-
-
-def held_out_split(hits: dict) -> dict:
-    """{False: [bool], True: [bool]} (keyed by holds_held_out_pair) -> n and accuracy (pooled over tags) of each."""
-    return {name: {"n": len(hits[key]), "accuracy": float(np.mean(hits[key])) if hits[key] else None}
-            for name, key in (("scenes_without_held_out_pairs", False), ("scenes_with_held_out_pairs", True))}
-
-
-def holds_held_out_pair(scene) -> bool:
-    """Whether an object of the scene is a held-out colour-shape pair. Eval prompts name none, but scenes drawn with
-    held_out_colours take the colours a prompt leaves open from all colours ("four triangles" may hold a green one),
-    while every training scene, the VQ's included, forbids them: such objects are out of the training distribution."""
-    return any((o.color, o.shape) in HELD_OUT_PAIRS for o in scene.objects)
-
-
-def score_texts(b, px, query, texts) -> tuple[torch.Tensor, torch.Tensor]:
-    tl = b.text_logprobs(px, query, texts)
-    return (tl.logprobs * tl.mask).sum(1), reduce_logprobs(tl.logprobs, tl.mask, "geometric_mean").log()
-
-
-@torch.no_grad()
-def reconstruct(b: JanusBackend, px: torch.Tensor) -> torch.Tensor:
-    """Renderings through the VQ (encode, quantize, decode), as pixels in [-1, 1]."""
-    idx = b.model.model.vqmodel.encode(px).image_tokens.view(len(px), -1)
-    return b.decode_images(idx).float().cpu()
-
-
-@torch.no_grad()
-def bench_understanding(b, pairs, seed: int, recon: bool = False, per_prompt: list | None = None) -> dict:
-    """Caption choice (true prompt among 3 minimal edits) and how often the true prompt beats each kind of edit.
-    per_prompt: a list that gets (metadata, chosen right) for every scene."""
-    rng = random.Random(seed)
-    hits_sum, hits_mean, by_kind, by_held_out = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
-    for m, sc in tqdm(pairs, desc="understanding" + (" (recon)" if recon else "")):
-        ds = distractors(m, sc, 3, rng)
-        texts = [m["prompt"]] + [d["prompt"] for d in ds]
-        px = pixels_of([render(sc)])
-        px = (reconstruct(b, px) if recon else px).repeat(len(texts), 1, 1, 1)
-        total, mean = score_texts(b, px, REWARD_QUERY, texts)
-        right = bool(total.argmax() == 0)
-        hits_sum[m["tag"]].append(right)
-        if per_prompt is not None:
-            per_prompt.append((m, right))
-        hits_mean[m["tag"]].append(bool(mean.argmax() == 0))
-        by_held_out[holds_held_out_pair(sc)].append(right)
-        for i, d in enumerate(ds, start=1):
-            by_kind[d["perturbation"]].append(bool(total[0] > total[i]))
-    return {"choose_1_of_4_sum_logp": {**summarise(hits_sum), **held_out_split(by_held_out)},
-            "choose_1_of_4_mean_logp": summarise(hits_mean),
-            "true_beats_edit_by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()}}
 
 
 @torch.no_grad()
@@ -146,7 +56,7 @@ def bench_qa(b, pairs, seed: int) -> dict:
     for m, sc in tqdm(pairs, desc="qa"):
         for qtype, q, a in questions(sc, rng, 2):
             cands = ANSWERS[qtype]
-            px = pixels_of([render(sc)]).repeat(len(cands), 1, 1, 1)
+            px = to_pixels([render(sc)]).repeat(len(cands), 1, 1, 1)
             total, _ = score_texts(b, px, q, cands)
             hits[qtype].append(cands[int(total.argmax())] == a)
             answers[qtype].append(a)
@@ -210,16 +120,10 @@ def bench_features(b) -> dict:
 
     out = {}
     for name, scenes in sets.items():
-        px = pixels_of([render(sc) for sc in scenes])
+        px = to_pixels([render(sc) for sc in scenes])
         feats = b.model.model.get_image_features(b.pixel_values(px)).pooler_output.flatten(1).float()
         out[name] = {"features": round(mean_distance(list(feats)), 4), "pixels": round(mean_distance(list(px.flatten(1))), 4)}
     return out
-
-
-def summarise(correct: dict) -> dict:
-    per_tag = {t: float(np.mean(v)) for t, v in sorted(correct.items())}
-    return {"per_tag": per_tag, "overall": float(np.mean(list(per_tag.values()))),
-            "pooled": float(np.mean([x for v in correct.values() for x in v])), "n": sum(len(v) for v in correct.values())}
 
 
 def main() -> None:
@@ -231,7 +135,7 @@ def main() -> None:
     ap.add_argument("--cfg-scale", type=float, default=None)
     ap.add_argument("--held-out-colours", action="store_true",
                     help="draw the colours an eval prompt leaves open from all colours, held-out pairs included, as "
-                         "this benchmark did until 2026-12-02 (scores then report scenes with and without them apart)")
+                         "older scores in the docs did (scores then report scenes with and without them apart)")
     ap.add_argument("--scene-seed", type=int, default=99,
                     help="seed of the eval prompts' renderings (vq, understanding, qa); the card's scores use 99, and "
                          "other seeds draw other scenes for the same prompts (a second sample of a close score)")

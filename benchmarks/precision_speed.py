@@ -6,23 +6,20 @@ products of the nano language model's linear layers (a stage-2 batch's 2,912 row
 backward layouts) and one forward and backward pass of the understanding branch on 32 rows of the shipped model, in fp32
 and under bf16 autocast (median of --repeats runs after one warm-up).
 
-Usage: python benchmarks/precision_speed.py [--model models/nano-janus] [--repeats 3] [--threads 2]
+Usage: python -m benchmarks.precision_speed [--model models/nano-janus] [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from gvu.models.pretrain import bf16_is_native  # noqa: E402
+from gvu.measure import cpu_name
+from gvu.models.pretrain import bf16_is_native
 
 
 def timed_ms(fn, repeats: int) -> float:
@@ -55,11 +52,10 @@ def matmuls(repeats: int) -> list[tuple[str, float, float]]:
 def model_step(model_dir: str, repeats: int) -> tuple[str, float, float]:
     import random
 
-    from benchmarks.nano_model_eval import pixels_of
     from gvu.models.janus import JanusBackend, text_logits
     from gvu.models.janus_format import left_pad
+    from gvu.models.pretrain import to_pixels, train_scene
     from gvu.world.captions import REWARD_QUERY, describe
-    from gvu.models.pretrain import train_scene
     from gvu.world.scene import render
 
     b = JanusBackend.from_pretrained(model_dir)
@@ -68,7 +64,7 @@ def model_step(model_dir: str, repeats: int) -> tuple[str, float, float]:
     scenes = [train_scene(rng)[1] for _ in range(32)]
     seqs = [b._understanding_prefix(REWARD_QUERY) + b.answer_ids(describe(sc, rng, "full")) for sc in scenes]
     batch = left_pad(seqs, b.ids["pad"])
-    pixels = b.pixel_values(pixels_of([render(sc) for sc in scenes]))
+    pixels = b.pixel_values(to_pixels([render(sc) for sc in scenes]))
     ms = []
     for bf16 in (False, True):
         def step():
@@ -78,14 +74,6 @@ def model_step(model_dir: str, repeats: int) -> tuple[str, float, float]:
             logits.float().logsumexp(-1).mean().backward()
         ms.append(timed_ms(step, repeats))
     return f"understanding forward + backward, 32 rows x {batch.ids.shape[1]} tokens ({model_dir})", *ms
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:

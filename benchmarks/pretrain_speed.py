@@ -6,7 +6,7 @@ seconds per step are timed from its 20th step to its last (the stages log every 
 torch.compile's one-off compilation (preset field torch_compile) stay out of them; what the first 20 steps took beyond
 20 such steps is reported as the stage's warm-up and added to the total once. Stage 1 restarts unused codes every 50
 steps (nano), and its first restart compiles the encoder once more inside the timed steps, so the projection errs a
-few seconds high. `--set torch_compile=false` times the same preset eagerly. Usage: python benchmarks/pretrain_speed.py [--preset nano] [--steps 60] [--set KEY=VALUE]
+few seconds high. `--set torch_compile=false` times the same preset eagerly. Usage: python -m benchmarks.pretrain_speed [--preset nano] [--steps 60] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 from dataclasses import replace
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from gvu.models.pretrain import (PRESETS, parse_overrides, stage0, stage1, stage2, stage3, stage_decoder,  # noqa: E402
+from gvu.models.pretrain import (PRESETS, parse_overrides, stage0, stage1, stage2, stage3, stage_decoder,
                                  stage_vision, use_bf16)
-from lm_stage_harness import logged_times  # noqa: E402
+from gvu.models.stage_timing import stage_times
 
 
 def main() -> None:
@@ -46,8 +43,8 @@ def main() -> None:
         if not steps:
             per_step[name] = warm[name] = 0.0
             return None
-        with logged_times() as times:  # the stage's log records at steps 20, 40, ..., n
-            result = fn()
+        result = fn()
+        times = stage_times(out, name)  # the stage's log records at steps 20, 40, ..., n
         per_step[name] = (times[-1] - times[0]) / (n - 20)
         warm[name] = max(0.0, times[0] - 20 * per_step[name])
         return result

@@ -2,7 +2,7 @@
 generated image is correct", over images the model itself generated for eval-split prompts, overall and per tag;
 also per reduction (geometric_mean, product, min) and within prompt groups (what GRPO actually uses).
 
-Usage: python benchmarks/reward_auc.py [--model models/nano-janus] [--prompts 553] [--images 4] [--cfg-scale S] [--seed N] [--dump tokens.npz]
+Usage: python -m benchmarks.reward_auc [--model models/nano-janus] [--prompts 553] [--images 4] [--cfg-scale S] [--seed N] [--dump tokens.npz]
 
 --dump saves the per-token log-probs, token ids, verdicts and tags, plus each prompt's per-token log-probs under
 a blank grey image (a text-only prior), so token-weighting variants can be studied without regenerating
@@ -15,31 +15,18 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
-from collections import defaultdict
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from gvu.config import REDUCTIONS, RewardConfig, SamplingConfig  # noqa: E402
-from gvu.models.janus import JanusBackend  # noqa: E402
-from gvu.reward import blank_image_logprobs, gvu_reward, reduce_logprobs, to_uint8  # noqa: E402
-from gvu.world.evaluator import evaluate_image  # noqa: E402
-from gvu.world.prompts import make_suite  # noqa: E402
-
-
-def auc(scores, labels) -> float | None:
-    """Mann-Whitney ROC-AUC (ties count half); None when one class is absent."""
-    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+from gvu.config import REDUCTIONS, RewardConfig, SamplingConfig
+from gvu.measure import auc
+from gvu.models.janus import JanusBackend
+from gvu.reward import blank_image_logprobs, gvu_reward, reduce_logprobs, to_uint8
+from gvu.world.evaluator import evaluate_image
+from gvu.world.prompts import make_suite
 
 
 @torch.no_grad()

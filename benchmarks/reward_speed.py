@@ -3,7 +3,7 @@ our KV-cached rollout against transformers' own `generate(generation_mode="image
 and settings (and ours without guidance, which transformers cannot do: the conditional rows only). Prints markdown
 tables.
 
-Usage: python benchmarks/reward_speed.py [--model models/nano-janus] [--prompts 8] [--group 8] [--threads 2]
+Usage: python -m benchmarks.reward_speed [--model models/nano-janus] [--prompts 8] [--group 8] [--threads 2]
 """
 
 from __future__ import annotations
@@ -11,21 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from reference_reward import reference_reward  # noqa: E402
-
-from gvu.config import RewardConfig, SamplingConfig  # noqa: E402
-from gvu.models.janus import JanusBackend  # noqa: E402
-from gvu.reward import gvu_reward  # noqa: E402
-from gvu.world.prompts import make_suite  # noqa: E402
+from gvu.config import RewardConfig, SamplingConfig
+from gvu.models.janus import JanusBackend
+from gvu.reward import gvu_reward
+from gvu.reward_reference import reference_reward
+from gvu.world.prompts import make_suite
 
 
 def timed(fn, repeat=1, warmup=True):

@@ -5,26 +5,22 @@ Runs short stage-2 runs of the preset from fresh weights, alternating the two se
 swapped every round), and prints the seconds per step between logged steps 20 and 40 of each run, and the medians.
 "Without" gives every row its own copy of its image, the code path before the change; the math is the same.
 
-Usage: python benchmarks/stage2_image_sharing.py [--preset nano] [--rounds 4]
+Usage: python -m benchmarks.stage2_image_sharing [--preset nano] [--rounds 4]
 About 8 minutes on the 2-core CPU with the default 4 rounds; run it alone (timings).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from lm_stage_harness import logged_times, new_run, scratch_setup  # noqa: E402
-import gvu.models.janus as janus  # noqa: E402
-import gvu.models.pretrain as pretrain  # noqa: E402
+import gvu.models.janus as janus
+import gvu.models.pretrain as pretrain
+from gvu.models.stage_timing import new_run, scratch_setup, stage_times
 
 
 def main() -> None:
@@ -40,15 +36,15 @@ def main() -> None:
         return shared_path(model, batch, pixel_values if image_index is None else pixel_values[image_index])
 
     times = {"shared": [], "per_row": []}
-    with tempfile.TemporaryDirectory() as out, logged_times() as logged:
+    with tempfile.TemporaryDirectory() as out:
         short, spec, tok, config, vq, vision = scratch_setup(out, full)
         try:
             for r in range(args.rounds):
                 for mode in (("shared", "per_row") if r % 2 == 0 else ("per_row", "shared")):
                     janus.text_logits = shared_path if mode == "shared" else per_row
                     run = new_run(out, f"{mode}{r}")
-                    logged.clear()
                     pretrain.stage2(replace(short, lm_steps=42), run, spec, tok, config, vq, vision)
+                    logged = stage_times(run, 2)
                     times[mode].append((logged[1] - logged[0]) / 20)  # logged every 20 steps
                     print(f"round {r} {mode}: {times[mode][-1]:.3f} s a step", flush=True)
         finally:

@@ -9,7 +9,7 @@ autocast (fp32) shows how far bf16 rounding alone moves the gradient.
 With --steps N it then trains N stage-1 steps eagerly and compiled (the fix in), from the same weights on the same
 batches, and prints the mean loss over each 20 steps and the median seconds a step.
 
-Usage: python benchmarks/vq_compile_check.py [--preset nano] [--steps 0] [--threads 2]
+Usage: python -m benchmarks.vq_compile_check [--preset nano] [--steps 0] [--threads 2]
 About 3 minutes on the 2-core CPU without --steps (most of it compiling); 200 steps add about 4.
 """
 
@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import random
-import sys
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from gvu.models.pretrain import PRESETS, render, stage0, to_pixels, train_scene  # noqa: E402
-from gvu.models.vq_train import compile_vq, fp32_group_norms, vq_loss  # noqa: E402
+from gvu.models.pretrain import PRESETS, render, stage0, to_pixels, train_scene
+from gvu.models.vq_train import compile_vq, fp32_group_norms, vq_loss
 
 PARTS = ("encoder", "quant_conv", "post_quant_conv", "decoder.conv_in", "decoder.mid", "decoder.up.0", "decoder.up.1",
          "decoder.up.2", "decoder.up.3", "decoder.conv_out")

@@ -17,7 +17,7 @@ Two measurements:
            prompt, split by whether its text was a training caption. A leak that helps shows up as higher accuracy
            on the prompts read in training than on those never read, within a tag.
 
-Usage: python experiments/caption_leak.py [--model models/nano-janus] [--config DIR/pretrain_config.json]
+Usage: python -m experiments.caption_leak [--model models/nano-janus] [--config DIR/pretrain_config.json]
        [--scene-seed 99] [--out DIR]
 """
 
@@ -36,11 +36,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gvu.models import pretrain  # noqa: E402
-from gvu.models.pretrain import PretrainConfig, Stage2Data  # noqa: E402
-from gvu.world.prompts import make_suite, split_of  # noqa: E402
+from gvu.models.pretrain import PretrainConfig, Stage2Data
+from gvu.world.prompts import make_suite, split_of
 
 
 def load_config(path: str) -> PretrainConfig:
@@ -66,8 +63,10 @@ def replay(cfg: PretrainConfig, tokenizer, spec, limit: int | None = None) -> tu
             made[m["prompt"]] = split_of(m, suite)
         return m
 
-    render, to_pixels = pretrain.render, pretrain.to_pixels
-    pretrain.render, pretrain.to_pixels = (lambda scene: None), (lambda images: None)  # no pixels: the same draws
+    from gvu.models.pretrain import data as stage_data
+
+    render, to_pixels = stage_data.render, stage_data.to_pixels
+    stage_data.render, stage_data.to_pixels = (lambda scene: None), (lambda images: None)  # no pixels: same draws
     captions.true_prompt = recording
     try:
         for steps, base, recon in ((cfg.lm_steps, 3, 0.0), (cfg.s3_steps, 7, cfg.und_recon)):
@@ -82,16 +81,16 @@ def replay(cfg: PretrainConfig, tokenizer, spec, limit: int | None = None) -> tu
                 for seq, n in zip(seqs, lens):
                     seen[tokenizer.decode(seq[-n:-1]).strip()] += 1  # the answer without its end token
     finally:
-        pretrain.render, pretrain.to_pixels = render, to_pixels
+        stage_data.render, stage_data.to_pixels = render, to_pixels
         captions.true_prompt = true_prompt
     return seen, made
 
 
 def choice(model: str, seen: Counter, seed: int) -> dict:
-    """Caption choice per eval prompt (benchmarks/nano_model_eval.py's own, at scene seed `seed`), split by whether
+    """Caption choice per eval prompt (benchmarks.nano_model_eval's own, at scene seed `seed`), split by whether
     the prompt's text was read in training."""
-    from benchmarks.nano_model_eval import EDIT_SEED, bench_understanding, eval_scenes
     from gvu.models.janus import JanusBackend
+    from gvu.nano_eval import EDIT_SEED, bench_understanding, eval_scenes
 
     per_prompt: list = []
     bench_understanding(JanusBackend.from_pretrained(model), eval_scenes(None, seed), EDIT_SEED, per_prompt=per_prompt)

@@ -12,7 +12,7 @@ its reading of the count is the count word with the highest log p(prompt | image
   - how the wrong images fail: too few or too many objects of the shape, other shapes, or blobs.
 It saves a grid of wrong images labelled with both counts (PNG) for a look.
 
-Usage: python experiments/counting_probe.py [--model models/nano-janus] [--images 4] [--threads 1] [--out runs/counting-probe]
+Usage: python -m experiments.counting_probe [--model models/nano-janus] [--images 4] [--threads 1] [--out runs/counting-probe]
 """
 
 from __future__ import annotations
@@ -21,24 +21,21 @@ import argparse
 import json
 import os
 import random
-import sys
 from collections import Counter
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from gvu.config import RewardConfig, SamplingConfig  # noqa: E402
-from gvu.models.janus import JanusBackend  # noqa: E402
-from gvu.models.pretrain import to_pixels  # noqa: E402
-from gvu.reward import to_uint8  # noqa: E402
-from gvu.world.evaluator import detect, evaluate_image  # noqa: E402
-from gvu.world.perturb import perturb  # noqa: E402
-from gvu.world.prompts import make_suite  # noqa: E402
-from gvu.world.sampler import sample_scene  # noqa: E402
-from gvu.world.scene import render  # noqa: E402
+from gvu.config import RewardConfig, SamplingConfig
+from gvu.models.janus import JanusBackend
+from gvu.models.pretrain import to_pixels
+from gvu.reward import to_uint8
+from gvu.world.evaluator import detect, evaluate_image
+from gvu.world.perturb import perturb
+from gvu.world.prompts import make_suite
+from gvu.world.sampler import sample_scene
+from gvu.world.scene import render
 
 COUNTS = (2, 3, 4)
 

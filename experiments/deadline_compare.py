@@ -8,9 +8,9 @@ schedule, so its checkpoint at step k holds the weights of a k-step run (gvu.tra
 tests/test_train.py). Results are cached as compare_rewards.py caches them (OUT/<row>-s<seed>/result-step<k>.json),
 with the same evaluation: eval and ood splits, 4 images a prompt, fixed seeds, and the 4-way caption choice.
 
-Usage: python experiments/deadline_compare.py --rows base,gvu_policy,oracle --seeds 0 1 --train-seconds 300
+Usage: python -m experiments.deadline_compare --rows base,gvu_policy,oracle --seeds 0 1 --train-seconds 300
        --set device=cuda --set batch_prompts=32 --out runs/deadline
-       python experiments/deadline_compare.py --report --out runs/deadline ...   (only the tables, from the cache)
+       python -m experiments.deadline_compare --report --out runs/deadline ...   (only the tables, from the cache)
 Logs of every process: OUT/logs/. The tables: OUT/table.md, the plot OUT/budget.png.
 """
 
@@ -25,11 +25,7 @@ import sys
 import time
 from types import SimpleNamespace
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, HERE)
-
-from compare_rewards import ROWS, plot_budget, row_config, row_sets, run_row, table_lines  # noqa: E402
+from gvu.compare import ROWS, plot_budget, row_config, row_sets, run_row, table_lines
 
 
 def run_dir(args, name: str, seed: int) -> str:
@@ -47,8 +43,9 @@ def reached(path: str) -> int:
 
 
 def compare_args(args) -> SimpleNamespace:
-    """The fields compare_rewards.run_row reads, so that its training config and caching are shared."""
-    return SimpleNamespace(out=args.out, set=list(args.set), extend=None, steps=args.max_steps, model=args.model,
+    """The fields gvu.compare.run_row reads, so that compare_rewards' training config and caching are shared."""
+    return SimpleNamespace(out=args.out, set=list(args.set), extend=None, eval_cfg=None, steps=args.max_steps,
+                           model=args.model,
                            threads=args.threads, eval_prompts=args.eval_prompts,
                            understanding_prompts=args.understanding_prompts)
 
@@ -137,7 +134,7 @@ def eval_steps(args, runs) -> list[int]:
 
 
 def eval_job(args, name: str, seed: int, step: int) -> subprocess.Popen:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_eval", name, str(seed), str(step), *common_flags(args)]
+    cmd = [sys.executable, "-m", "experiments.deadline_compare", "--_eval", name, str(seed), str(step), *common_flags(args)]
     return spawn(cmd, os.path.join(args.out, "logs", f"eval-{name}-s{seed}-step{step}.log"))
 
 

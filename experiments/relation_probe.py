@@ -23,7 +23,7 @@ Prompts are train-split geneval position prompts ("a photo of a A <relation> a B
   --encoder random|VISION_PT   only the vision part, on a bare vision encoder: freshly initialised (random), or the
            one saved by pretraining stage 1b (OUT/vision.pt), with the model's vision config.
 
-Usage: python experiments/relation_probe.py [--model models/nano-janus] [--scenes 1000] [--encoder ...] [--out DIR]
+Usage: python -m experiments.relation_probe [--model models/nano-janus] [--scenes 1000] [--encoder ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -32,21 +32,18 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gvu.models.janus import JanusBackend, left_pad  # noqa: E402
-from gvu.models.pretrain import patch_labels, relation_labels, to_pixels, train_prompt  # noqa: E402
-from gvu.world.captions import REWARD_QUERY  # noqa: E402
-from gvu.world.prompts import MIRROR  # noqa: E402
-from gvu.world.sampler import sample_scene  # noqa: E402
-from gvu.world.scene import render  # noqa: E402
-from gvu.world.vocab import COLOR_NAMES, SHAPES  # noqa: E402
+from gvu.models.janus import JanusBackend, left_pad
+from gvu.models.pretrain import patch_labels, relation_labels, to_pixels, train_prompt
+from gvu.world.captions import REWARD_QUERY
+from gvu.world.prompts import MIRROR
+from gvu.world.sampler import sample_scene
+from gvu.world.scene import render
+from gvu.world.vocab import COLOR_NAMES, SHAPES
 
 RELATIONS = ("left of", "right of", "above", "below")
 

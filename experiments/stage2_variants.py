@@ -2,11 +2,11 @@
 
 How v3's stage 2 was chosen: each variant is `PRESETS[--preset]` plus JSON overrides, trained from the same
 stage1.pt (or --vq-from's VQ) and vision.pt (copied from --base, a `gvu pretrain` output folder), saved as a model directory, and
-scored with benchmarks/nano_model_eval.py (understanding, QA, generation, groups). Variants run side by side, one
+scored with benchmarks.nano_model_eval (understanding, QA, generation, groups). Variants run side by side, one
 process each (a GPU box with many cores runs three at once; on a 2-core CPU run them one at a time).
 
 Usage:
-  python experiments/stage2_variants.py --base runs/pretrain-nano --out runs/variants --device cuda \\
+  python -m experiments.stage2_variants --base runs/pretrain-nano --out runs/variants --device cuda \\
       --variant a '{"gen_batch": 64, "und_batch": 16, "rank_images": 6, "spatial_share": 0.3}' \\
       --variant d '{"gen_batch": 64, "und_batch": 16, "rank_images": 6, "spatial_share": 0.3, "gen_weight": 3.0}'
 Writes OUT/<name>/model, OUT/<name>/eval/results.json and OUT/table.md.
@@ -14,7 +14,7 @@ Writes OUT/<name>/model, OUT/<name>/eval/results.json and OUT/table.md.
 --vq-from MODEL_DIR takes the VQ tokenizer from a saved model (for example the shipped one, whose decoder stage 1c
 sharpened) instead of --base's stage1.pt; --base then needs only config.json, tokenizer and vision.pt. The default
 preset nano-v3 has no stage 1c; with --preset nano, add "dec_steps": 0, or stage 1c runs again on that decoder:
-  python experiments/stage2_variants.py --base runs/cpu-repro-v3 --vq-from models/nano-janus --out runs/long \\
+  python -m experiments.stage2_variants --base runs/cpu-repro-v3 --vq-from models/nano-janus --out runs/long \\
       --device cuda --variant L '{"lm_steps": 3600}'
 """
 
@@ -26,10 +26,6 @@ import os
 import shutil
 import subprocess
 import sys
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.join(HERE, "..")
-sys.path.insert(0, ROOT)
 
 
 def from_base(vq_from: str | None) -> tuple[str, ...]:
@@ -111,14 +107,15 @@ def main() -> None:
         train_variant(args.base, os.path.join(args.out, args.one), args.preset, variants[args.one], args.device,
                       args.vq_from)
         return
-    me = [sys.executable, os.path.abspath(__file__), "--base", args.base, "--out", args.out, "--preset", args.preset,
+    # the variants and their evaluations run as `python -m` from the same working directory (the repo root)
+    me = [sys.executable, "-m", "experiments.stage2_variants", "--base", args.base, "--out", args.out, "--preset", args.preset,
           "--device", args.device] + (["--vq-from", args.vq_from] if args.vq_from else []) \
         + [x for n, t in args.variant for x in ("--variant", n, t)]
     procs = {n: subprocess.Popen(me + ["--one", n]) for n in variants}
     failed = [n for n, p in procs.items() if p.wait() != 0]
     if failed:
         raise SystemExit(f"variants failed: {failed}")
-    evals = {n: subprocess.Popen([sys.executable, os.path.join(ROOT, "benchmarks", "nano_model_eval.py"),
+    evals = {n: subprocess.Popen([sys.executable, "-m", "benchmarks.nano_model_eval",
                                   "--model", os.path.join(args.out, n, "model"), "--device", args.device,
                                   "--threads", str(args.eval_threads), "--only", "understanding,qa,generation,groups",
                                   "--out", os.path.join(args.out, n, "eval")]

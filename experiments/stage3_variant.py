@@ -6,7 +6,7 @@ folder; v5's is the one `experiments/stage2_variants.py ... --variant L` writes,
 FROM's pretrain_config.json with the overrides into OUT, and runs the pretraining pipeline there, which finds
 stages 1-2 done and trains stage 3 only. OUT/model is the new model; score it with benchmarks/nano_model_eval.py.
 
-Usage: python experiments/stage3_variant.py --from runs/v5cpu/L --out runs/v6x/X --set und_extra=0.5 [--set threads=1]
+Usage: python -m experiments.stage3_variant --from runs/v5cpu/L --out runs/v6x/X --set und_extra=0.5 [--set threads=1]
 Resumable: rerun the same command to continue stage 3.
 """
 
@@ -16,9 +16,7 @@ import argparse
 import json
 import os
 import shutil
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 COPIED = ("stage1.pt", "vision.pt", "stage2.pt", "config.json", "tokenizer")
 

@@ -1,9 +1,9 @@
 """Does a nano-Janus's understanding branch read the text it is given, or only the image?
 
-Two measurements, no training:
+Two measurements, no training (gvu.nano_eval.question_reading and relation_reading):
 
   questions   Two-object scenes whose objects differ in colour and shape. For each object the model is asked "What
-              color is the <shape>?" (answer chosen by likelihood among the colours, as benchmarks/nano_model_eval.py
+              color is the <shape>?" (answer chosen by likelihood among the colours, as benchmarks.nano_model_eval
               does) and "Is there a <colour> <shape>?" for that object and for a colour-shape pair not in the scene.
               A model that reads the question gives the two objects' colour questions different answers, and puts
               more weight on "yes" for the present pair than for the absent one. Reported: colour accuracy, how often
@@ -17,7 +17,7 @@ Two measurements, no training:
               way a pair's relation goes from the training texts scores above chance on train prompts and below it
               on eval prompts whose mirror it trained on.
 
-Usage: python experiments/text_reading.py [--model models/nano-janus] [--scenes 300] [--per-prompt 6] [--out DIR]
+Usage: python -m experiments.text_reading [--model models/nano-janus] [--scenes 300] [--per-prompt 6] [--out DIR]
 """
 
 from __future__ import annotations
@@ -25,80 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import sys
 import time
-from collections import defaultdict
 
-import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.nano_model_eval import pixels_of, score_texts  # noqa: E402
-from gvu.models.janus import JanusBackend  # noqa: E402
-from gvu.models.pretrain import mirror_is_train, train_scene  # noqa: E402
-from gvu.world.captions import REWARD_QUERY  # noqa: E402
-from gvu.world.perturb import perturb  # noqa: E402
-from gvu.world.prompts import make_suite  # noqa: E402
-from gvu.world.sampler import sample_scene  # noqa: E402
-from gvu.world.scene import render  # noqa: E402
-from gvu.world.vocab import COLOR_NAMES, SHAPES  # noqa: E402
-
-
-def roc_auc(pos: list[float], neg: list[float]) -> float:
-    """P(a positive scores above a negative), ties counting half."""
-    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
-    return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
-
-
-@torch.no_grad()
-def questions(b: JanusBackend, n_scenes: int, seed: int) -> dict:
-    rng = random.Random(seed)
-    right, same, shift, yes_present, yes_absent = [], [], [], [], []
-    while len(same) < n_scenes:
-        _, scene = train_scene(rng)
-        objs = scene.objects
-        if len(objs) != 2 or objs[0].color == objs[1].color or objs[0].shape == objs[1].shape:
-            continue
-        px = pixels_of([render(scene)])
-        dists = []
-        for o in objs:
-            total, _ = score_texts(b, px.repeat(len(COLOR_NAMES), 1, 1, 1), f"What color is the {o.shape}?",
-                                   list(COLOR_NAMES))
-            dists.append(total)
-            right.append(COLOR_NAMES[int(total.argmax())] == o.color)
-        same.append(int(dists[0].argmax()) == int(dists[1].argmax()))
-        shift.append(float((dists[0] - dists[1]).abs().max()))
-        present = {(o.color, o.shape) for o in objs}
-        absent = [(c, s) for c in COLOR_NAMES for s in SHAPES if (c, s) not in present]
-        for (c, s), bucket in [((objs[0].color, objs[0].shape), yes_present), (rng.choice(absent), yes_absent)]:
-            total, _ = score_texts(b, px.repeat(2, 1, 1, 1), f"Is there a {c} {s}?", ["yes", "no"])
-            bucket.append(float(total[0] - total[1]))
-    return {"scenes": len(same), "colour_accuracy": float(np.mean(right)),
-            "both_objects_get_the_same_colour": float(np.mean(same)),
-            "mean_largest_logp_change_between_the_two_questions": float(np.mean(shift)),
-            "exists_auc_present_vs_absent": roc_auc(yes_present, yes_absent)}
-
-
-@torch.no_grad()
-def relations(b: JanusBackend, per_prompt: int, seed: int) -> dict:
-    rng = random.Random(seed)
-    out = {}
-    for split in ("eval", "train"):
-        prompts = list({m["prompt"]: m for m in make_suite("geneval", split, seed=0) if m["tag"] == "position"}.values())
-        wins = defaultdict(list)
-        for m in prompts:
-            mirror = perturb(m, "relation", rng)
-            group = "mirror is a train prompt" if mirror_is_train(m, "geneval") else "mirror is not a train prompt"
-            for _ in range(per_prompt):
-                px = pixels_of([render(sample_scene(m, rng))]).repeat(2, 1, 1, 1)
-                total, _ = score_texts(b, px, REWARD_QUERY, [m["prompt"], mirror["prompt"]])
-                wins[group].append(bool(total[0] > total[1]))
-                wins["all"].append(wins[group][-1])
-        out[split] = {"prompts": len(prompts),
-                      **{g: {"true_beats_mirror": float(np.mean(v)), "n": len(v)} for g, v in sorted(wins.items())}}
-    return out
+from gvu.models.janus import JanusBackend
+from gvu.nano_eval import question_reading, relation_reading
 
 
 def main() -> None:
@@ -116,8 +48,8 @@ def main() -> None:
     t0 = time.time()
     b = JanusBackend.from_pretrained(args.model)
     b.model.eval()
-    res = {"model": args.model, "questions": questions(b, args.scenes, args.seed),
-           "relations": relations(b, args.per_prompt, args.seed)}
+    res = {"model": args.model, "questions": question_reading(b, args.scenes, args.seed),
+           "relations": relation_reading(b, args.per_prompt, args.seed)}
     res["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps(res, indent=1))
     q = res["questions"]

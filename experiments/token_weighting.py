@@ -4,7 +4,7 @@ The paper's reward averages log p over every prompt token, so template words ("a
 much as the words an image can get wrong ("red", "three", "above"). This script re-reduces the same per-token
 log-probs several ways and reports the ROC-AUC for "the exact evaluator says correct", over all images and
 within each prompt's group (the comparison GRPO makes). No model runs: it reads the file that
-`python benchmarks/reward_auc.py --dump FILE.npz` writes.
+`python -m benchmarks.reward_auc --dump FILE.npz` writes.
 
 Variants (all label-free except `content_words`, which uses the nano world's vocabulary as a reference):
   geometric_mean     exp(mean_j log p_j), the paper's
@@ -17,22 +17,17 @@ Variants (all label-free except `content_words`, which uses the nano world's voc
 Subtracting the prior inside a mean (sum_j log q_j is fixed for a prompt) changes no group-normalised
 advantage, which is why only masking, weighting and the min appear here.
 
-Usage: python experiments/token_weighting.py runs/auc-v3/tokens.npz
+Usage: python -m experiments.token_weighting runs/auc-v3/tokens.npz
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-
-from reward_auc import auc  # noqa: E402
-
-from gvu.world.vocab import COLORS, NUMBER_WORDS, RELATIONS, SHAPES  # noqa: E402
+from gvu.measure import auc
+from gvu.world.vocab import COLORS, NUMBER_WORDS, RELATIONS, SHAPES
 
 
 def masked_mean(lp: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -64,9 +59,9 @@ def variants(d) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    d = np.load(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("tokens", help="the .npz file `python -m benchmarks.reward_auc --dump FILE.npz` writes")
+    d = np.load(ap.parse_args().tokens)
     y, tags, g = d["correct"].astype(bool), d["tags"], int(d["images_per_prompt"])
     print(f"{len(y)} images, {y.mean():.3f} correct, groups of {g}")
     tag_names = sorted(set(tags.tolist()))

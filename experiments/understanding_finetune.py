@@ -2,7 +2,7 @@
 
 A probe of what the model can pick up, not a recipe: the language model, the vision encoder and the aligner train
 (AdamW, linear warm-up, then a constant rate) on rows of one or more kinds, and the VQ and the generation parts stay
-as they are. Before and after, experiments/text_reading.py's relation measurement runs (true prompt against its
+as they are. Before and after, experiments.text_reading's relation measurement runs (true prompt against its
 mirror on eval and train position prompts, split by whether the mirror is a train prompt), and its question one.
 
 Row kinds (--rows, comma-separated; each row draws one kind at random):
@@ -15,7 +15,7 @@ Row kinds (--rows, comma-separated; each row draws one kind at random):
 for each object patch of a two-object scene, which relations its object stands in to the other) on the vision
 encoder's output or on the aligned features the language model reads, weighted by --rel-weight.
 
-Usage: python experiments/understanding_finetune.py --rows balanced_position [--model models/nano-janus]
+Usage: python -m experiments.understanding_finetune --rows balanced_position [--model models/nano-janus]
        [--steps 300] [--lr 1e-3] [--rel-head aligned] [--out DIR]
 """
 
@@ -25,25 +25,21 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.nano_model_eval import pixels_of  # noqa: E402
-from experiments.text_reading import questions, relations  # noqa: E402
-from gvu.models.janus import JanusBackend, text_logits  # noqa: E402
-from gvu.models.janus_format import left_pad  # noqa: E402
-from gvu.models.pretrain import (HELD_OUT_PAIRS, RelationProbe, bf16_is_native, relation_labels, train_prompt,
-                                  train_scene)  # noqa: E402
-from gvu.world.captions import REWARD_QUERY, describe  # noqa: E402
-from gvu.world.captions import questions as ask  # noqa: E402
-from gvu.world.sampler import sample_scene  # noqa: E402
-from gvu.world.scene import render  # noqa: E402
+from gvu.models.janus import JanusBackend, text_logits
+from gvu.models.janus_format import left_pad
+from gvu.models.pretrain import (HELD_OUT_PAIRS, RelationProbe, bf16_is_native, relation_labels, to_pixels,
+                                 train_prompt, train_scene)
+from gvu.nano_eval import question_reading, relation_reading
+from gvu.world.captions import REWARD_QUERY, describe
+from gvu.world.captions import questions as ask
+from gvu.world.sampler import sample_scene
+from gvu.world.scene import render
 
 ROWS = ("position", "balanced_position", "captions", "questions")
 
@@ -62,7 +58,8 @@ def make_row(kind: str, rng: random.Random):
 
 def measure(b: JanusBackend, args) -> dict:
     b.model.eval()
-    return {"relations": relations(b, args.per_prompt, args.seed), "questions": questions(b, args.scenes, args.seed)}
+    return {"relations": relation_reading(b, args.per_prompt, args.seed),
+            "questions": question_reading(b, args.scenes, args.seed)}
 
 
 def summary(r: dict) -> str:
@@ -136,7 +133,7 @@ def main() -> None:
         labels = torch.full_like(batch.ids, -100)
         for i, a in enumerate(answers):
             labels[i, -len(a):] = batch.ids[i, -len(a):]
-        pixels = b.pixel_values(pixels_of([render(sc) for *_, sc in rows]))
+        pixels = b.pixel_values(to_pixels([render(sc) for *_, sc in rows]))
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

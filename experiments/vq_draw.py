@@ -5,13 +5,13 @@ scores the VQ as `benchmarks/nano_model_eval.py --only vq` does: the exact evalu
 eval-split renderings, once with stage 1's decoder and once after stage 1c. The seed changes the VQ's initial
 weights and its training scenes (and the tokenizer's corpus, which the VQ does not use).
 
-Usage: python experiments/vq_draw.py --seed 1 --out runs/vqdraw-s1 [--preset nano] [--threads 2]
+Usage: python -m experiments.vq_draw --seed 1 --out runs/vqdraw-s1 [--preset nano] [--threads 2]
     [--set KEY=VALUE ...] (PretrainConfig fields: vq_steps=4000, vq_batch=16, dec_steps=0 for no stage 1c,
     device=cuda) [--spec KEY=VALUE ...] (NanoSpec fields of the VQ: vq_base_channels=64, vq_res_blocks=2,
     vq_codebook=1024)
 Prints the two scores and writes OUT/vq_draw.json.
-       python experiments/vq_draw.py --report DIR   prints one table row for each DIR/<run>/vq_draw.json
-       python experiments/vq_draw.py --curve RUN [RUN ...]   prints each run's stage-1 reconstruction MSE by step (the
+       python -m experiments.vq_draw --report DIR   prints one table row for each DIR/<run>/vq_draw.json
+       python -m experiments.vq_draw --curve RUN [RUN ...]   prints each run's stage-1 reconstruction MSE by step (the
            mean of the logged values in the 100 steps up to it), from RUN/log.jsonl or RUN/log.jsonl.gz
 """
 
@@ -20,22 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import replace
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 
 
 def score(vq_state: dict, config, tok, spec, out_dir: str) -> dict:
-    """The VQ inside an otherwise untrained model directory, scored by nano_model_eval's bench_vq."""
+    """The VQ inside an otherwise untrained model directory, scored by gvu.nano_eval.bench_vq."""
     import torch
-    from nano_model_eval import bench_vq, eval_scenes
     from transformers import JanusForConditionalGeneration
 
     from gvu.models.janus import JanusBackend
     from gvu.models.pretrain import save_model
+    from gvu.nano_eval import bench_vq, eval_scenes
 
     if not os.path.exists(os.path.join(out_dir, "config.json")):
         torch.manual_seed(0)

@@ -17,12 +17,14 @@ from typing import Callable
 
 from gvu import __version__
 from gvu.errors import UserError
-from gvu import model_cli
+from gvu import generate_cli, model_cli
+from gvu.eval import cli as eval_cli
 from gvu.world import cli as world_cli
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
-    world_cli.register_world, world_cli.register_eval,
+    world_cli.register_world, eval_cli.register_eval, eval_cli.register_convert,
     model_cli.register_pretrain, model_cli.register_train, model_cli.register_score,
+    generate_cli.register_generate, generate_cli.register_export, generate_cli.register_bench,
 ]
 
 

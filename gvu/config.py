@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gvu.errors import UserError
+
 REDUCTIONS = ("geometric_mean", "product", "min")
 JUDGES = ("policy", "frozen", "ema")
 TOKEN_WEIGHTS = ("uniform", "surprisal")
@@ -17,8 +19,10 @@ LOSS_LOGPROBS = ("conditional", "guided")
 ENGINES = ("eager", "static", "compiled")  # rollout decoding engines (gvu/models/janus_decode.py)
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which and how to fix it."""
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid; the message says which and how to fix it. The one config error of
+    `gvu train` and `gvu pretrain` (their presets, --config files, --set items and validation): a UserError, so the
+    CLI prints it and exits 2, and a ValueError for code that checks configs."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,9 @@ class TrainConfig:
     lora_r: int = 0  # LoRA rank; 0 = full fine-tuning
     lora_alpha: int = 16
     lora_dropout: float = 0.0  # must stay 0: sampling and the loss must score one network
-    lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # LM only (JANUS-NOTES 13)
-    lr: float = 2e-5  # full fine-tuning above ~1e-4 destroyed generation in the JANUS-NOTES probe
+    # the language model only: the vision tower's attention layers carry the same names (q_proj, k_proj, v_proj)
+    lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    lr: float = 2e-5  # small: guidance (s * cond - (s - 1) * uncond) amplifies every weight change that parts the branches
     weight_decay: float = 0.0
     warmup_steps: int = 10
     schedule: str = "constant"  # constant | cosine (after warmup)

@@ -11,7 +11,7 @@ several ranks, so rewards are gathered into global row order before the group ad
 gradient average over ranks equals the one-process gradient of the whole batch.
 
 Gradients. The policy's log-probs must be computed inside the wrapped module's forward (PolicyForward): DDP's and
-FSDP's hooks fire only there (JANUS-NOTES pitfall 14); calling submodules of the unwrapped model lets ranks diverge.
+FSDP's gradient hooks fire only there; calling submodules of the unwrapped model lets ranks diverge without an error.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Evaluation during and after training: exact nano-world scores and the intrinsic reward, side by side
-(JANUS-NOTES: a rising reward with flat correctness is reward hacking, and must be visible at once)."""
+"""Evaluation during and after training: exact nano-world scores and the intrinsic reward, side by side, so that
+reward hacking (a rising reward while correctness stays flat) is visible at once."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from gvu.config import RewardConfig, SamplingConfig
+from gvu.models.adapter import decode_seeds
 from gvu.reward import gvu_reward, to_uint8
 
 
@@ -44,8 +45,9 @@ def evaluate(backend, metadata: list[dict], images_per_prompt: int, sampling: Sa
     for s in it:
         chunk = rows[s:s + batch]
         texts = [m["prompt"] for m in chunk]
-        tokens = backend.sample_image_tokens(texts, sampling, torch.arange(s, s + len(chunk)))
-        px = backend.decode_images(tokens)
+        row_ids = torch.arange(s, s + len(chunk))
+        tokens = backend.sample_image_tokens(texts, sampling, row_ids)
+        px = backend.decode_images(tokens, texts, decode_seeds(sampling.seed, row_ids))
         r = gvu_reward(backend, px, texts, replace(reward, kind="gvu")).rewards.cpu()
         verdicts = [j.correct for j in evaluate_images(chunk, to_uint8(px), evaluator_workers)] if exact else None
         done.append((s, r, [m.get("tag", "all") for m in chunk], verdicts))

@@ -2,42 +2,42 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 from gvu.config import REDUCTIONS, TOKEN_WEIGHTS
 from gvu.errors import UserError
-from gvu.settings import check_type, coerce
+from gvu.settings import layered
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def register_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="train nano-Janus from scratch on the nano world (resumable)",
-                       description="Build and train nano-Janus: tokenizer, VQ tokenizer (stage 1), language model on "
-                                   "understanding + generation (stage 2). Rerun the same command to resume.")
-    p.add_argument("--preset", default="nano",
-                   help="nano (the shipped v8's recipe: 75 min on a 2-core Xeon with AMX, 124 on a 2-core EPYC, about 390 on "
-                        "an AVX2-only one; README 'Pretraining cost'), nano-u24r12 (nano's name as a candidate), "
-                        "nano-v7 (v7's: fewer understanding rows a step), nano-rel30 (nano-v7's name as a candidate), "
-                        "nano-v6 (v6's: no relation balance), nano-v5 (v5's: 2,000 VQ steps), nano-crop (a "
-                        "stage 1 on object crops; no better than nano-v5), nano-v4 ... nano-v0 (earlier models), "
-                        "nano-vq4k (nano-v6's name while a candidate), or smoke (seconds)")
+                       description="Build and train nano-Janus: tokenizer, VQ tokenizer (stage 1), VQ decoder (1c), "
+                                   "vision encoder (1b), language model on understanding + generation (2 and 3). The "
+                                   "recipe is PretrainConfig's defaults (the shipped model's), then --preset, then "
+                                   "--config FILE, then --set KEY=VALUE. Rerun the same command to resume.")
+    p.add_argument("--preset", default=None,
+                   help="a preset: nano (the shipped model's recipe, the defaults; 75 min on a 2-core Xeon with AMX, "
+                        "124 on a 2-core EPYC, about 390 on an AVX2-only one; docs give the measurements) or smoke "
+                        "(seconds, for tests), from configs/pretrain-NAME.json; or an archived recipe of an earlier "
+                        f"model from configs/archive/pretrain-NAME.json "
+                        f"({', '.join(preset_names('pretrain-', CONFIG_DIR / 'archive'))})")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a JSON file of PretrainConfig fields, applied after --preset (e.g. "
+                        "configs/archive/pretrain-nano-v7.json)")
     p.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a recipe field of the preset (PretrainConfig in gvu/models/pretrain.py; repeatable), "
+                   help="change a recipe field (PretrainConfig in gvu/models/pretrain/config.py; repeatable), "
                         "e.g. --set vq_steps=4000 --set lm_steps=3000. The run folder keeps its recipe: a resume "
                         "must give the same changes")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the preset's, 2); a run may resume under another count")
+                   help="torch CPU threads (default: the recipe's, 2); a run may resume under another count")
     p.add_argument("--device", default=None, help="cpu (default) or cuda; data are made on the CPU either way (a run "
                                                    "may resume on another device)")
     p.add_argument("--from-model", default=None, metavar="DIR",
-                   help="run only stages 1c and 3 of the preset, starting from this saved model directory (how v4 "
-                        "was made from v3; see the model card)")
+                   help="run only stages 1c and 3 of the recipe, starting from this saved model directory")
     p.add_argument("--vq-from", default=None, metavar="DIR",
                    help="take stage 1 (the VQ tokenizer) from this saved model directory, bit for bit, and train "
                         "every later stage; e.g. a deeper language model on the shipped VQ: --set spec=nano-deep "
@@ -50,7 +50,7 @@ def register_train(sub) -> None:
                        description="Run GvU-GRPO. The config is TrainConfig's defaults, then --preset (configs/NAME.json) "
                                    "or --config FILE, then --set KEY=VALUE overrides (dotted for nested: "
                                    "reward.judge=frozen, sampling.cfg_scale=3). The resolved config is written into the run.")
-    p.add_argument("--preset", default=None, help=f"a preset in configs/ ({', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.json')))})")
+    p.add_argument("--preset", default=None, help=f"a preset in configs/ ({', '.join(preset_names())})")
     p.add_argument("--config", default=None, help="a JSON file of TrainConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (repeatable)")
     p.add_argument("--out", required=True, help="the run folder")
@@ -80,78 +80,32 @@ def register_score(sub) -> None:
 
 # ----------------------------------------------------------------------------------------------- config resolution
 
-def apply_dict(cfg, d: dict, where: str):
-    """Return cfg with the fields of d (nested dicts for nested dataclasses); unknown keys and values of the wrong
-    type are errors."""
-    names = {f.name: f for f in fields(cfg)}
-    changes = {}
-    for k, v in d.items():
-        if k.startswith("_"):
-            continue
-        if k not in names:
-            raise UserError(f"{where}: unknown setting {k!r}; known: {', '.join(sorted(names))}")
-        cur = getattr(cfg, k)
-        if is_dataclass(cur):
-            if not isinstance(v, dict):
-                raise UserError(f"{where}: {k!r} is a settings group; give its fields (e.g. --set {k}.FIELD=VALUE)")
-            changes[k] = apply_dict(cur, v, f"{where}.{k}")
-        else:
-            changes[k] = check_type(v, names[k].type, f"{where}: {k}")
-    return replace(cfg, **changes)
+def preset_names(prefix: str = "", folder: Path = CONFIG_DIR) -> list[str]:
+    """The presets in `folder` (NAME.json for `gvu train`; pretraining's are pretrain-NAME.json, in configs/ and,
+    for earlier models' recipes, configs/archive/)."""
+    return sorted(x.stem[len(prefix):] for x in folder.glob(f"{prefix}*.json")
+                  if prefix or not x.stem.startswith("pretrain-"))
 
 
 def resolve_train_config(preset: str | None, config: str | None, sets: list[str]):
+    """TrainConfig's defaults, then the preset configs/PRESET.json, then the --config file, then the --set items."""
     from gvu.config import TrainConfig
 
-    cfg = TrainConfig()
-    for path, where in ((CONFIG_DIR / f"{preset}.json" if preset else None, f"preset {preset}"), (config, config)):
-        if path is None:
-            continue
-        if not os.path.exists(path):
-            raise UserError(f"{where}: no such file {path}" + ("" if not preset else
-                            f"; presets: {', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.json')))}"))
-        if os.path.isdir(path):
-            raise UserError(f"{where}: {path} is a folder; give a JSON file of TrainConfig fields")
-        with open(path) as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-        if not isinstance(d, dict):
-            raise UserError(f"{where}: {path} must hold a JSON object of TrainConfig fields, not a {type(d).__name__}")
-        cfg = apply_dict(cfg, d, where)
-    for s in sets:
-        if "=" not in s:
-            raise UserError(f"--set {s!r}: expected KEY=VALUE")
-        key, value = s.split("=", 1)
-        parts = key.split(".")
-        obj = cfg
-        for p in parts[:-1]:
-            obj = getattr(obj, p, None)
-            if not is_dataclass(obj):
-                raise UserError(f"--set {key}: {p!r} is not a settings group")
-        known = {f.name: f for f in fields(obj)}
-        if parts[-1] not in known:
-            raise UserError(f"--set {key}: unknown setting {parts[-1]!r}")
-        nested: dict = {parts[-1]: coerce(value, known[parts[-1]].type, f"--set {key}")}
-        for p in reversed(parts[:-1]):
-            nested = {p: nested}
-        cfg = apply_dict(cfg, nested, "--set")
-    return cfg
+    path = CONFIG_DIR / f"{preset}.json" if preset else None
+    if path is not None and not path.exists():
+        raise UserError(f"preset {preset}: no such file {path}; presets: {', '.join(preset_names())}")
+    return layered(TrainConfig(), [(path, f"preset {preset}"), (config, config)], sets)
 
 
 # ----------------------------------------------------------------------------------------------- commands
 
 def cmd_pretrain(args) -> None:
-    from gvu.models.pretrain import RunFolder, parse_overrides, resolve, run_stages
+    from gvu.models.pretrain import RunFolder, resolve_files, run_stages
 
-    try:  # every user error is found here, before any work; an error during the stages keeps its traceback
-        flags = (("threads", args.threads), ("device", args.device), ("from_model", args.from_model),
-                 ("vq_from", args.vq_from))
-        cfg = resolve(args.preset, **{**parse_overrides(args.set), **{k: v for k, v in flags if v is not None}})
-        folder = RunFolder(cfg, args.out)
-    except ValueError as e:
-        raise UserError(str(e)) from e
+    # every user error (a ConfigError) is found here, before any work; an error during the stages keeps its traceback
+    cfg = resolve_files(args.preset, args.config, args.set, threads=args.threads, device=args.device,
+                        from_model=args.from_model, vq_from=args.vq_from)
+    folder = RunFolder(cfg, args.out)
     try:
         path = run_stages(cfg, args.out)
     finally:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from gvu.config import SamplingConfig
-from gvu.models.adapter import UnifiedModel
+from gvu.models.adapter import UnifiedModel, decode_seeds
 
 
 @dataclass
@@ -62,7 +62,8 @@ def rollout(model: UnifiedModel, metadata: list[dict], group_size: int, sampling
     step = micro_batch or len(rows)
     spans = [slice(s, s + step) for s in range(0, len(rows), step)]
     tokens = torch.cat([model.sample_image_tokens(rows[sp], sampling, row_ids[sp]) for sp in spans])
-    pixels = torch.cat([model.decode_images(tokens[sp]) for sp in spans])
+    seeds = decode_seeds(sampling.seed, row_ids)
+    pixels = torch.cat([model.decode_images(tokens[sp], rows[sp], seeds[sp]) for sp in spans])
     old = None
     if with_old_logprobs:
         with torch.no_grad():

@@ -19,8 +19,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
@@ -30,13 +29,12 @@ from gvu.errors import SetupError
 from gvu.evaluate import evaluate, sample_over_ranks, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
 from gvu.master_weights import compute_context, weights_dtype
+from gvu.models.adapter import decode_seeds
 from gvu.reward import Judge, compute_reward, gvu_reward
 from gvu.rollout import rollout
-from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl, write_config
-
-# fields that change how fast a run goes (or its memory, how often it logs, how long ranks wait for each other),
-# never what it computes (gradient checkpointing recomputes the same operations): a run resumes under other values
-SPEED_ONLY = ("dist_timeout_min", "evaluator_workers", "gradient_checkpointing", "log_every")
+from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl
+from gvu.runs import SPEED_ONLY, check_run_dir, extendable, make_run_dir, prepare_run_dir  # noqa: F401 (callers' names)
+from gvu.schedules import learning_rate
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,6 +64,10 @@ def setup_trainable(backend, cfg: TrainConfig):
                                                       target_modules=cfg.lora_target, init_lora_weights=True))
         backend.peft_model = peft_model
         adapter_off = peft_model.disable_adapter
+    elif hasattr(backend, "full_finetune_modules"):  # a backend that names its own (X-Omni: the language model)
+        for module in backend.full_finetune_modules():
+            module.requires_grad_(True)
+        adapter_off = None
     else:
         # the generation path: LLM, text embeddings (prompt), image-token embeddings/aligner and head.
         # The VQ tokenizer and the understanding encoder stay frozen (they get no gradient from this loss).
@@ -87,7 +89,7 @@ def torch_dtype(cfg: TrainConfig) -> torch.dtype:
 def precision_warning(cfg: TrainConfig) -> str:
     """A warning for dtype=bfloat16 on a CPU that emulates bf16 (no AVX512-BF16 or AMX), where its matrix products run
     many times slower than in float32 (benchmarks/precision_speed.py); '' otherwise."""
-    from gvu.models.pretrain import bf16_is_native
+    from gvu.precision import bf16_is_native
 
     if cfg.dtype != "bfloat16" or not cfg.device.startswith("cpu") or bf16_is_native("cpu"):
         return ""
@@ -96,11 +98,7 @@ def precision_warning(cfg: TrainConfig) -> str:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
-    return cfg.lr
+    return learning_rate(step, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.schedule)
 
 
 def prompts_for_step(pool: list[dict], step: int, cfg: TrainConfig) -> list[dict]:
@@ -112,7 +110,7 @@ def prompts_for_step(pool: list[dict], step: int, cfg: TrainConfig) -> list[dict
 
 def block_types(model) -> tuple[type, ...]:
     """FSDP2 units: the language model's decoder layers and the vision encoder's layers."""
-    found = {type(model.model.language_model.layers[0])}
+    found = {type(getattr(model.model, "language_model", model.model).layers[0])}  # Janus's LM, or X-Omni's stack
     vision = getattr(model.model, "vision_model", None)
     layers = getattr(getattr(vision, "encoder", None), "layers", None)
     if layers is not None and len(layers):
@@ -209,7 +207,7 @@ def setup_errors():
 def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Run (or resume) GvU-GRPO. Under torchrun every rank runs this and takes its share of the evaluations;
     rank 0 logs, writes the evaluations and checkpoints."""
-    from gvu.models.janus import JanusBackend
+    from gvu.models.registry import check_model, load_backend
 
     with setup_errors():  # checks, loads, then makes the run folder; a ValueError from the loop below is a bug
         cfg.validate()
@@ -232,8 +230,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         # and the optimiser are set up, so a start that fails there leaves an existing run (even under --overwrite)
         # as it was
         folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
-        from gvu.models.janus import check_checkpoint, resolve_checkpoint
-        check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
+        check_model(cfg.model)  # config, tokenizer (and X-Omni's FLUX folder) only: no weights are read yet
         info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
         compute = compute_context(cfg)  # bf16 autocast over fp32 masters (gvu.master_weights), else a no-op
         torch.set_num_threads(cfg.threads)
@@ -242,7 +239,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             dist.print0(f"[gvu] warning: {warning}")
         torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
         random.seed(cfg.seed)
-        backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))
+        backend = load_backend(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))
         backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
         eval_md, grid_md = eval_sets(cfg, nano)
 
@@ -257,11 +254,11 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         ckpt = checkpoint.latest(run_dir) if resume else None
         if ckpt:  # weights now (unsharded), the optimiser once it exists
             start, extra, tensors = checkpoint.load(ckpt, backend.model, None)
-            low_signal = extra.get("low_signal", 0)  # 0 for checkpoints written before the count was saved
+            low_signal = extra.get("low_signal", 0)  # 0 for a checkpoint that holds no count
             if judge is not None and judge.mode == "ema":
                 judge.load_ema_tensors(tensors)
 
-        # log-probs go through the wrapped module's forward, where DDP's and FSDP's hooks fire (JANUS-NOTES pitfall 14)
+        # log-probs go through the wrapped module's forward, where DDP's and FSDP's gradient hooks fire (gvu/dist.py)
         guidance = loss_guidance(backend, cfg)
         policy = dist.PolicyForward(backend.model, functools.partial(backend.image_token_logprobs, guidance=guidance))
         if cfg.parallel == "fsdp":
@@ -378,111 +375,6 @@ def finish(backend, cfg: TrainConfig, run_dir: str, info=None) -> dict:
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-def with_defaults(saved: dict) -> dict:
-    """A run's saved config with the fields added to TrainConfig since the run began set to their defaults (which
-    is what the run used), so that older runs still resume."""
-    full = json.loads(json.dumps(asdict(TrainConfig())))
-    out = {**full, **saved}
-    for k, v in full.items():
-        if isinstance(v, dict) and isinstance(saved.get(k), dict):
-            out[k] = {**v, **saved[k]}
-    return out
-
-
-def extendable(saved: dict, want: dict) -> bool:
-    """Whether a finished or stopped run may go on to more steps: it may under the constant schedule, where a step's
-    learning rate does not depend on the total, and rollouts are seeded by (seed, step), so the extended run's
-    weights equal those of a run started with the larger step count."""
-    return want["steps"] > saved["steps"] and want["schedule"] == "constant"
-
-
-# what a `gvu train` run folder holds (the experiments add result*.json; a crash can leave *.tmp); --overwrite
-# replaces only such a folder
-RUN_FILES = {"config.json", "metrics.jsonl", "diagnostics.jsonl", "before.json", "after.json", "summary.md",
-             "curves.png", "checkpoints", "grids", "tensorboard"}
-
-
-def run_file(name: str) -> bool:
-    return name in RUN_FILES or name.endswith(".tmp") or (name.startswith("result") and name.endswith(".json"))
-
-
-def is_run_dir(run_dir: str) -> bool:
-    """A folder `gvu train` made: its config.json is a TrainConfig's (and nothing foreign sits beside it)."""
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return (isinstance(saved, dict) and {"group_size", "sampling", "reward"} <= saved.keys()
-            and all(run_file(n) for n in os.listdir(run_dir)))
-
-
-def check_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> str:
-    """Check --out against the flags, changing nothing; returns what make_run_dir will do: "new" (make it),
-    "replace" (an old run, under --overwrite), "extend" (a longer run of the same recipe) or "resume"."""
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise ValueError(f"--out {run_dir} is a file: give a folder for the run")
-    inside = [p for p in (cfg.model, cfg.prompts_file)
-              if p and os.path.exists(run_dir) and Path(os.path.realpath(p)).is_relative_to(os.path.realpath(run_dir))]
-    if inside and not resume:
-        raise ValueError(f"--out {run_dir} holds this run's own input {inside[0]}: pick another --out")
-    cfg_path = os.path.join(run_dir, "config.json")
-    if resume:
-        if not os.path.exists(cfg_path):
-            raise ValueError(f"--resume: {run_dir} holds no run (no config.json)")
-        with open(cfg_path) as f:
-            saved = with_defaults(json.load(f))
-        want = json.loads(json.dumps(asdict(cfg)))
-        diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v and k not in SPEED_ONLY}
-        diff.update({k: (v, None) for k, v in saved.items() if k not in want})  # a field this version does not know
-        hint = ""
-        if set(diff) == {"steps"}:
-            if extendable(saved, want):
-                return "extend"  # a longer run of the same recipe: the steps so far are its first steps
-            hint = (" (more steps extend a run only under the constant schedule: cosine's decay depends on the total)"
-                    if want["steps"] > saved["steps"] else
-                    " (a run is not shortened: its earlier weights are in checkpoints/step_*)")
-        if diff:
-            raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same "
-                             f"settings{hint}")
-        return "resume"
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
-        check_replaceable(run_dir)
-        if not overwrite:
-            raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        return "replace"
-    return "new"
-
-
-def check_replaceable(run_dir: str) -> None:
-    if not is_run_dir(run_dir):
-        held = sorted(os.listdir(run_dir))
-        raise ValueError(f"--out {run_dir} is not empty and is not a gvu train run (it holds "
-                         f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); pick a new or empty folder")
-
-
-def make_run_dir(run_dir: str, cfg: TrainConfig, plan: str) -> None:
-    """Carry out check_run_dir's plan (rank 0, once training is set up), checking again what may have changed since
-    (another `gvu train` given the same --out in the meantime)."""
-    if plan == "resume":
-        return
-    if plan in ("new", "replace"):
-        if os.path.isdir(run_dir) and os.listdir(run_dir):
-            if plan == "new":
-                raise ValueError(f"{run_dir} was empty when this run began and holds files now (another run writing "
-                                 "there?); pick another --out")
-            check_replaceable(run_dir)
-            import shutil
-            shutil.rmtree(run_dir)  # a run, replaced under --overwrite
-        os.makedirs(run_dir, exist_ok=True)
-    write_config(run_dir, cfg)
-
-
-def prepare_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """check_run_dir and make_run_dir at once (for callers that load nothing in between)."""
-    make_run_dir(run_dir, cfg, check_run_dir(run_dir, cfg, resume, overwrite))
-
-
 def eval_sets(cfg: TrainConfig, nano: bool) -> tuple[list[dict], list[dict]]:
     if not nano:
         pool = load_prompts(cfg)
@@ -509,7 +401,7 @@ def periodic(backend, cfg, step, eval_md, grid_md, run_dir, log, info=None) -> N
                    **{f"eval/{t}": v for t, v in res.get("per_tag", {}).items()}})
     if grid_tokens is not None:
         with torch.no_grad():
-            px = backend.decode_images(grid_tokens)
+            px = backend.decode_images(grid_tokens, grid, decode_seeds(fixed.seed, torch.arange(len(grid))))
             diag = gvu_reward(backend, px[::per], [m["prompt"] for m in grid_md], replace(cfg.reward, kind="gvu"))
         save_grid(os.path.join(run_dir, "grids", f"step_{step:06d}.png"), px, [m["prompt"] for m in grid_md], per)
         tl = diag.token_logprobs
@@ -546,18 +438,27 @@ def make_bar(cfg, start, progress):
     return tqdm(total=cfg.steps, initial=start, desc="gvu train", unit="step", disable=not progress)
 
 
-def load_trained(run_dir: str, step: int | None = None):
-    """The policy of a run (its latest checkpoint, or `step`), as a JanusBackend ready for evaluation."""
-    from safetensors.torch import load_file
-
+def read_run_config(run_dir: str) -> TrainConfig:
+    """The TrainConfig a run was made with (its config.json; fields added since it began get their defaults)."""
     from gvu.config import RewardConfig, SamplingConfig
-    from gvu.models.janus import JanusBackend
+    from gvu.runs import with_defaults
 
     with open(os.path.join(run_dir, "config.json")) as f:
-        d = json.load(f)
+        d = with_defaults(json.load(f))
     d["sampling"], d["reward"] = SamplingConfig(**d["sampling"]), RewardConfig(**d["reward"])
-    cfg = TrainConfig(**d)
-    backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))  # as the run trained
+    return TrainConfig(**d)
+
+
+def load_trained(run_dir: str, step: int | None = None, device: str | None = None, dtype: str | None = None):
+    """The policy of a run (its latest checkpoint, or `step`), as its backend, ready for evaluation.
+    device, dtype: where and in which precision to load it (default: the run's own)."""
+    from safetensors.torch import load_file
+
+    from gvu.models.registry import load_backend
+
+    cfg = read_run_config(run_dir)
+    cfg = replace(cfg, device=device or cfg.device, dtype=dtype or cfg.dtype)
+    backend = load_backend(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))  # as the run trained
     setup_trainable(backend, cfg)
     ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}") if step else checkpoint.latest(run_dir)
     if ckpt is None:

@@ -4,9 +4,9 @@
 # left out).
 #   bash scripts/score_model.sh MODEL OUT      e.g.  bash scripts/score_model.sh runs/v13cpu/model runs/v13cpu/score
 # OUT gets nano_model_eval-{understanding,generation}/results.json, auc.json and auc.npz (per-token log-probs, for
-# experiments/token_weighting.py), counting_probe/, and each command's log.
-# A third argument --held-out-colours scores the VQ and understanding rows on the eval scenes the benchmark drew until
-# 2026-12-02 (the card's columns before then; model card, "The eval scenes held unseen compositions").
+# python -m experiments.token_weighting), counting_probe/, and each command's log.
+# A third argument --held-out-colours scores the VQ and understanding rows on eval scenes whose open colours may form
+# held-out colour-shape pairs (gvu.nano_eval.eval_scenes; the scenes of the card's older columns).
 set -euo pipefail
 SCENES=""
 if [ $# -eq 3 ] && [ "$3" = "--held-out-colours" ]; then
@@ -47,10 +47,10 @@ pair() {  # run two commands side by side, each logging to its file; fail if eit
     return $rc
 }
 
-pair understanding.log "$PY benchmarks/nano_model_eval.py --model $M --threads 1 --only vq,understanding,understanding_recon,qa$SCENES --out $O/nano_model_eval-understanding" \
-     auc.log "$PY benchmarks/reward_auc.py --model $M --threads 1 --out $O --dump $O/auc.npz"
-pair generation.log "$PY benchmarks/nano_model_eval.py --model $M --threads 1 --only generation,groups --out $O/nano_model_eval-generation" \
-     counting.log "$PY experiments/counting_probe.py --model $M --threads 1 --out $O/counting_probe"
+pair understanding.log "$PY -m benchmarks.nano_model_eval --model $M --threads 1 --only vq,understanding,understanding_recon,qa$SCENES --out $O/nano_model_eval-understanding" \
+     auc.log "$PY -m benchmarks.reward_auc --model $M --threads 1 --out $O --dump $O/auc.npz"
+pair generation.log "$PY -m benchmarks.nano_model_eval --model $M --threads 1 --only generation,groups --out $O/nano_model_eval-generation" \
+     counting.log "$PY -m experiments.counting_probe --model $M --threads 1 --out $O/counting_probe"
 echo "[$(date +%T)] done; the tables each command printed:"
 for log in understanding auc generation counting; do
     echo "===== $log ($OUT/$log.log)"

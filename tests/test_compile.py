@@ -101,11 +101,12 @@ def test_a_recipe_that_asks_for_compile_runs_eagerly_where_torch_cannot_compile(
     from dataclasses import replace
 
     import gvu.models.pretrain as pt
+    from gvu.models.pretrain import kernels
 
-    monkeypatch.setattr(pt, "compile_works", lambda device: "RuntimeError: no C++ compiler")
-    monkeypatch.setattr(pt, "_COMPILE_CHECKED", {})
+    monkeypatch.setattr(kernels, "compile_works", lambda device: "RuntimeError: no C++ compiler")
+    monkeypatch.setattr(kernels, "_COMPILE_CHECKED", {})
     compiled = []
-    monkeypatch.setattr(pt, "compile_vq", lambda vq: compiled.append("vq"))
+    monkeypatch.setattr(kernels, "compile_vq", lambda vq: compiled.append("vq"))
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
     cfg = replace(pt.PRESETS["smoke"], torch_compile=True, vq_steps=2, dec_steps=1, vis_steps=2, lm_steps=2,
                   s3_steps=1, threads=1)

@@ -1,8 +1,7 @@
-"""Helpers of the experiment scripts: deadline_compare.py's step bookkeeping (which checkpoint every run is evaluated
-at), compare_rewards.py's evaluation under another guidance, compare_gpu.sh's CUDA check, and vq_draw.py's settings and
-report."""
+"""Helpers of the experiment scripts and the plumbing they share in gvu/: deadline_compare's step bookkeeping (which
+checkpoint every run is evaluated at), gvu.compare's evaluation under another guidance (compare_rewards),
+compare_gpu.sh's CUDA check, and vq_draw's settings and report."""
 
-import importlib.util
 import json
 import os
 from types import SimpleNamespace
@@ -12,17 +11,11 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_experiment(name: str, folder: str = "experiments"):
-    """<folder>/<name>.py as a module (experiments/ and benchmarks/ are not packages)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "..", folder, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def dc():
-    return load_experiment("deadline_compare")
+    from experiments import deadline_compare
+
+    return deadline_compare
 
 
 def make_run(root, name, steps, committed=None, results=()):
@@ -68,10 +61,23 @@ def test_report_uses_the_steps_every_run_has_a_result_at(dc, tmp_path):
     assert dc.eval_steps(args_for(tmp_path, report=True), runs[:1]) == [500, 250, 50]
 
 
-# ---------------------------------------------------------------------------------------- experiments/compare_rewards.py
+def test_deadline_compare_evaluation_jobs_rerun_this_module_with_what_run_row_reads(dc, tmp_path, monkeypatch):
+    from gvu.compare import cfg_suffix, row_config
+
+    args = args_for(tmp_path)
+    # every field gvu.compare reads of the comparison's arguments is there (eval_cfg: no other guidance)
+    assert cfg_suffix(dc.compare_args(args)) == ""
+    assert row_config("gvu_policy", 1, dc.compare_args(args)).seed == 1
+    started = []
+    monkeypatch.setattr(dc, "spawn", lambda cmd, log: started.append(cmd))
+    dc.eval_job(args, "oracle", 0, 250)
+    assert started[0][1:7] == ["-m", "experiments.deadline_compare", "--_eval", "oracle", "0", "250"]
+
+
+# ------------------------------------------------------------------------ gvu/compare.py, experiments/compare_rewards.py
 
 def test_compare_rewards_eval_cfg_changes_only_the_evaluations_guidance_and_caches_apart(tmp_path, monkeypatch):
-    cr = load_experiment("compare_rewards")
+    import gvu.compare as cr
     import gvu.train
     seen = {}
     def train(cfg, out, **kw):
@@ -97,7 +103,8 @@ def test_compare_rewards_eval_cfg_changes_only_the_evaluations_guidance_and_cach
 
 
 def test_compare_rewards_extend_keeps_every_result_of_the_shorter_run_as_a_result_at_its_step(tmp_path):
-    cr = load_experiment("compare_rewards")
+    import gvu.compare as cr
+
     src = tmp_path / "short" / "gvu_policy-s0"
     os.makedirs(src)
     (src / "config.json").write_text(json.dumps({"steps": 150}))
@@ -115,13 +122,14 @@ def test_compare_rewards_extend_keeps_every_result_of_the_shorter_run_as_a_resul
 
 @pytest.mark.parametrize("sets, words", [
     (["sampling.cfg_scale=3"], "cfg_scale is 3.0 but guidance is off"),  # the preset samples without guidance
-    (["sampling.bogus=1"], "unknown setting 'bogus'"),
+    (["sampling.bogus=1"], "'bogus' is not a SamplingConfig field"),
     (["--model", "{tmp}"], "has no config.json"),  # a folder that is not a model
     (["--rows", "base,gvu_policy", "--extend", "{tmp}/nowhere", "--model", "{shipped}"],
      "nowhere/gvu_policy-s0 holds no run"),  # found before base's evaluation
 ])
 def test_compare_rewards_refuses_a_bad_set_before_any_work(tmp_path, monkeypatch, capsys, sets, words):
-    cr = load_experiment("compare_rewards")
+    from experiments import compare_rewards as cr
+
     out = tmp_path / "out"
     if sets[0].startswith("--"):  # other flags, as given
         shipped = os.path.join(HERE, "..", "models", "nano-janus")
@@ -140,7 +148,9 @@ def test_compare_rewards_refuses_a_bad_set_before_any_work(tmp_path, monkeypatch
 
 @pytest.fixture(scope="module")
 def vqd():
-    return load_experiment("vq_draw")
+    from experiments import vq_draw
+
+    return vq_draw
 
 
 def test_vq_draw_resolve_applies_sets_and_registers_a_spec(vqd):
@@ -203,7 +213,7 @@ def test_vq_draw_curve_averages_each_runs_logged_mse_over_the_last_100_steps(vqd
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(HERE, "..", ".git")), reason="needs a git checkout (git show)")
 def test_evaluator_change_loads_the_evaluator_of_a_revision_and_refuses_an_unknown_one():
-    mod = load_experiment("evaluator_change", "benchmarks")
+    from benchmarks import evaluator_change as mod
     from gvu.world.evaluator import evaluate_image
     from gvu.world.scene import Obj, Scene, render
 
@@ -216,13 +226,23 @@ def test_evaluator_change_loads_the_evaluator_of_a_revision_and_refuses_an_unkno
         mod.evaluator_at("no-such-rev")
 
 
-# ---------------------------------------------------------------------- experiments/text_reading.py, understanding_finetune.py
+# ------------------------------------------------------------ gvu/measure.py, nano_eval.py, experiments/understanding_finetune.py
 
-def test_text_reading_roc_auc_counts_pairs_by_hand():
-    tr = load_experiment("text_reading")
+def test_roc_auc_counts_pairs_by_hand():
+    from gvu.measure import auc
+
     # positives 3, 1 against negatives 2, 1: pairs (3>2, 3>1, 1<2, 1=1) -> (1 + 1 + 0 + 0.5) / 4
-    assert tr.roc_auc([3.0, 1.0], [2.0, 1.0]) == pytest.approx(0.625)
-    assert tr.roc_auc([5.0], [1.0, 2.0]) == 1.0
+    assert auc([3.0, 1.0, 2.0, 1.0], [True, True, False, False]) == pytest.approx(0.625)
+    assert auc([5.0, 1.0, 2.0], [True, False, False]) == 1.0
+    assert auc([5.0, 1.0], [True, True]) is None  # no negatives: no pair to count
+
+
+def test_summarise_weighs_every_tag_the_same_in_overall_and_every_image_in_pooled():
+    from gvu.measure import summarise
+
+    s = summarise({"colors": [True, False, False, False], "counting": [True, True]})
+    # per tag 1/4 and 2/2 -> overall (0.25 + 1) / 2 = 0.625; pooled 3 of 6 images = 0.5
+    assert s == {"per_tag": {"colors": 0.25, "counting": 1.0}, "overall": 0.625, "pooled": 0.5, "n": 6}
 
 
 def test_understanding_finetune_rows_are_what_each_kind_says():
@@ -230,7 +250,8 @@ def test_understanding_finetune_rows_are_what_each_kind_says():
 
     from gvu.world.captions import REWARD_QUERY
 
-    uf = load_experiment("understanding_finetune")
+    from experiments import understanding_finetune as uf
+
     rng = random.Random(4)
     for kind in ("position", "balanced_position"):
         for _ in range(20):
@@ -248,7 +269,8 @@ def test_understanding_finetune_saves_a_model_that_loads_as_its_source_does(tmp_
 
     from gvu.models.janus import JanusBackend
 
-    uf = load_experiment("understanding_finetune")
+    from experiments import understanding_finetune as uf
+
     src = os.path.join(HERE, "..", "models", "nano-janus")
     b = JanusBackend.from_pretrained(src)
     with torch.no_grad():
@@ -263,13 +285,14 @@ def test_understanding_finetune_saves_a_model_that_loads_as_its_source_does(tmp_
 
 
 def test_nano_model_eval_majority_share_is_the_accuracy_of_always_giving_the_commonest_answer():
-    mod = load_experiment("nano_model_eval", "benchmarks")
+    from benchmarks import nano_model_eval as mod
+
     assert mod.majority_share(["zero", "two", "zero", "three"]) == 0.5  # "zero" 2 of 4
     assert mod.majority_share(["yes", "no", "no"]) == pytest.approx(2 / 3)
 
 
-def test_nano_model_eval_draws_eval_scenes_without_held_out_pairs_unless_asked():
-    mod = load_experiment("nano_model_eval", "benchmarks")
+def test_nano_eval_draws_eval_scenes_without_held_out_pairs_unless_asked():
+    import gvu.nano_eval as mod
     from gvu.world.scene import Obj, Scene
 
     red, green = Obj("triangle", "red", "small", 20.0, 20.0), Obj("triangle", "green", "small", 44.0, 44.0)
@@ -278,7 +301,8 @@ def test_nano_model_eval_draws_eval_scenes_without_held_out_pairs_unless_asked()
     # the benchmark's eval scenes, drawn as the world renders eval images: no scene holds a held-out pair
     pairs = mod.eval_scenes(None, seed=99)
     assert len(pairs) == 553 and not any(mod.holds_held_out_pair(sc) for _, sc in pairs)
-    # drawn the way the benchmark did until 2026-12-02: no prompt names one, yet some scenes hold one in an open colour
+    # held_out_colours=True (compare_rewards' understanding column): no prompt names one, yet some scenes hold one in
+    # an open colour
     old = mod.eval_scenes(None, seed=99, held_out_colours=True)
     flagged = [m["prompt"] for m, sc in old if mod.holds_held_out_pair(sc)]
     assert 0 < len(flagged) < len(old) / 2
@@ -295,7 +319,8 @@ def test_caption_leak_replays_the_very_understanding_rows_of_stage2_and_counts_e
     from gvu.models import nano
     from gvu.models.pretrain import PRESETS, Stage2Data
 
-    cl = load_experiment("caption_leak")
+    from experiments import caption_leak as cl
+
     spec = nano.SPECS["smoke"]
     tok = nano.build_tokenizer(spec, nano.corpus(n_scenes=200, seed=0))
     cfg = replace(PRESETS["smoke"], lm_steps=3, s3_steps=2)
@@ -338,3 +363,15 @@ def test_compare_gpu_stops_at_its_cuda_check_before_any_row_starts(tmp_path):
     assert r.returncode == 1
     assert "the CUDA check failed" in r.stdout and "this torch sees no GPU" in r.stdout
     assert sorted(os.listdir(out)) == ["cuda-check.log"]  # no row's log, no row's folder
+
+
+def test_stage_times_reads_one_stages_logged_times_from_the_run_folder(tmp_path):
+    from gvu.models.stage_timing import stage_times
+
+    records = [{"stage": 1, "step": 20, "time": 5.0}, {"stage": "1b", "step": 20, "time": 2.5},
+               {"stage": 2, "step": 20, "time": 8.0}, {"stage": 2, "step": 40, "time": 14.0},
+               {"stage": 2, "event": "saved"}]  # a record without a time is not a timing
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert stage_times(str(tmp_path), 2) == [8.0, 14.0]  # (14 - 8) / 20 = 0.3 s a step
+    assert stage_times(str(tmp_path), "1b") == [2.5] and stage_times(str(tmp_path), "1") == [5.0]
+    assert stage_times(str(tmp_path), 3) == []

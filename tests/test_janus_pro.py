@@ -6,7 +6,6 @@ DeepSeek's reference algorithms are re-implemented here literally, from their pu
 
 import json
 import os
-import shutil
 
 import pytest
 import torch

@@ -84,9 +84,10 @@ def test_vq_stages_compute_group_norms_in_fp32_only_when_the_recipe_says_so(tmp_
     from dataclasses import replace
 
     import gvu.models.pretrain as pt
+    from gvu.models.pretrain import kernels
 
-    swapped, real = [], pt.fp32_group_norms
-    monkeypatch.setattr(pt, "fp32_group_norms", lambda m: swapped.append(type(m).__name__) or real(m))
+    swapped, real = [], kernels.fp32_group_norms
+    monkeypatch.setattr(kernels, "fp32_group_norms", lambda m: swapped.append(type(m).__name__) or real(m))
     for flag in (False, True):
         cfg = replace(pt.PRESETS["smoke"], vq_norm_fp32=flag, vq_steps=1, dec_steps=1, threads=1)
         out = str(tmp_path / str(flag))
@@ -109,8 +110,8 @@ def test_object_crops_hold_the_drawn_object_and_stay_inside_the_image():
     tops, lefts = (crops[:, 0, 0, 0] // 64).long(), (crops[:, 0, 0, 0] % 64).long()
     assert set(lefts.tolist()) <= {0, 1, 2} and set(tops.tolist()) <= set(range(26, 33))
     assert len(set(tops.tolist())) > 3  # the jitter moves crops about
-    for c, t, l in zip(crops, tops, lefts):  # a plain slice of the image, not resampled
-        assert torch.equal(c, pixels[0, :, t:t + 32, l:l + 32])
+    for c, top, left in zip(crops, tops, lefts):  # a plain slice of the image, not resampled
+        assert torch.equal(c, pixels[0, :, top:top + 32, left:left + 32])
     with pytest.raises(ValueError, match="does not fit"):
         object_crops(pixels, [scene] * 40, 72, random.Random(0))
 
@@ -119,9 +120,10 @@ def test_stage1_trains_on_crops_with_every_nth_step_on_whole_images(tmp_path, mo
     from dataclasses import replace
 
     import gvu.models.pretrain as pt
+    from gvu.models.pretrain import image_stages
 
-    shapes, real = [], pt.vq_loss
-    monkeypatch.setattr(pt, "vq_loss", lambda vq, px, **kw: shapes.append(tuple(px.shape)) or real(vq, px, **kw))
+    shapes, real = [], image_stages.vq_loss
+    monkeypatch.setattr(image_stages, "vq_loss", lambda vq, px, **kw: shapes.append(tuple(px.shape)) or real(vq, px, **kw))
     cfg = replace(pt.PRESETS["smoke"], vq_steps=6, vq_crop=16, vq_crop_batch=3, vq_full_every=3, threads=1)
     _, _, config = pt.stage0(cfg, str(tmp_path))
     pt.stage1(cfg, str(tmp_path), config)
@@ -346,15 +348,12 @@ def test_gvu_score_refuses_bad_input_before_loading_the_model_and_keeps_existing
 
 
 def test_stage2_variant_takes_its_vq_from_a_saved_model(smoke_model, tmp_path, monkeypatch):
-    """experiments/stage2_variants.py --vq-from: stage 2 runs on the saved model's VQ, copied bit for bit."""
-    import importlib.util
+    """experiments.stage2_variants --vq-from: stage 2 runs on the saved model's VQ, copied bit for bit."""
     import sys
 
     from safetensors.torch import load_file
 
-    spec = importlib.util.spec_from_file_location("stage2_variants", SHIPPED.parents[1] / "experiments" / "stage2_variants.py")
-    sv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sv)
+    from experiments import stage2_variants as sv
     base = os.path.dirname(smoke_model)
     src = load_file(os.path.join(smoke_model, "model.safetensors"))
     vq = [k for k in src if k.startswith("model.vqmodel.")]

@@ -8,13 +8,15 @@ import pytest
 import torch
 
 import gvu.models.pretrain as pt
+from gvu import precision
+from gvu.models.pretrain import kernels
 
 
 @pytest.mark.parametrize("avx512_bf16, amx, native", [(False, False, False), (True, False, True), (False, True, True)])
 def test_a_cpu_computes_bf16_natively_only_with_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx, native):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert pt.bf16_is_native("cpu") is native
+    assert precision.bf16_is_native("cpu") is native
 
 
 def _record_bf16_autocasts(monkeypatch) -> list[bool]:
@@ -33,8 +35,8 @@ def _record_bf16_autocasts(monkeypatch) -> list[bool]:
 
 @pytest.mark.parametrize("native", [False, True])
 def test_a_recipe_asking_for_bf16_uses_it_only_where_the_cpu_has_it(tmp_path, monkeypatch, capsys, native):
-    monkeypatch.setattr(pt, "bf16_is_native", lambda device: native)
-    monkeypatch.setattr(pt, "_BF16_CHECKED", {})
+    monkeypatch.setattr(precision, "bf16_is_native", lambda device: native)
+    monkeypatch.setattr(kernels, "_BF16_CHECKED", {})
     seen = _record_bf16_autocasts(monkeypatch)
     cfg = replace(pt.PRESETS["smoke"], bf16=True, vq_steps=2, dec_steps=1, vis_steps=2, lm_steps=2, s3_steps=1,
                   threads=1)
@@ -50,8 +52,8 @@ def test_a_recipe_without_bf16_never_asks_the_device(monkeypatch):
     def probe(device):
         raise AssertionError("bf16_is_native called")
 
-    monkeypatch.setattr(pt, "bf16_is_native", probe)
-    monkeypatch.setattr(pt, "_BF16_CHECKED", {})
+    monkeypatch.setattr(precision, "bf16_is_native", probe)
+    monkeypatch.setattr(kernels, "_BF16_CHECKED", {})
     assert pt.use_bf16(replace(pt.PRESETS["smoke"], bf16=False)) is False
 
 
@@ -72,7 +74,7 @@ def test_gvu_train_warns_of_bf16_weights_only_on_a_cpu_that_emulates_bf16(monkey
     from gvu.config import TrainConfig
     from gvu.train import precision_warning
 
-    monkeypatch.setattr(pt, "bf16_is_native", lambda device: native)
+    monkeypatch.setattr(precision, "bf16_is_native", lambda device: native)
     text = precision_warning(TrainConfig(dtype=dtype, device=device, lora_r=8))
     assert bool(text) is warns
     if warns:

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import gvu.models.pretrain as pt
+from gvu.config import ConfigError
+from gvu.errors import UserError
 from gvu.models.pretrain import RunFolder, pretrain, resolve
 from gvu.models.vq_train import foreground_weight
 from gvu.world.vocab import BACKGROUND
@@ -137,7 +139,9 @@ def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tm
     crashed = tmp_path / "crashed"
     os.makedirs(crashed)
     pt.stage0(cfg, str(crashed))
-    real, saves = pt.atomic_save, []
+    from gvu.models.pretrain import image_stages
+
+    real, saves = image_stages.atomic_save, []
 
     def crash_on_second_save(obj, path):
         if saves:
@@ -145,10 +149,10 @@ def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tm
         saves.append(obj["step"])
         real(obj, path)
 
-    monkeypatch.setattr(pt, "atomic_save", crash_on_second_save)
+    monkeypatch.setattr(image_stages, "atomic_save", crash_on_second_save)
     with pytest.raises(KeyboardInterrupt):
         pt.stage1(cfg, str(crashed), config)
-    monkeypatch.setattr(pt, "atomic_save", real)
+    monkeypatch.setattr(image_stages, "atomic_save", real)
     assert saves == [3]
     got = pt.stage1(cfg, str(crashed), config)
     assert set(got) == set(want)
@@ -158,26 +162,178 @@ def test_stage1_resumed_between_two_code_restarts_equals_an_uninterrupted_run(tm
     assert restarted[0] == restarted[1]
 
 
-def test_the_nano_preset_is_v7_with_more_understanding_per_step_and_nano_v7_is_v6_with_balanced_relations():
-    """The shipped v8 is the model card's u24r12, which ran `--preset nano --set und_batch=24 --set rank_images=12 --set
-    lm_steps=3000 --set s3_steps=330` when nano was v7's recipe; nano (and nano-u24r12, its name as a candidate) must be
-    that recipe and nothing else. v7 (nano-v7, and nano-rel30, its name as a candidate) is v6's recipe with balanced
-    GenEval relations and train-only captions."""
-    from dataclasses import fields
-    v6, v7, v8 = pt.PRESETS["nano-v6"], pt.PRESETS["nano-v7"], pt.PRESETS["nano"]
-    assert pt.PRESETS["nano-u24r12"] == v8 and pt.PRESETS["nano-rel30"] == v7
-    differ = {f.name for f in fields(v7) if getattr(v7, f.name) != getattr(v8, f.name)}
-    assert differ == {"und_batch", "rank_images", "lm_steps", "s3_steps"}
-    assert (v8.und_batch, v8.rank_images, v8.lm_steps, v8.s3_steps) == (24, 12, 3000, 330)
-    assert (v7.und_batch, v7.rank_images, v7.lm_steps, v7.s3_steps) == (16, 6, 3600, 400)
-    differ = {f.name for f in fields(v6) if getattr(v6, f.name) != getattr(v7, f.name)}
-    assert differ == {"spatial_suite", "balanced_relations", "caption_train_only"}
-    assert (v7.spatial_suite, v7.balanced_relations, v7.caption_train_only, v7.spatial_share) == ("geneval", True, True, 0.3)
-    assert (v6.vq_steps, v6.lm_steps, v6.torch_compile) == (4000, 3600, True)
-    cfg = resolve("nano", vq_from="models/nano-janus", dec_steps=0)  # the card's command on v7's VQ (v6's)
-    assert (cfg.vq_from, cfg.dec_steps, cfg.balanced_relations, cfg.rank_images) == ("models/nano-janus", 0, True, 12)
-    # the shipped pretrain_config.json is that command's recipe, field for field
-    with open(Path(__file__).resolve().parent.parent / "models" / "nano-janus" / "pretrain_config.json") as f:
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_the_default_recipe_is_the_shipped_models_and_the_nano_preset_changes_nothing():
+    """PretrainConfig's defaults are the shipped model's recipe: models/nano-janus/pretrain_config.json is what
+    `gvu pretrain --preset nano --vq-from models/nano-janus --set dec_steps=0` runs (its stages 1 and 1c came from an
+    earlier run's model), field for field."""
+    preset = json.loads((CONFIGS / "pretrain-nano.json").read_text())
+    assert [k for k in preset if not k.startswith("_")] == []
+    assert resolve("nano") == pt.PretrainConfig()
+    cfg = resolve("nano", vq_from="models/nano-janus", dec_steps=0)
+    with open(SHIPPED / "pretrain_config.json") as f:
         shipped = json.load(f)
     recipe = json.loads(json.dumps(asdict(cfg)))  # tuples as JSON writes them
     assert {k: v for k, v in recipe.items() if shipped.get(k, v) != v} == {}
+    assert {"und_batch", "rank_images", "lm_steps", "s3_steps", "balanced_relations"} <= shipped.keys()
+
+
+def test_every_archived_recipe_names_all_its_fields_and_is_valid():
+    """An archived recipe does not lean on PretrainConfig's defaults, which follow the shipped model: each file names
+    every field but the runtime ones, so it means the same recipe whatever the defaults become."""
+    from dataclasses import fields
+
+    runtime = {"device", "threads", "data_workers", "from_model", "vq_from"}
+    names = {f.name for f in fields(pt.PretrainConfig)}
+    files = sorted((CONFIGS / "archive").glob("pretrain-*.json"))
+    assert len(files) >= 10
+    for path in files:
+        recipe = json.loads(path.read_text())
+        assert {k for k in recipe if not k.startswith("_")} == names - runtime, path.name
+        name = path.stem[len("pretrain-"):]
+        given = {k: v for k, v in recipe.items() if not k.startswith("_")}
+        loaded = resolve(name)  # validated
+        assert {k: v for k, v in asdict(loaded).items() if k in given} == given, name
+    # the shipped recipe under the name the model card's candidate runs used
+    assert resolve("nano-u24r12") == resolve("nano")
+
+
+def test_a_recipe_file_is_read_like_a_preset_and_bad_ones_are_clear_errors(tmp_path):
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"lm_steps": 7, "_about": "a note"}))
+    assert pt.resolve_files("smoke", str(f), ["vq_steps=3"]) == resolve("smoke", lm_steps=7, vq_steps=3)
+    assert pt.resolve_files(None, str(CONFIGS / "archive" / "pretrain-nano-v7.json"), []) == resolve("nano-v7")
+    for text, words in (('{"lm_steps": "many"}', "lm_steps: expected int"), ("[1]", "not a list"),
+                        ('{"lm_stepz": 1}', "unknown setting 'lm_stepz'"), ('{"lm_steps": 1,', "not valid JSON")):
+        f.write_text(text)
+        with pytest.raises(ValueError, match=words):
+            pt.resolve_files(None, str(f), [])
+    with pytest.raises(ValueError, match="unknown preset 'nanoo'.*nano, smoke"):
+        pt.resolve_files("nanoo", None, [])
+
+
+class _Planted:
+    """A pickle payload: unpickling it calls exec, which writes a marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_stage_file_holding_a_pickled_object_is_refused_and_its_code_never_runs(tmp_path):
+    # the payload is live: unpickling it the way pretraining once read stage files runs it
+    live = tmp_path / "live"
+    torch.save({"step": 1, "model": _Planted(str(live))}, tmp_path / "probe.pt")
+    torch.load(tmp_path / "probe.pt", weights_only=False)
+    assert live.read_text() == "ran"
+    # planted as a run's stage-1 checkpoint, it is refused when the run resumes, and never runs
+    run = tmp_path / "run"
+    cfg = resolve("smoke", threads=1, vq_steps=2)
+    RunFolder(cfg, str(run)).close()
+    _, _, config = pt.stage0(cfg, str(run))
+    marker = tmp_path / "marker"
+    torch.save({"step": 1, "model": _Planted(str(marker)), "opt": {}}, run / "stage1.pt")
+    with pytest.raises(UserError, match="stage1.pt holds more than tensors and plain data"):
+        pt.stage1(cfg, str(run), config)
+    assert not marker.exists()
+    # through the command: exit 2, one line, no traceback, nothing ran
+    r = subprocess.run([sys.executable, "-m", "gvu.cli", "pretrain", "--preset", "smoke", "--set", "vq_steps=2",
+                        "--threads", "1", "--out", str(run)], capture_output=True, text=True)
+    assert r.returncode == 2 and "stage1.pt holds more than tensors" in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()
+
+
+def test_every_stage_file_loads_without_unpickling_and_resumes_exactly(tmp_path):
+    """The stage files a run writes hold only tensors and plain data (torch.load(weights_only=True) reads each), and
+    a run resumed from them after stage 2's first save ends with the weights of an uninterrupted one."""
+    cfg = resolve("smoke", threads=1, vq_steps=2, dec_steps=1, vis_steps=2, lm_steps=4, s3_steps=2, save_every=2)
+    straight = pt.pretrain(cfg, str(tmp_path / "straight"))
+    names = sorted(n for n in os.listdir(tmp_path / "straight") if n.endswith(".pt"))
+    assert names == ["decoder.pt", "stage1.pt", "stage2.pt", "stage3.pt", "vision.pt"]
+    for n in names:
+        state = torch.load(tmp_path / "straight" / n, weights_only=True)
+        assert isinstance(state["rng"]["python"], list) and isinstance(state["rng"]["torch"], list), n
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "straight", crashed)
+    shutil.rmtree(crashed / "model")
+    os.remove(crashed / "stage3.pt")
+    two = torch.load(crashed / "stage2.pt", weights_only=True)
+    assert two["step"] == 4
+    resumed = pt.pretrain(cfg, str(crashed))
+    from safetensors.torch import load_file
+
+    want, got = load_file(os.path.join(straight, "model.safetensors")), load_file(os.path.join(resumed, "model.safetensors"))
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("vq_lr", float("inf"), "vq_lr=inf: must be a finite number"),
+    ("s3_lr", -1e-3, "s3_lr=-0.001: a learning rate must be above 0"),
+    ("gen_weight", float("nan"), "gen_weight=nan: must be a finite number"),
+    ("rank_weight", float("inf"), "rank_weight=inf: must be a finite number"),
+    ("seed", -1, "seed=-1: must be at least 0 and at most 4294967295"),
+    ("seed", 2**32, "seed=4294967296: must be at least 0"),
+    ("data_workers", 10_000, "data_workers=10000: must be at least 0 and at most 256"),
+    ("vq_crop", -8, "vq_crop=-8: must be at least 0"),
+    ("lm_steps", 2.5, "lm_steps=2.5: expected int"),
+    ("bf16", 1, "bf16=1: expected bool"),
+])
+def test_non_finite_floats_out_of_range_seeds_and_wrong_types_are_refused_with_the_fix(tmp_path, field, value, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
+        pretrain("smoke", str(tmp_path / "run"), **{field: value})
+    assert f"--set {field}=" in str(e.value)  # the message says how to fix it
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_recipe_file_in_the_run_folder_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    RunFolder(resolve("smoke", threads=1), str(run)).close()
+    (run / "pretrain_config.json").write_text('{"lm_steps": 3')
+    with pytest.raises(ConfigError, match="pretrain_config.json is not valid JSON"):
+        RunFolder(resolve("smoke", threads=1), str(run))
+
+
+def test_the_help_names_every_preset_and_the_cli_reads_presets_and_recipe_files(tmp_path):
+    from gvu import cli
+
+    r = subprocess.run([sys.executable, "-m", "gvu.cli", "pretrain", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "--config FILE" in text and "configs/archive/pretrain-NAME.json" in text
+    for name in pt.preset_names():
+        assert name in text, name
+    r = subprocess.run([sys.executable, "-m", "gvu.cli", "pretrain", "--preset", "nanoo", "--out", str(tmp_path / "a")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown preset 'nanoo'" in r.stderr and "Traceback" not in r.stderr
+    # --config reads an archived recipe by path, as --preset reads it by name
+    seen = []
+    args = ["pretrain", "--config", str(CONFIGS / "archive" / "pretrain-nano-v5.json"), "--out", str(tmp_path / "b")]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pt, "run_stages", lambda cfg, out: seen.append(cfg) or out + "/model")
+        assert cli.main(args) == 0
+    assert seen == [resolve("nano-v5")]
+
+
+def test_a_stage_file_of_the_older_format_still_loads_without_unpickling_and_restores_its_streams(tmp_path):
+    """Stage files written before the RNG states were plain lists hold Python's state as a tuple and torch's as a
+    tensor: weights_only=True reads both, and the restored streams draw what the saved ones would have."""
+    import random
+
+    from gvu.checkpoint import python_rng_tuple
+    from gvu.models.pretrain.files import load_stage, set_global_rngs
+
+    data = random.Random(5)
+    random.seed(1)
+    torch.manual_seed(2)
+    torch.save({"rng": {"python": random.getstate(), "torch": torch.get_rng_state()}, "data_rng": data.getstate(),
+                "step": 3}, tmp_path / "stage1.pt")
+    want = (random.random(), torch.rand(1).item(), data.random())
+    state = load_stage(str(tmp_path / "stage1.pt"), "cpu")
+    set_global_rngs(state["rng"])
+    again = random.Random()
+    again.setstate(python_rng_tuple(state["data_rng"]))
+    assert (random.random(), torch.rand(1).item(), again.random()) == want

@@ -422,6 +422,24 @@ def test_quantize_in_chunks_gives_the_codes_of_one_call():
         assert torch.equal(quantize_indices(vq, pixels, chunk=2), whole)
 
 
+def test_unit_norm_codes_make_the_librarys_encode_and_decode_agree_with_training():
+    """The library's encode() picks codes by unnormalised distance and decode() draws L2-normalised codes; training
+    quantizes by cosine. With codes of other lengths they disagree; after normalise_codebook they agree exactly."""
+    from gvu.models.vq_train import normalise_codebook, quantize
+
+    vq = _tiny_vq()
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        vq.quantize.embedding.weight.mul_(torch.rand(16, 1) * 3 + 0.2)  # codes of lengths 0.2 .. 3.2
+        z, q, ours = quantize(vq, x)
+        assert (vq.encode(x).image_tokens.view(3, -1) != ours).any()  # the lengths sway the library's choice
+        normalise_codebook(vq)
+        assert torch.equal(quantize(vq, x)[2], ours)  # the cosine choice ignores the lengths
+        assert torch.equal(vq.encode(x).image_tokens.view(3, -1), ours)
+        drawn = vq.decode(ours)
+        assert torch.allclose(drawn, vq.decoder(vq.post_quant_conv(q)), atol=1e-5)
+
+
 def test_rows_sharing_an_image_encode_it_once_with_the_same_logits_and_gradients():
     """text_logits with image_index (stage 2's ranking rows: one image, several captions) equals giving every row its
     own copy of the image: logits, and the gradients reaching the vision encoder (fp32, tiny random model)."""
@@ -498,10 +516,8 @@ def test_caption_train_only_keeps_eval_and_held_out_prompt_texts_out_of_geneval_
     kept = split_counts(True)
     assert kept["eval"] == kept["ood"] == 0 and kept["train"] + kept["train+eval"] >= 290
 
-    # Stage2Data passes the setting on; it is on only in v7's and v8's recipes (nano-v7, nano-rel30, nano and
-    # nano-u24r12: the shipped names and the candidates' names), off in every earlier model's
-    assert {name for name, cfg in PRESETS.items() if cfg.caption_train_only} == {"nano", "nano-u24r12", "nano-v7",
-                                                                                  "nano-rel30"}
+    # Stage2Data passes the setting on (the shipped recipe has it on)
+    assert PRESETS["nano"].caption_train_only
     seen = []
     describe = captions.describe
     monkeypatch.setattr(captions, "describe", lambda *a, **k: seen.append(k.get("train_only")) or describe(*a, **k))

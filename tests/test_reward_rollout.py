@@ -2,8 +2,6 @@
 
 import math
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,11 +12,9 @@ from gvu.models.janus import JanusBackend, JanusBackendConfig, image_token_logit
 from gvu.models.janus_format import unconditional
 from gvu.models.nano import build_random
 from gvu.reward import Judge, gvu_reward, oracle_reward, reduce_logprobs
+from gvu.reward_reference import reference_reward
 from gvu.rollout import rollout
 from gvu.sampling import filter_logits, guide, sample
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reference_reward import reference_reward  # noqa: E402
 
 QUERY = "Describe the image in detail."
 PROMPTS = ["a photo of a red circle", "a photo of two stars and a blue heart",
@@ -278,7 +274,7 @@ def test_row_uniforms_are_uniform():
 
 def test_reward_auc_dump_gives_every_image_its_own_prompts_blank_image_prior(backend, tmp_path):
     import numpy as np
-    from reward_auc import dump_tokens
+    from benchmarks.reward_auc import dump_tokens
 
     from gvu.reward import blank_image_logprobs
 

@@ -423,7 +423,7 @@ def test_set_overrides_are_typed_and_badly_typed_values_are_clear_errors(tmp_pat
     assert resolve_train_config("janus-pro-1b", None, ["prompts_file=none"]).prompts_file is None
     for bad, msg in [("lr=abc", "lr: expected float, got 'abc'"), ("steps=1.5", "steps: expected int, got 1.5"),
                      ("final_eval=maybe", "--set final_eval: expected true or false"), ("sampling=3", "'sampling' is a settings group"),
-                     ("reward.nope=1", "unknown setting 'nope'"), ("lr", "expected KEY=VALUE")]:
+                     ("reward.nope=1", "'nope' is not a RewardConfig field"), ("lr", "expected KEY=VALUE")]:
         with pytest.raises(UserError, match=msg.replace("(", r"\(").replace(".", r"\.")):
             resolve_train_config("nano", None, [bad])
     # the same check covers config files, and a file that is not a JSON object is a clear error too

@@ -1,6 +1,7 @@
 """The unified-model adapter: the one boundary between gvu's trainer and any model that both generates and
 understands images. The trainer, rollout and reward know only this protocol; each backend is one file
-(gvu/models/janus.py for transformers' Janus classes: nano-Janus and Janus-Pro alike).
+(gvu/models/janus.py for transformers' Janus classes: nano-Janus and Janus-Pro alike; gvu/models/xomni/ for
+X-Omni). gvu/models/registry.py picks the backend from a checkpoint's config.json.
 
 Letters: M rows (M = B*G in training), N image tokens per image, L scored text tokens, H/W pixels.
 """
@@ -49,8 +50,18 @@ class UnifiedModel(Protocol):
         """Differentiable log p(tokens | prompt) [M, N] under the conditional generation branch, or, with
         guidance s, under the guided distribution softmax((u + s (c - u)) / temperature)."""
 
-    def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [M, N] -> pixels [M, 3, H, W] in [-1, 1]."""
+    def decode_images(self, tokens: torch.Tensor, prompts: list[str] | None = None,
+                      seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [M, N] -> pixels [M, 3, H, W] in [-1, 1]. prompts (M texts) and seeds [M] long feed decoders that
+        read them (X-Omni's FLUX decoder is conditioned on the prompt and starts from seeded noise); a VQ decoder
+        (Janus) ignores both. Without seeds a backend seeds row i with i."""
 
     def text_logprobs(self, pixels: torch.Tensor, query: str, texts: list[str]) -> TokenLogprobs:
-        """Teacher-forced log p(text tokens | image, query) for each row, in one batched pass."""
+        """Teacher-forced log p(text tokens | image, query) for each row, in one batched pass. How the image enters
+        is the backend's business (Janus: vision-encoder features; X-Omni: the pixels re-tokenised into codes)."""
+
+
+def decode_seeds(seed: int, row_ids: torch.Tensor) -> torch.Tensor:
+    """Per-row decoder seeds [M] long, a pure function of (seed, global row id): a row decodes alike in any batch
+    and on any rank. Kept below 2**62 so that torch.Generator.manual_seed takes them."""
+    return (row_ids.long() + (int(seed) * 1_000_003) % (1 << 62)) % (1 << 62)

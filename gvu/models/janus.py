@@ -1,9 +1,11 @@
 """The Janus backend: transformers' JanusForConditionalGeneration behind gvu's unified-model adapter.
 
 One backend for every size: nano-Janus (shipped in models/) and Janus-Pro 1B/7B checkpoints in transformers'
-format. Model specifics live here and nowhere else (JANUS-NOTES pitfalls 9 and 10): image-token logits come from
-the language model's hidden states through `generation_head` (forward() only gives text logits), image-token
-inputs are embedded by `prepare_embeddings_for_image_generation`, and log-probs are recomputed by teacher forcing.
+format. Model specifics live here and nowhere else: image-token logits come from the language model's hidden states
+through `generation_head` (forward() applies only the text head, `lm_head`), image-token inputs are embedded by
+`prepare_embeddings_for_image_generation`, and log-probs are recomputed by teacher forcing (transformers' generate()
+returns only the last step's scores, and hidden states as its `logits`). docs/janus-internals.md lists what else
+gvu relies on in transformers' Janus classes.
 """
 
 from __future__ import annotations
@@ -442,7 +444,9 @@ class JanusBackend:
         return logp.gather(-1, tokens[..., None]).squeeze(-1)
 
     @torch.no_grad()
-    def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode_images(self, tokens: torch.Tensor, prompts: list[str] | None = None,
+                      seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [M, N] -> pixels [M, 3, H, W]; Janus's VQ decoder is deterministic and reads no prompt."""
         self.check_tokens(tokens)
         return self.model.model.vqmodel.decode(tokens.to(self.device)).float().clamp(-1, 1)
 

@@ -3,7 +3,7 @@
 The model is `JanusForConditionalGeneration` itself (the class that loads Janus-Pro checkpoints), so rollout,
 reward and training run one code path for the nano model and for real checkpoints. This file holds only what
 is nano-specific: the sizes (NanoSpec presets), the offline-built BPE tokenizer with Janus's special tokens,
-and the processor. Pretraining lives in gvu/models/pretrain.py.
+and the processor. Pretraining lives in gvu/models/pretrain/.
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI, USER, ASSISTANT]
 
 @dataclass(frozen=True)
 class NanoSpec:
-    """Sizes of a nano-Janus. Constraints (see JANUS-NOTES.md): the VQ downsample 2**(len(mult)-1) must equal
-    the vision patch size, and base_channels * every multiplier must be divisible by 32 (GroupNorm)."""
+    """Sizes of a nano-Janus. Two constraints of transformers' Janus classes:
+    - the VQ downsample 2**(len(mult)-1) equals the vision patch size: JanusConfig sets the VQ's num_patches from
+      the vision encoder's image_size // patch_size, and generation makes vision_config.num_image_tokens tokens, so
+      the VQ's token grid and the vision encoder's patch grid must be one grid (patch_size below is that downsample);
+    - base_channels * every multiplier is divisible by 32: the VQ's GroupNorm uses 32 groups."""
 
     image_size: int = 64
     vq_base_channels: int = 32
@@ -101,7 +104,8 @@ def build_processor(spec: NanoSpec, tokenizer) -> JanusProcessor:
         from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil as ImageProcessor
     except ImportError:  # older transformers
         from transformers import JanusImageProcessor as ImageProcessor
-    # mean = std = 0.5 so that the tensor path (VQ decode in [-1, 1]) equals the PIL path (JANUS-NOTES pitfall 11)
+    # mean = std = 0.5 (the default is CLIP's), so that pixels in [-1, 1] handed straight to the understanding
+    # encoder (the VQ's decoded images) equal what the processor makes of the same image as a PIL picture
     image_processor = ImageProcessor(size={"height": spec.image_size, "width": spec.image_size},
                                              image_mean=[0.5] * 3, image_std=[0.5] * 3, min_size=spec.image_size)
     return JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=spec.num_image_tokens)

@@ -3,11 +3,12 @@
 JanusVQVAE.forward decodes from integer tokens, so a loss through it never reaches the encoder; we train our
 own differentiable path with the library's modules: encoder -> quant_conv -> cosine quantizer (straight-through)
 -> post_quant_conv -> decoder. Codes are kept unit-norm: the library's encode() picks codes by unnormalised
-distance and decode() L2-normalises them (get_codebook_entry), and with unit codes both agree with training
-(JANUS-NOTES pitfalls 1-2). The codebook is not trained by gradient but by an exponential moving average of
+distance and decode() L2-normalises them (get_codebook_entry), so with codes of any other length the tokens
+encode() picks and the pixels decode() draws disagree with what training saw; with unit codes both agree with
+training. The codebook is not trained by gradient but by an exponential moving average of
 the (unit) encoder outputs assigned to each code, renormalised (VQ-VAE-2's update): with Adam on the codes, usage
-collapsed from 459 to 105 codes within 100 steps in our first run. Dead codes are restarted from encoder
-outputs (pitfall 4).
+collapsed from 459 to 105 codes within 100 steps. Codes left unused for a while are restarted from encoder
+outputs: without restarts, use fell to about 170 of 512 codes within 200 steps.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class NearestUpsample2x(JanusVQVAEConvUpsample):
 
     Why: compiled with torch.compile under CPU bf16 autocast (torch 2.13), the library's F.interpolate version passes
     no gradient back: every decoder layer before the last upsampling and post_quant_conv got exactly zero gradient,
-    and the encoder only the commitment term's (benchmarks/vq_compile_check.py), which is how an earlier compiled
-    stage 1 collapsed its codebook. Eager runs are unaffected; this class is used only when stages 1 and 1c are compiled."""
+    and the encoder only the commitment term's (`python -m benchmarks.vq_compile_check`), and a compiled stage 1 collapses
+    its codebook. Eager runs are unaffected; this class is used only when stages 1 and 1c are compiled."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         b, c, h, w = hidden_states.shape
@@ -60,7 +61,7 @@ def compile_vq(vq: JanusVQVAE) -> JanusVQVAE:
     """torch.compile the VQ's encoder and decoder in place (the quantizer stays eager: its code choice runs in fp32).
     The upsamplings become NearestUpsample2x first. On the 2-core CPU a stage-1 step under bf16 autocast takes 0.41 s
     instead of 0.63 (benchmarks/pretrain_speed.py), and its gradient is as close to the eager one as bf16 rounding
-    leaves it (benchmarks/vq_compile_check.py). State dict unchanged."""
+    leaves it (`python -m benchmarks.vq_compile_check`). State dict unchanged."""
     for m in vq.modules():
         if type(m) is JanusVQVAEConvUpsample:
             m.__class__ = NearestUpsample2x
@@ -95,9 +96,8 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def foreground_weight(pixels: torch.Tensor, fg_weight: float) -> torch.Tensor:
     """[B, 1, H, W] loss weights, mean 1: pixels of pixels [B, 3, H, W] in [-1, 1] that differ from the world's
-    background colour weigh fg_weight times the background's. (Until 2026-11-28 the background was read from each
-    image's corner pixel, the same for whole renderings, whose objects keep off the border, but inverted for a crop
-    whose corner an object covers.)"""
+    background colour weigh fg_weight times the background's. The background is the world's colour, not an image's
+    corner pixel: a crop's corner may lie on an object."""
     bg = torch.tensor(BACKGROUND, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1) / 127.5 - 1.0
     weight = 1.0 + (fg_weight - 1.0) * ((pixels - bg).abs().amax(1, keepdim=True) > 0.1).to(pixels.dtype)
     return weight / weight.mean()
@@ -111,8 +111,8 @@ def vq_loss(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25, fg_weight:
     Pixels that differ from the world's background colour weigh fg_weight times more: the plain background is ~85% of
     every image and is learnt at once, while colours and edges of the objects (what the evaluator reads) were
     learnt slowly under an unweighted loss. The edge term asks the decoder for the image's edges and corners, which
-    a pixel loss lets it round off (v0's reconstructions turned stars, hearts and crosses into blobs the evaluator
-    read as circles). Returns loss, metrics, indices [B, N], unit encoder outputs z (detached)."""
+    a pixel loss lets it round off (without it, reconstructions turned stars, hearts and crosses into blobs the
+    evaluator read as circles). Returns loss, metrics, indices [B, N], unit encoder outputs z (detached)."""
     z, q, idx = quantize(vq, pixels)
     commit = F.mse_loss(z, q.detach())
     q_st = z + (q - z).detach()

@@ -1,4 +1,5 @@
-"""The nano world's commands: `gvu world prompts`, `gvu world render` and `gvu eval`.
+"""The nano world's commands: `gvu world prompts`, `gvu world render`, and `gvu eval --scorer nano` (cmd_eval,
+which gvu/eval/cli.py's `gvu eval` calls for nano-world folders).
 
 Each command checks all of its input (options, every prompt, every image) before the expensive work, and
 writes its output through a temporary name that is renamed into place at the end, so a failure or Ctrl-C
@@ -50,20 +51,6 @@ def register_world(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--image-size", type=int, default=64, help=f"pixels a side (at least {gio.MIN_IMAGE_SIZE})")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     r.set_defaults(func=cmd_render)
-
-
-def register_eval(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("eval", help="score a GenEval folder with the exact evaluator",
-                       description="Judge every image of a GenEval folder with the nano world's exact evaluator; "
-                                   "write one result line per image and summary.json beside it, and print "
-                                   "per-tag accuracy and the overall score (the unweighted mean over tags).")
-    e.add_argument("folder", type=Path, help="GenEval folder: <index:05d>/metadata.jsonl, samples/<k:04d>.png")
-    e.add_argument("--out", type=Path, default=None, help="results jsonl (default: FOLDER/results.jsonl); "
-                                                          "summary.json goes beside it")
-    e.add_argument("--image-size", type=int, default=None,
-                   help="required image side in pixels (default: all images share the first one's size)")
-    e.add_argument("--overwrite", action="store_true", help="replace existing results")
-    e.set_defaults(func=cmd_eval)
 
 
 def cmd_prompts(args: argparse.Namespace) -> None:

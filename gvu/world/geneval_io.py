@@ -31,8 +31,9 @@ from gvu.world.vocab import (COLORS, GENEVAL_TAGS, GENEVALPP_TAGS, MAX_COUNT, MA
 TAGS: tuple[str, ...] = tuple(dict.fromkeys(GENEVAL_TAGS + GENEVALPP_TAGS))  # both suites, in suite order
 MIN_IMAGE_SIZE = 32  # below this the shapes blur into each other (measured: 24 px already fails prompts)
 
-# GenEval's 80 COCO classes (its object_names.txt): known only to say why the nano world cannot use them.
-COCO_CLASSES: frozenset[str] = frozenset((
+# GenEval's 80 COCO classes in the order of its object_names.txt (the detector's label order); the nano world
+# knows them to say why it cannot use them, and gvu.eval.geneval to judge them.
+COCO_CLASS_NAMES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
     "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
     "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
@@ -42,7 +43,8 @@ COCO_CLASSES: frozenset[str] = frozenset((
     "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "tv remote",
     "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
     "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-))
+)
+COCO_CLASSES: frozenset[str] = frozenset(COCO_CLASS_NAMES)
 
 _PROMPT_DIR = re.compile(r"\d{5}")
 _SAMPLE = re.compile(r"\d+")
@@ -125,8 +127,9 @@ def _real_benchmark_message(classes: Iterable[str]) -> str:
     few = sorted(set(classes))
     shown = ", ".join(repr(c) for c in few[:5]) + (", ..." if len(few) > 5 else "")
     return (f"COCO classes ({shown}): these are real-benchmark prompts (GenEval / GenEval++ format), and the nano "
-            f"world can neither render nor judge COCO objects; judging them needs GenEval's object detector and "
-            f"images from a real model. The nano world's classes are its shapes: {', '.join(SHAPES)}")
+            f"world can neither render nor judge COCO objects; judging them needs GenEval's object detector (gvu eval "
+            f"--scorer geneval, docs/geneval.md) and images from a real model. The nano world's classes are its "
+            f"shapes: {', '.join(SHAPES)}")
 
 
 def validate_metadata(m: dict, path: str | Path, line: int) -> None:

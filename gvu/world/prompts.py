@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from gvu.world.vocab import (COLOR_NAMES, GENEVAL_TAGS, GENEVALPP_TAGS, MAX_COUNT, NUMBER_WORDS,
+from gvu.world.vocab import (COLOR_NAMES, GENEVALPP_TAGS, MAX_COUNT, NUMBER_WORDS,
                              RELATIONS, SHAPES, SUITES, plural)
 
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset({

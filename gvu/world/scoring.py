@@ -31,8 +31,8 @@ def summarise(rows: list[dict]) -> dict:
         t = tags.setdefault(r["tag"], {"images": 0, "correct": 0})
         t["images"] += 1
         t["correct"] += bool(r["correct"])
-    # list the tags in their suite's order (GenEval's or GenEval++'s) when they fit one suite
-    suite = next(ts for ts in (GENEVAL_TAGS, GENEVALPP_TAGS, TAGS) if set(tags) <= set(ts))
+    # list the tags in their suite's order (GenEval's or GenEval++'s) when they fit one suite, else as they come
+    suite = next((ts for ts in (GENEVAL_TAGS, GENEVALPP_TAGS, TAGS) if set(tags) <= set(ts)), tuple(tags))
     order = {t: i for i, t in enumerate(suite)}
     tags = dict(sorted(tags.items(), key=lambda kv: order.get(kv[0], len(order))))
     for t in tags.values():

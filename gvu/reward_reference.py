@@ -1,7 +1,8 @@
 """The slow reference GvU reward, following the official algorithm literally (matrix0721/GvU):
 one image at a time, one full forward pass per prompt token with no cache, the token's probability taken from
-the last position, the product of raw probabilities, then the L-th root. Used by tests and by
-benchmarks/reward_speed.py to check and time the batched reward; never used for training.
+the last position, the product of raw probabilities, then the L-th root. tests/test_reward_rollout.py checks the
+batched reward (gvu.reward.gvu_reward) against it and `python -m benchmarks.reward_speed` times both; training never
+uses it.
 """
 
 from __future__ import annotations

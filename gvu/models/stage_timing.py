@@ -1,16 +1,14 @@
-"""Shared set-up of the benchmarks that time short stage-2/3 runs (stage2_image_sharing.py, data_workers_speed.py)."""
+"""Set-up and timing of short pretraining-stage runs, shared by the benchmarks that time them
+(`python -m benchmarks.stage2_image_sharing`, `benchmarks.data_workers_speed`, `benchmarks.pretrain_speed`)."""
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import shutil
-import sys
 from dataclasses import replace
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import gvu.models.pretrain as pretrain  # noqa: E402
+import gvu.models.pretrain as pretrain
 
 
 def scratch_setup(out: str, full: pretrain.PretrainConfig, **changes):
@@ -32,12 +30,9 @@ def new_run(out: str, name: str) -> str:
     return run
 
 
-@contextlib.contextmanager
-def logged_times():
-    """Collect the `time` of every record the stages log (every 20 steps) into the yielded list."""
-    times, log = [], pretrain.log
-    pretrain.log = lambda o, rec: (times.append(rec["time"]), log(o, rec))
-    try:
-        yield times
-    finally:
-        pretrain.log = log
+def stage_times(run: str, stage) -> list[float]:
+    """The `time` (seconds since the stage started) of each record that `stage` (1, "1b", "1c", 2 or 3) wrote to
+    the run folder's log.jsonl, in order: the stages log every 20 steps, so consecutive times are 20 steps apart."""
+    with open(os.path.join(run, "log.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r["time"] for r in records if str(r.get("stage")) == str(stage) and "time" in r]
