@@ -65,3 +65,26 @@ def decode_seeds(seed: int, row_ids: torch.Tensor) -> torch.Tensor:
     """Per-row decoder seeds [M] long, a pure function of (seed, global row id): a row decodes alike in any batch
     and on any rank. Kept below 2**62 so that torch.Generator.manual_seed takes them."""
     return (row_ids.long() + (int(seed) * 1_000_003) % (1 << 62)) % (1 << 62)
+
+
+def check_prompts(prompts: list[str], prompt_length, num_image_tokens: int, max_positions: int) -> None:
+    """Every backend's prompt check: at least one prompt, none empty, and each one's tokens (prompt_length(p)) plus
+    its N image tokens within the model's positions. Raises ValueError naming the first bad prompt."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"empty prompt {p!r}: every prompt needs text")
+        need = prompt_length(p) + num_image_tokens
+        if need > max_positions:
+            raise ValueError(f"prompt {p[:60]!r}... needs {need} positions with its {num_image_tokens} image "
+                             f"tokens; the model has {max_positions}. Shorten it.")
+
+
+def check_image_tokens(tokens: torch.Tensor, num_image_tokens: int, image_vocab_size: int) -> None:
+    """tokens must be [M, N] codebook ids in [0, image_vocab_size)."""
+    if tokens.dim() != 2 or tokens.shape[1] != num_image_tokens:
+        raise ValueError(f"image tokens must be [M, {num_image_tokens}], got {tuple(tokens.shape)}")
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= image_vocab_size):
+        raise ValueError(f"image token ids must be in [0, {image_vocab_size}); got "
+                         f"[{int(tokens.min())}, {int(tokens.max())}]")

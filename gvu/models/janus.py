@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import JanusForConditionalGeneration
 
 from gvu.config import SamplingConfig
-from gvu.models.adapter import TokenLogprobs
+from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts
 from gvu.models.janus_decode import EagerDecoder, SampledImageTokens, StaticDecoder, prompt_bucket
 from gvu.models.janus_format import Batch, JanusTemplate, left_pad, unconditional
 from gvu.sampling import filter_logits, guide, sample
@@ -335,22 +335,10 @@ class JanusBackend:
         return self.tokenizer(" " + text, add_special_tokens=False).input_ids
 
     def check_prompts(self, prompts: list[str]) -> None:
-        if not prompts:
-            raise ValueError("no prompts given")
-        for p in prompts:
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"empty prompt {p!r}: every prompt needs text")
-            need = len(self.prompt_ids(p)) + self.num_image_tokens
-            if need > self.max_positions:
-                raise ValueError(f"prompt {p[:60]!r}... needs {need} positions with its {self.num_image_tokens} image "
-                                 f"tokens; the model has {self.max_positions}. Shorten it.")
+        check_prompts(prompts, lambda p: len(self.prompt_ids(p)), self.num_image_tokens, self.max_positions)
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
-        if tokens.dim() != 2 or tokens.shape[1] != self.num_image_tokens:
-            raise ValueError(f"image tokens must be [M, {self.num_image_tokens}], got {tuple(tokens.shape)}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.image_vocab_size):
-            raise ValueError(f"image token ids must be in [0, {self.image_vocab_size}); got "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        check_image_tokens(tokens, self.num_image_tokens, self.image_vocab_size)
 
     # ------------------------------------------------------------------------------------------ generation
     def _lm_step(self, embeds, mask, positions, cache):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from gvu.config import SamplingConfig
-from gvu.models.adapter import TokenLogprobs
+from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts
 from gvu.models.janus_format import Batch, left_pad
 from gvu.models.xomni.config import CheckpointError, XOmniBackendConfig, check_checkpoint
 from gvu.models.xomni.flux_decoder import DecoderConfig, FluxDecoder, check_flux_dir
@@ -108,22 +108,10 @@ class XOmniBackend:
         return Batch(b.ids.to(self.device), b.mask.to(self.device), b.positions.to(self.device))
 
     def check_prompts(self, prompts: list[str]) -> None:
-        if not prompts:
-            raise ValueError("no prompts given")
-        for p in prompts:
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"empty prompt {p!r}: every prompt needs text")
-            need = len(self.prompt_ids(p)) + self.num_image_tokens
-            if need > self.max_positions:
-                raise ValueError(f"prompt {p[:60]!r}... needs {need} positions with its {self.num_image_tokens} image "
-                                 f"tokens; the model has {self.max_positions}. Shorten it.")
+        check_prompts(prompts, lambda p: len(self.prompt_ids(p)), self.num_image_tokens, self.max_positions)
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
-        if tokens.dim() != 2 or tokens.shape[1] != self.num_image_tokens:
-            raise ValueError(f"image tokens must be [M, {self.num_image_tokens}], got {tuple(tokens.shape)}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.image_vocab_size):
-            raise ValueError(f"image token ids must be in [0, {self.image_vocab_size}); got "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        check_image_tokens(tokens, self.num_image_tokens, self.image_vocab_size)
 
     def _unconditional(self, m: int, width: int) -> Batch:
         """CFG's unconditional rows [m, width]: the image prefix alone (the official negative_prompt_ids), left-padded
