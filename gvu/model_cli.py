@@ -58,6 +58,12 @@ def register_train(sub) -> None:
                    help="continue the run in --out from its latest checkpoint; without --preset or --config its own "
                         "config.json is the base (--set steps=N on top extends it under the constant schedule)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--resume-from", type=int, default=None, metavar="STEP",
+                   help="with --resume: continue from the checkpoint of this step (checkpoints/step_STEP) instead of "
+                        "the one checkpoints/latest names (e.g. when the latest is corrupt)")
+    p.add_argument("--trust-checkpoint-pickle", action="store_true",
+                   help="with --resume: allow a checkpoint of gvu's old format, whose state.pt is a pickle, to be "
+                        "unpickled. Unpickling runs any code the file holds: only for runs you made yourself")
     p.set_defaults(func=cmd_train)
 
 
@@ -173,6 +179,12 @@ def train_config_of(args):
 def cmd_train(args) -> None:
     from gvu.config import ConfigError
 
+    if (args.resume_from is not None or args.trust_checkpoint_pickle) and not args.resume:
+        raise UserError("--resume-from and --trust-checkpoint-pickle go with --resume")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if args.resume_from is not None and args.resume_from < 1:
+        raise UserError(f"--resume-from must be a checkpoint's step (>= 1), got {args.resume_from}")
     cfg = train_config_of(args)
     try:
         cfg.validate()
@@ -184,7 +196,8 @@ def cmd_train(args) -> None:
     from gvu.train import TrainingDiverged, train
 
     try:  # train's set-up errors are SetupErrors (UserErrors); a ValueError from its loop is a bug: traceback kept
-        summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+        summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, resume_from=args.resume_from,
+                        trust_pickle=args.trust_checkpoint_pickle)
         dist.barrier()  # every rank is done communicating before any tears its process group down
     except ConfigError as e:
         raise UserError(str(e)) from e

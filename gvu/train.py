@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from gvu import checkpoint, dist
+from gvu import checkpoint, dist, run_lock
 from gvu.config import ConfigError, TrainConfig
 from gvu.errors import SetupError
 from gvu.evaluate import evaluate, world_judgeable
@@ -202,9 +202,22 @@ def setup_errors():
         raise SetupError(str(e)) from e
 
 
-def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          resume_from: int | None = None, trust_pickle: bool = False) -> dict:
     """Run (or resume) GvU-GRPO. Under torchrun every rank runs this and takes its share of the evaluations;
-    rank 0 logs, writes the evaluations and checkpoints."""
+    rank 0 logs, writes the evaluations and checkpoints, and holds the run folder's lock (gvu.run_lock) from before
+    it changes anything there until the run ends.
+    resume_from: the checkpoint step to resume from (default: the one checkpoints/latest names).
+    trust_pickle: allow an old-format checkpoint (a pickle) to be unpickled on resume."""
+    lock = run_lock.RunLock(run_dir)
+    try:
+        return _train(cfg, run_dir, resume, overwrite, progress, resume_from, trust_pickle, lock)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progress: bool, resume_from: int | None,
+           trust_pickle: bool, lock: run_lock.RunLock) -> dict:
     from gvu.models.janus import JanusBackend
 
     with setup_errors():  # checks, loads, then makes the run folder; a ValueError from the loop below is a bug
@@ -228,6 +241,12 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         # and the optimiser are set up, so a start that fails there leaves an existing run (even under --overwrite)
         # as it was
         folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
+        if os.environ.get("RANK", "0") == "0" and os.path.isdir(run_dir):
+            lock.acquire()  # before a resume reads its checkpoint, and long before --overwrite deletes anything
+            if resume:
+                checkpoint.clean_stale(run_dir)  # what a save cut short by a kill left behind
+        # the checkpoint to resume from, checked (manifest, format) before the model loads
+        ckpt = checkpoint.resume_point(run_dir, resume_from, trust_pickle) if resume else None
         from gvu.models.janus import check_checkpoint, resolve_checkpoint
         check_checkpoint(resolve_checkpoint(cfg.model))  # config and tokenizer files only: no weights are read yet
         info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
@@ -249,9 +268,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         judge = Judge(backend, cfg.reward, adapter_off) if cfg.reward.kind == "gvu" else None
 
         start, low_signal = 0, 0  # low_signal: steps in a row without a learning signal (the alarm's count)
-        ckpt = checkpoint.latest(run_dir) if resume else None
         if ckpt:  # weights now (unsharded), the optimiser once it exists
-            start, extra, tensors = checkpoint.load(ckpt, backend.model, None)
+            start, extra, tensors = checkpoint.load(ckpt, backend.model, None, trust_pickle)
             low_signal = extra.get("low_signal", 0)  # 0 for checkpoints written before the count was saved
             if judge is not None and judge.mode == "ema":
                 judge.load_ema_tensors(tensors)
@@ -266,9 +284,10 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             policy = dist.ddp(policy, info)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if ckpt:
-            dist.load_optimizer_state(policy, optimizer, checkpoint.read_optimizer_state(ckpt))
+            dist.load_optimizer_state(policy, optimizer, checkpoint.read_optimizer_state(ckpt, trust_pickle))
         if info.is_main:  # set-up is done: now the run folder is made (or an old run replaced under --overwrite)
-            make_run_dir(run_dir, cfg, folder_plan)
+            lock.acquire()  # a no-op when held; makes a new run's folder
+            make_run_dir(run_dir, cfg, folder_plan, lock)
     dist.barrier()
     log = MetricsLog(run_dir) if info.is_main else None
     if log and resume:  # lines after the step resumed from are written again (all of them without a checkpoint)
@@ -393,7 +412,7 @@ def extendable(saved: dict, want: dict) -> bool:
 # what a `gvu train` run folder holds (the experiments add result*.json; a crash can leave *.tmp); --overwrite
 # replaces only such a folder
 RUN_FILES = {"config.json", "metrics.jsonl", "diagnostics.jsonl", "before.json", "after.json", "summary.md",
-             "curves.png", "checkpoints", "grids", "tensorboard"}
+             "curves.png", "checkpoints", "grids", "tensorboard", run_lock.LOCK_NAME}
 
 
 def run_file(name: str) -> bool:
@@ -440,7 +459,7 @@ def check_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool)
             raise ValueError(f"--resume: the config differs from the run's own ({diff}); resume with the same "
                              f"settings{hint}")
         return "resume"
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
+    if os.path.isdir(run_dir) and run_lock.entries(run_dir):
         check_replaceable(run_dir)
         if not overwrite:
             raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
@@ -455,19 +474,19 @@ def check_replaceable(run_dir: str) -> None:
                          f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); pick a new or empty folder")
 
 
-def make_run_dir(run_dir: str, cfg: TrainConfig, plan: str) -> None:
+def make_run_dir(run_dir: str, cfg: TrainConfig, plan: str, lock: run_lock.RunLock | None = None) -> None:
     """Carry out check_run_dir's plan (rank 0, once training is set up), checking again what may have changed since
     (another `gvu train` given the same --out in the meantime)."""
     if plan == "resume":
         return
     if plan in ("new", "replace"):
-        if os.path.isdir(run_dir) and os.listdir(run_dir):
+        if os.path.isdir(run_dir) and run_lock.entries(run_dir):
             if plan == "new":
                 raise ValueError(f"{run_dir} was empty when this run began and holds files now (another run writing "
                                  "there?); pick another --out")
             check_replaceable(run_dir)
             import shutil
-            shutil.rmtree(run_dir)  # a run, replaced under --overwrite
+            run_lock.clear_run_dir(run_dir, lock) if lock is not None else shutil.rmtree(run_dir)  # under --overwrite
         os.makedirs(run_dir, exist_ok=True)
     write_config(run_dir, cfg)
 
@@ -541,8 +560,6 @@ def make_bar(cfg, start, progress):
 
 def load_trained(run_dir: str, step: int | None = None):
     """The policy of a run (its latest checkpoint, or `step`), as a JanusBackend ready for evaluation."""
-    from safetensors.torch import load_file
-
     from gvu.config import RewardConfig, SamplingConfig
     from gvu.models.janus import JanusBackend
 
@@ -552,13 +569,9 @@ def load_trained(run_dir: str, step: int | None = None):
     cfg = TrainConfig(**d)
     backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))  # as the run trained
     setup_trainable(backend, cfg)
-    ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}") if step else checkpoint.latest(run_dir)
+    ckpt = checkpoint.resume_point(run_dir, step)  # manifest checked; never an old-format pickle
     if ckpt is None:
         raise ValueError(f"{run_dir} has no checkpoint yet")
-    weights = load_file(os.path.join(ckpt, "trainable.safetensors"))
-    params = dict(backend.model.named_parameters())
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w)
+    checkpoint.load_weights(ckpt, backend.model)
     backend.model.eval()
     return backend
