@@ -6,8 +6,9 @@ they belong to the backend (gvu/models/janus.py: JanusBackendConfig).
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 REDUCTIONS = ("geometric_mean", "product", "min")
 JUDGES = ("policy", "frozen", "ema")
@@ -16,8 +17,31 @@ REWARD_KINDS = ("gvu", "oracle")
 LOSS_LOGPROBS = ("conditional", "guided")
 
 
+SEED_MAX = 2**32 - 1  # seeds are NumPy-compatible 32-bit values (torch takes 64, numpy.random.seed 32)
+MAX_TRAIN_PROMPTS = 100_000  # the nano world's training pool is made up front (about 800 prompts a second on a busy 2-core CPU)
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message says which and how to fix it."""
+
+
+def check_numbers(cfg, prefix: str = "", infinite_ok: tuple[str, ...] = ()) -> None:
+    """Every float field of a config dataclass finite (NaN and inf pass most range checks unnoticed: NaN compares
+    false both ways), except those in infinite_ok, which may be +inf but not NaN; every int field an int."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        name = prefix + f.name
+        if isinstance(v, float) and not isinstance(v, bool):
+            if math.isnan(v) or (math.isinf(v) and not (f.name in infinite_ok and v > 0)):
+                raise ConfigError(f"{name} must be a finite number (got {v})")
+        elif "int" in str(f.type) and "float" not in str(f.type) and v is not None and (
+                not isinstance(v, int) or isinstance(v, bool)):
+            raise ConfigError(f"{name} must be an integer (got {v!r})")
+
+
+def check_seed(name: str, seed) -> None:
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{name} must be in 0..{SEED_MAX} (2**32 - 1), got {seed}")
 
 
 @dataclass(frozen=True)
@@ -33,6 +57,8 @@ class SamplingConfig:
     seed: int = 0  # rollout RNG seed; the same seed and inputs give the same tokens
 
     def validate(self) -> None:
+        check_numbers(self, "sampling.")
+        check_seed("sampling.seed", self.seed)
         if not self.guidance and self.cfg_scale is not None:  # first: with guidance off, any scale is the mistake
             raise ConfigError(f"cfg_scale is {self.cfg_scale} but guidance is off; unset one of them "
                               "(sampling.cfg_scale=null or sampling.guidance=true)")
@@ -60,6 +86,7 @@ class RewardConfig:
     ema_decay: float = 0.99  # for judge="ema": judge <- decay * judge + (1 - decay) * policy once per training step (after its mu updates)
 
     def validate(self) -> None:
+        check_numbers(self, "reward.")
         if self.kind not in REWARD_KINDS:
             raise ConfigError(f"reward kind must be one of {REWARD_KINDS} (got {self.kind!r})")
         if self.reduction not in REDUCTIONS:
@@ -141,7 +168,18 @@ class TrainConfig:
 
         self.sampling.validate()
         self.reward.validate()
+        check_numbers(self, infinite_ok=("max_grad_norm",))
+        check_seed("seed", self.seed)
         checks = [
+            (self.lora_alpha > 0, f"lora_alpha must be > 0 (got {self.lora_alpha}): LoRA scales its update by "
+                                  "lora_alpha / lora_r, so 0 would train adapters that change nothing"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {self.warmup_steps}); 0 starts at the full lr"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})"),
+            (1 <= self.train_prompts <= MAX_TRAIN_PROMPTS,
+             f"train_prompts must be in 1..{MAX_TRAIN_PROMPTS:,} (got {self.train_prompts:,}): the pool is made "
+             "before training starts; a larger pool would only take longer to make (steps draw B prompts each)"),
+            (self.steps <= 10**9 and self.batch_prompts <= 10**6 and self.group_size <= 10**6,
+             "steps (at most 1e9), batch_prompts and group_size (at most 1e6) are out of range"),
             (self.group_size >= 2, f"group_size must be >= 2 (got {self.group_size}): GRPO compares images of one prompt"),
             (self.batch_prompts >= 1, f"batch_prompts must be >= 1 (got {self.batch_prompts})"),
             (self.steps >= 1, f"steps must be >= 1 (got {self.steps})"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import fields, is_dataclass, replace
@@ -13,6 +12,7 @@ from gvu.errors import UserError
 from gvu.settings import check_type, coerce
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+MAX_CONFIG_BYTES = 1 << 20  # a TrainConfig file is a few hundred bytes; a larger one is not a config
 
 
 def register_pretrain(sub) -> None:
@@ -118,11 +118,20 @@ def resolve_train_config(preset: str | None, config: str | None, sets: list[str]
                             f"; presets: {', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.json')))}"))
         if os.path.isdir(path):
             raise UserError(f"{where}: {path} is a folder; give a JSON file of TrainConfig fields")
-        with open(path) as f:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+            if len(data) > MAX_CONFIG_BYTES:
+                raise UserError(f"{where}: {path} is over {MAX_CONFIG_BYTES >> 20} MiB, not a TrainConfig JSON file")
             try:
-                d = json.load(f)
+                d = json.loads(data.decode("utf-8"))
             except json.JSONDecodeError as e:
                 raise UserError(f"{where}: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+            except UnicodeDecodeError:
+                raise UserError(f"{where}: {path} is not a text file (not UTF-8); give a JSON file of TrainConfig "
+                                "fields") from None
+            except RecursionError:
+                raise UserError(f"{where}: {path} nests JSON too deeply; a config is a flat object of TrainConfig "
+                                "fields with two groups (sampling, reward)") from None
         if not isinstance(d, dict):
             raise UserError(f"{where}: {path} must hold a JSON object of TrainConfig fields, not a {type(d).__name__}")
         cfg = apply_dict(cfg, d, where)
@@ -192,6 +201,10 @@ def cmd_train(args) -> None:
         raise UserError(str(e)) from e
     if not os.path.isdir(cfg.model):
         raise UserError(f"model {cfg.model!r} is not a directory: give a local Janus checkpoint (--set model=PATH)")
+    from gvu.paths import check_output
+
+    # the run folder is never inside, or the same as, what the run reads (a resumed run may hold its own inputs)
+    check_output(args.out, [cfg.model, cfg.prompts_file], folder=True, allow_input_inside=args.resume)
     from gvu import dist
     from gvu.train import TrainingDiverged, train
 
@@ -248,6 +261,10 @@ def cmd_score(args) -> None:
     else:
         folders = gio.read_folder(args.folder, nano=False)
         items = [(f.metadata["prompt"], p) for f in folders for _, p in f.samples]
+    if args.out:
+        from gvu.paths import check_output
+
+        check_output(args.out, [args.model] + ([args.image] if args.image else [f.path for f in folders]))
     for _, path in items:
         side = gio.check_image(path)
         if side != size:

@@ -32,6 +32,8 @@ def coerce(value: str, annotation: str, where: str):
         return json.loads(value)
     except json.JSONDecodeError:
         return value
+    except RecursionError:  # a deeply nested value: check_type would refuse it anyway, as a traceback
+        raise UserError(f"{where}: the value nests JSON too deeply; expected {' or '.join(allowed)}") from None
 
 
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str}

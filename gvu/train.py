@@ -50,7 +50,7 @@ def load_prompts(cfg: TrainConfig) -> list[dict]:
         from gvu.world.geneval_io import read_prompts
         return read_prompts(cfg.prompts_file, nano=False)
     from gvu.world.prompts import make_suite
-    return make_suite(cfg.suite, cfg.train_split, cfg.train_prompts, seed=cfg.seed)
+    return make_suite(cfg.suite, cfg.train_split, cfg.train_prompts, seed=cfg.seed, progress=cfg.train_prompts > 5000)
 
 
 def setup_trainable(backend, cfg: TrainConfig):
