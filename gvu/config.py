@@ -27,12 +27,12 @@ class ConfigError(ValueError):
 
 def check_numbers(cfg, prefix: str = "", infinite_ok: tuple[str, ...] = ()) -> None:
     """Every float field of a config dataclass finite (NaN and inf pass most range checks unnoticed: NaN compares
-    false both ways), except those in infinite_ok, which may be +inf but not NaN; every int field an int."""
+    false both ways), except those in infinite_ok, whose own check (> 0) refuses NaN; every int field an int."""
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         name = prefix + f.name
-        if isinstance(v, float) and not isinstance(v, bool):
-            if math.isnan(v) or (math.isinf(v) and not (f.name in infinite_ok and v > 0)):
+        if isinstance(v, float) and f.name not in infinite_ok:
+            if not math.isfinite(v):
                 raise ConfigError(f"{name} must be a finite number (got {v})")
         elif "int" in str(f.type) and "float" not in str(f.type) and v is not None and (
                 not isinstance(v, int) or isinstance(v, bool)):

@@ -270,7 +270,10 @@ def cmd_score(args) -> None:
         if side != size:
             raise UserError(f"{path}: image is {side}x{side}, but model {args.model} reads {size}x{size} images "
                             "(the size it decodes); resize the images")
-    backend = JanusBackend.from_pretrained(args.model)
+    try:
+        backend = JanusBackend.from_pretrained(args.model)
+    except CheckpointError as e:  # damaged weights or tokenizer, found only as they load
+        raise UserError(str(e)) from None
     try:  # empty prompts, and prompts that do not fit the model's positions after the image and query
         backend.check_texts(cfg.query, sorted({p for p, _ in items}))
     except ValueError as e:

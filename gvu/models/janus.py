@@ -58,11 +58,12 @@ class JanusBackendConfig:
 
     @staticmethod
     def load(model_dir: str | None, **overrides) -> "JanusBackendConfig":
+        """The defaults, then model_dir's gvu_backend.json (checked: a JSON object of known keys and types; else a
+        CheckpointError naming the file), then `overrides`."""
         values: dict = {}
         path = os.path.join(model_dir, BACKEND_FILE) if model_dir else None
         if path and os.path.exists(path):
-            with open(path) as f:
-                values = json.load(f)
+            values = backend_file_values(path)
         values.update(overrides)
         if isinstance(values.get("template"), dict):
             values["template"] = JanusTemplate(**values["template"])
@@ -87,6 +88,80 @@ CONVERT_HINT = ("convert it to transformers' format with transformers' src/trans
                 "or use the converted deepseek-community/Janus-Pro-1B or -7B")
 
 
+def one_line(e: Exception, limit: int = 200) -> str:
+    """An exception as one short line (transformers' messages run over many lines)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def read_json_file(path: str, what: str, fix: str):
+    """A JSON file of a checkpoint, or a CheckpointError that names it, says what is wrong and how to fix it."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read {what} ({e.strerror or e}); {fix}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: {what} is not text (binary or damaged); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno}"
+                              f"{', the file is empty' if e.pos == 0 else ''}); {fix}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: {what} nests JSON too deeply; {fix}") from None
+
+
+def backend_file_values(path: str) -> dict:
+    """gvu_backend.json's settings, checked against JanusBackendConfig's fields and their types."""
+    fix = (f"fix it or delete it (without {BACKEND_FILE} a checkpoint gets Janus-Pro's defaults); its keys are "
+           f"JanusBackendConfig's in gvu/models/janus.py")
+    values = read_json_file(path, "the backend settings", fix)
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of backend settings, found a {type(values).__name__}; {fix}")
+    defaults = asdict(JanusBackendConfig())
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown setting(s) {', '.join(map(repr, unknown))}; known: "
+                              f"{', '.join(sorted(defaults))}. {fix}")
+    for key, value in values.items():
+        want = defaults[key]
+        if key == "template":
+            ok = isinstance(value, dict) and set(value) <= set(want) and all(isinstance(v, str) for v in value.values())
+        elif isinstance(want, tuple):
+            ok = (isinstance(value, list) and len(value) == len(want)
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+        elif isinstance(want, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif key == "pad_token":
+            ok = value is None or isinstance(value, str)
+        else:
+            ok = type(value) is type(want)
+        if not ok:
+            raise CheckpointError(f"{path}: {key!r} has the wrong type or shape ({str(value)[:60]!r}; the default is "
+                                  f"{want!r}). {fix}")
+    return values
+
+
+def check_safetensors(path: str) -> None:
+    """Read a safetensors file's header (8 bytes of length, then JSON) and check that the file is as long as the
+    header says: a truncated or garbled weights file fails here, before anything loads."""
+    fix = "the file is damaged or incomplete: copy or download the checkpoint again"
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= min(size - 8, 100 << 20):
+                raise ValueError("no valid header")
+            header = json.loads(f.read(n).decode("utf-8"))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the weights ({e.strerror or e})") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); {fix}") from None
+    if size != 8 + n + end:
+        raise CheckpointError(f"{path}: {size} bytes, but its header describes {8 + n + end}; {fix}")
+
+
 def resolve_checkpoint(path: str) -> str:
     """A local directory as is; an "owner/name" that is not one is fetched from the hub (where the network allows)."""
     if os.path.isdir(path):
@@ -108,8 +183,11 @@ def check_checkpoint(path: str, trust_remote_code: bool = False) -> dict:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise CheckpointError(f"{path} has no config.json: it is not a transformers checkpoint directory")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    fix = "copy the checkpoint's config.json again from where the model came from"
+    cfg = read_json_file(cfg_path, "the model config", fix)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object (a transformers model config), found a "
+                              f"{type(cfg).__name__}; {fix}")
     model_type, arch = cfg.get("model_type"), cfg.get("architectures")
     found = f"model_type {model_type!r}" + (f" ({', '.join(arch)})" if arch else "")
     from transformers import CONFIG_MAPPING
@@ -126,10 +204,24 @@ def check_checkpoint(path: str, trust_remote_code: bool = False) -> dict:
         hint = CONVERT_HINT if model_type == "multi_modality" else "give a Janus / Janus-Pro checkpoint"
         raise CheckpointError(f"{path} holds {found}, not a Janus model (model_type 'janus', transformers' "
                               f"JanusForConditionalGeneration): {hint}")
+    try:
+        from transformers import JanusConfig
+
+        JanusConfig(**cfg)  # the sub-configs' sizes, as from_pretrained will read them
+    except Exception as e:  # transformers raises TypeError, ValueError, AttributeError ... for a malformed config
+        raise CheckpointError(f"{cfg_path}: not a valid Janus config ({one_line(e)}); {fix}") from None
     _check_weights(path)
     if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
         raise CheckpointError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): copy the checkpoint's "
                               "tokenizer files into it")
+    tok_path = os.path.join(path, "tokenizer.json")
+    if os.path.exists(tok_path):
+        tok = read_json_file(tok_path, "the tokenizer", "copy the checkpoint's tokenizer files into it again")
+        if not isinstance(tok, dict) or not isinstance(tok.get("model"), dict):
+            raise CheckpointError(f"{tok_path}: not a tokenizers file (no 'model' object); copy the checkpoint's "
+                                  "tokenizer files into it again")
+    if os.path.exists(os.path.join(path, BACKEND_FILE)):
+        backend_file_values(os.path.join(path, BACKEND_FILE))
     return cfg
 
 
@@ -138,11 +230,36 @@ def _check_weights(path: str) -> None:
     if not present:
         raise CheckpointError(f"{path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
     for index in (f for f in present if f.endswith(".index.json")):
-        with open(os.path.join(path, index)) as f:
-            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        fix = "copy the checkpoint's weight files again"
+        weight_map = read_json_file(os.path.join(path, index), "the weights' index", fix)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{os.path.join(path, index)}: no 'weight_map' of tensor names to files; {fix}")
+        shards = sorted(set(weight_map.values()))
+        if any(os.path.basename(s) != s for s in shards):
+            raise CheckpointError(f"{os.path.join(path, index)}: a shard name is not a file of the checkpoint; {fix}")
         missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
         if missing:
             raise CheckpointError(f"{path}: {index} lists weight shards that are missing: {', '.join(missing)}")
+
+
+def load_weights(path: str, dtype: torch.dtype) -> JanusForConditionalGeneration:
+    """transformers' from_pretrained, with every failure to read the weights (unreadable, damaged, tensors whose
+    shapes differ from config.json's) a CheckpointError naming the folder and the fix."""
+    fix = "the weights are damaged or do not belong to this config.json: copy or download the checkpoint again"
+    for name in sorted(os.listdir(path)):  # truncated or garbled files fail here, in a second
+        if name.endswith(".safetensors"):
+            check_safetensors(os.path.join(path, name))
+    try:
+        model, info = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    except Exception as e:  # OSError, SafetensorError, RuntimeError (size mismatch), ValueError ...
+        raise CheckpointError(f"{path}: the weights do not load ({one_line(e)}); {fix}") from None
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        first = mismatched[0]
+        raise CheckpointError(f"{path}: {len(mismatched)} weight(s) have other shapes than config.json says "
+                              f"(first: {first if isinstance(first, str) else first[0]}); {fix}")
+    return model
 
 
 def decoded_side(vq_config) -> int:
@@ -154,8 +271,11 @@ def decoded_image_size(config: dict) -> int:
     """decoded_side from a checkpoint's config.json (as check_checkpoint returns it), before any weights load."""
     from transformers import JanusConfig
 
-    return decoded_side(JanusConfig(**{k: v for k, v in config.items()
-                                       if k in ("vq_config", "vision_config", "text_config")}).vq_config)
+    try:
+        return decoded_side(JanusConfig(**{k: v for k, v in config.items()
+                                           if k in ("vq_config", "vision_config", "text_config")}).vq_config)
+    except Exception as e:  # a malformed sub-config (transformers raises several kinds)
+        raise CheckpointError(f"config.json: its vq_config gives no image size ({one_line(e)})") from None
 
 
 def special_token_ids(tokenizer, config: "JanusBackendConfig") -> dict[str, int]:
@@ -283,11 +403,19 @@ class JanusBackend:
 
         path = resolve_checkpoint(path)
         check_checkpoint(path, trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as e:  # tokenizers and transformers raise many kinds for damaged files
+            raise CheckpointError(f"{path}: its tokenizer ({', '.join(TOKENIZER_FILES)}, tokenizer_config.json) does not "
+                                  f"load ({one_line(e)}); copy the checkpoint's tokenizer files "
+                                  "into it again") from None
         defaults = {} if os.path.exists(os.path.join(path, BACKEND_FILE)) else janus_pro_defaults(path, tokenizer)
         config = JanusBackendConfig.load(path, **{**defaults, **overrides})
-        special_token_ids(tokenizer, config)  # a tokenizer without Janus's tokens fails here, before the weights load
-        model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+        try:  # a tokenizer without Janus's tokens fails here, before the weights load
+            special_token_ids(tokenizer, config)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        model = load_weights(path, dtype).to(device).eval()
         return JanusBackend(model, tokenizer, config)
 
     @contextlib.contextmanager

@@ -84,9 +84,11 @@ def cmd_prompts(args: argparse.Namespace) -> None:
 def cmd_render(args: argparse.Namespace) -> None:
     if args.images_per_prompt < 1:
         raise UserError(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
-    if not gio.MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
-        raise UserError(f"--image-size must be in {gio.MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {args.image_size} (the "
-                        "nano world's shapes need no more pixels; GenEval's own images are 512)")
+    if args.image_size < gio.MIN_IMAGE_SIZE:
+        raise UserError(f"--image-size must be at least {gio.MIN_IMAGE_SIZE}, got {args.image_size}")
+    if args.image_size > MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size must be at most {MAX_IMAGE_SIZE}, got {args.image_size} (the nano world's shapes "
+                        "need no more pixels; GenEval's own images are 512)")
     prompts = gio.read_prompts(args.metadata, nano=True)
     gio.refuse_existing_folder(args.output, args.overwrite, inputs=(args.metadata,))
     # Draw every scene before writing anything (cheap): a prompt no scene satisfies fails here, not halfway.
