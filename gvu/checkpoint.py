@@ -186,17 +186,21 @@ def save(run_dir: str, step: int, model: torch.nn.Module, optimizer, extra: dict
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
-    save_file(trainable_state(model), os.path.join(tmp, WEIGHTS))
-    if extra_tensors:
-        save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}, os.path.join(tmp, EXTRA))
-    opt_tensors: dict[str, torch.Tensor] = {}
-    opt_tree = encode_tree(optimizer_state if optimizer_state is not None else optimizer.state_dict(), opt_tensors)
-    save_file(opt_tensors, os.path.join(tmp, OPTIMIZER))
-    with open(os.path.join(tmp, STATE), "w") as f:
-        json.dump({"format": FORMAT, "step": step, "extra": encode_tree(extra or {}, {}), "rng": rng_states(),
-                   "optimizer": opt_tree}, f)
-    write_manifest(tmp)
-    fsync_folder(tmp)
+    try:
+        save_file(trainable_state(model), os.path.join(tmp, WEIGHTS))
+        if extra_tensors:
+            save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}, os.path.join(tmp, EXTRA))
+        opt_tensors: dict[str, torch.Tensor] = {}
+        opt_tree = encode_tree(optimizer_state if optimizer_state is not None else optimizer.state_dict(), opt_tensors)
+        save_file(opt_tensors, os.path.join(tmp, OPTIMIZER))
+        with open(os.path.join(tmp, STATE), "w") as f:
+            json.dump({"format": FORMAT, "step": step, "extra": encode_tree(extra or {}, {}), "rng": rng_states(),
+                       "optimizer": opt_tree}, f)
+        write_manifest(tmp)
+        fsync_folder(tmp)
+    except BaseException:  # an error, Ctrl-C or SIGTERM (gvu.cli) mid-save: no half-written folder is left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)

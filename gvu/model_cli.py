@@ -223,7 +223,9 @@ def cmd_train(args) -> None:
         dist.cleanup()
     if summary.get("table"):
         print("\nBefore / after GvU (exact evaluator and intrinsic reward):\n" + summary["table"])
-    print(f"\nrun written to {args.out}: metrics.jsonl, curves.png, grids/, summary.md, checkpoints/")
+    outputs = ("metrics.jsonl", "curves.png", "grids/", "summary.md", "checkpoints/")
+    written = [n for n in outputs if os.path.exists(os.path.join(args.out, n))]  # grids and tables may be off
+    print(f"\nrun written to {args.out}: {', '.join(written)}")
 
 
 def cmd_score(args) -> None:
