@@ -240,6 +240,8 @@ def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progre
         # every rank checks the run folder (read-only); rank 0 changes it only once the model, its reference copies
         # and the optimiser are set up, so a start that fails there leaves an existing run (even under --overwrite)
         # as it was
+        if os.environ.get("RANK", "0") == "0":
+            run_lock.check_free(run_dir)  # another process's run here: say so (with its pid) before anything else
         folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
         if os.environ.get("RANK", "0") == "0" and os.path.isdir(run_dir):
             lock.acquire()  # before a resume reads its checkpoint, and long before --overwrite deletes anything
