@@ -1,7 +1,10 @@
 """Bad inputs through the real `gvu` command: each is refused with exit status 2 and one `gvu: error:` line (no
 traceback), before any model loads, and no input file is changed.
 
-The cases run as subprocesses (`python -m gvu.cli ...`), several at a time; the table is CASES below. Run:
+Each case runs `gvu.cli.main(argv)` in a process of its own, as `python -m gvu.cli ARGS` does, forked from a server
+process that has imported gvu, torch and transformers once (FORK_SERVER): a fresh interpreter per case would spend
+90 x 2-4 s importing them. A few cases also run as real `python -m gvu.cli` subprocesses, to test the entry point
+itself. The table is CASES below. Run:
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_bad_inputs.py
 """
 
@@ -242,6 +245,63 @@ def run_case(args: list[str]) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+# Reads {"id": argv} (JSON) on stdin; runs each argv through gvu.cli.main in a forked child (stdout and stderr to
+# files, exit status as the CLI's), four at a time; writes {"id": [status, stdout, stderr]} (JSON) on stdout.
+# Only imports happen before the forks (no OpenMP thread pool exists yet to be copied half-way).
+FORK_SERVER = r"""
+import json, os, sys, tempfile, traceback
+import torch, transformers, gvu.cli, gvu.train, gvu.models.janus, gvu.world.cli  # imported once, shared by the forks
+cases = json.load(sys.stdin)
+scratch = tempfile.mkdtemp()
+running, results = {}, {}
+
+def child(cid, argv):
+    out, err = (os.open(os.path.join(scratch, cid + s), os.O_WRONLY | os.O_CREAT, 0o600) for s in (".out", ".err"))
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    try:
+        code = gvu.cli.main(argv)
+    except SystemExit as e:  # argparse's own usage errors, SIGTERM
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+def reap():
+    pid, status = os.wait()
+    cid = running.pop(pid)
+    read = lambda s: open(os.path.join(scratch, cid + s), errors="replace").read()
+    results[cid] = [os.waitstatus_to_exitcode(status), read(".out"), read(".err")]
+
+for cid, argv in cases.items():
+    while len(running) >= 4:
+        reap()
+    pid = os.fork()
+    if pid == 0:
+        child(cid, argv)
+    running[pid] = cid
+while running:
+    reap()
+json.dump(results, sys.stdout)
+"""
+
+
+def run_forked(argv: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
+    server = subprocess.run([sys.executable, "-c", FORK_SERVER], input=json.dumps(argv), capture_output=True,
+                            text=True, env=ENV, timeout=1200)
+    assert server.returncode == 0, server.stderr[-3000:]
+    return {cid: subprocess.CompletedProcess(argv[cid], rc, out, err)
+            for cid, (rc, out, err) in json.loads(server.stdout).items()}
+
+
+# the cases that also run as `python -m gvu.cli` subprocesses: the entry point, with and without torch imported
+ENTRY_POINT_CASES = ("lr_inf", "config_binary", "out_inside_model", "resume_corrupt_latest", "resume_planted_pickle",
+                     "score_model_weights_truncated", "eval_out_is_metadata")
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     """Every case run once, several at a time; then the inputs' hashes before and after."""
@@ -255,13 +315,15 @@ def outcomes(tmp_path_factory):
         assert holder.stdout.readline().strip() == "held"
         before = tree(inputs)
         argv = {cid: [a.replace("{in}", inputs).replace("{out}", outputs) for a in args] for cid, args, _ in CASES}
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            done = dict(zip(argv, pool.map(run_case, argv.values())))
+        done = run_forked(argv)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            entry = dict(zip(ENTRY_POINT_CASES, pool.map(run_case, [argv[c] for c in ENTRY_POINT_CASES])))
         after = tree(inputs)
     finally:
         holder.kill()
         holder.wait()
-    return {"done": done, "before": before, "after": after, "outputs": os.listdir(outputs), "holder": holder.pid}
+    return {"done": done, "entry": entry, "before": before, "after": after, "outputs": os.listdir(outputs),
+            "holder": holder.pid}
 
 
 def test_the_table_holds_at_least_60_distinct_bad_inputs():
@@ -277,6 +339,13 @@ def test_a_bad_input_is_refused_with_one_clear_line(outcomes, cid, words):
     assert words in last, last
     if cid == "run_held_by_another":
         assert f"(pid {outcomes['holder']})" in last
+
+
+@pytest.mark.parametrize("cid", ENTRY_POINT_CASES)
+def test_python_m_gvu_cli_refuses_as_the_forked_main_does(outcomes, cid):
+    r, forked = outcomes["entry"][cid], outcomes["done"][cid]
+    assert "Traceback" not in r.stderr and r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == forked.stderr.strip().splitlines()[-1]
 
 
 def test_no_bad_input_changed_or_added_an_input_file_or_made_an_output(outcomes):
