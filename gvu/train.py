@@ -571,7 +571,7 @@ def load_trained(run_dir: str, step: int | None = None):
     cfg = TrainConfig(**d)
     backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))  # as the run trained
     setup_trainable(backend, cfg)
-    ckpt = checkpoint.resume_point(run_dir, step)  # manifest checked; never an old-format pickle
+    ckpt = checkpoint.resume_point(run_dir, step or None)  # manifest checked; never an old-format pickle
     if ckpt is None:
         raise ValueError(f"{run_dir} has no checkpoint yet")
     checkpoint.load_weights(ckpt, backend.model)
