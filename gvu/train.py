@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gvu import checkpoint, dist, run_lock
@@ -258,6 +259,7 @@ def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progre
             dist.print0(f"[gvu] warning: {warning}")
         torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
         random.seed(cfg.seed)
+        np.random.seed(cfg.seed)  # NumPy's global RNG too, so that a checkpoint's RNG states are the run's own
         backend = JanusBackend.from_pretrained(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))
         backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
         eval_md, grid_md = eval_sets(cfg, nano)

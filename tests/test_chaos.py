@@ -36,14 +36,21 @@ def writing(out) -> bool:
 
 
 def kill_when(p: subprocess.Popen, ready, deadline: float) -> bool:
-    """SIGKILL p as soon as ready() holds (polled every millisecond); False if p ended or the deadline passed."""
+    """SIGKILL p as soon as ready() holds (polled without pause: a tiny model's save lasts milliseconds); False if
+    p ended or the deadline passed first."""
     while p.poll() is None and time.time() < deadline:
         if ready():
             p.send_signal(signal.SIGKILL)
             p.wait()
             return True
-        time.sleep(0.001)
     return False
+
+
+def saved_step(out) -> int:
+    try:
+        return int((out / "checkpoints/latest").read_text()[5:])
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 def final_state(out) -> tuple[dict, dict, dict]:
@@ -67,36 +74,44 @@ def same(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.slow  # about 15 process starts of a few seconds each
+@pytest.mark.slow  # 17 process starts of a few seconds each
 def test_kill_9_at_random_moments_and_mid_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path):
     model = tmp_path / "model"
     m, tok = build_random("smoke", seed=0)
     save_model(m, tok, SPECS["smoke"], str(model))
-    cfg = {"model": str(model), "steps": 6, "batch_prompts": 2, "group_size": 2, "train_prompts": 16, "eval_every": 0,
+    cfg = {"model": str(model), "steps": 40, "batch_prompts": 2, "group_size": 2, "train_prompts": 16, "eval_every": 0,
            "grid_every": 0, "final_eval": False, "checkpoint_every": 1, "threads": 1, "lr": 1e-3, "warmup_steps": 0}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    t0 = time.time()
     straight = start(tmp_path / "cfg.json", tmp_path / "straight", resume=False)
+    while straight.poll() is None and not (tmp_path / "straight/metrics.jsonl").exists():
+        time.sleep(0.01)
+    startup = time.time() - t0  # until the first metrics line: loading, set-up and step 1
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
 
     out, rng = tmp_path / "chaos", random.Random(0)
-    kills = {"random": 0, "mid_checkpoint": 0}
-    for attempt in range(40):
+    kills = {"start-up": 0, "mid-step": 0, "mid-checkpoint": 0}
+    modes = list(kills) * 5
+    for attempt in range(len(modes) + 5):
         p = start(tmp_path / "cfg.json", out, resume=(out / "config.json").exists())
-        if attempt < 12:
-            if attempt % 2 == 0:  # at a random moment: in start-up, a step, a log write or a save
-                delay = time.time() + rng.uniform(0.5, 12.0)
-                killed = kill_when(p, lambda: time.time() >= delay, time.time() + 600)
-                kills["random"] += killed
-            else:  # while a checkpoint is being written
-                killed = kill_when(p, lambda: writing(out), time.time() + 600)
-                kills["mid_checkpoint"] += killed
-            if killed:
-                continue
+        mode = modes[attempt] if attempt < len(modes) else None
+        if mode == "start-up":  # imports, model loading, resume, the first step
+            at = time.time() + rng.uniform(0.2, startup)
+            ready = (lambda at: lambda: time.time() >= at)(at)
+        elif mode == "mid-step":  # 1 or 2 checkpoints on, then at a random moment of a step, log write or save
+            target, jitter, seen = saved_step(out) + rng.randint(1, 2), rng.uniform(0.0, 0.2), {}
+            ready = (lambda target, jitter, seen: lambda: saved_step(out) >= target and
+                     time.time() >= seen.setdefault("t", time.time()) + jitter)(target, jitter, seen)
+        elif mode == "mid-checkpoint":  # while a checkpoint folder (or latest) is being written
+            ready = lambda: writing(out)  # noqa: E731
+        if mode is not None and kill_when(p, ready, time.time() + 600):
+            kills[mode] += 1
+            continue
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
-        if (out / "checkpoints/latest").exists() and checkpoint.latest(str(out)).endswith("step_000006"):
+        if saved_step(out) == 40:
             break
-    assert kills["random"] >= 3 and kills["mid_checkpoint"] >= 3, kills
+    assert min(kills.values()) >= 4, kills  # the run did not end before the kills were done
     a, b = final_state(tmp_path / "straight"), final_state(out)
     assert same(a[0], b[0]), "trainable weights differ"
     assert same(a[1], b[1]), "optimiser state differs"
