@@ -107,8 +107,9 @@ def test_fsdp_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
 
 def test_a_world_size_that_does_not_divide_the_batch_is_refused(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"}
-    cfg = {"model": str(tmp_path), "batch_prompts": 2, "group_size": 2}
-    (tmp_path / "config.json").write_text("{}")
+    cfg = {"model": str(tmp_path / "model"), "batch_prompts": 2, "group_size": 2}  # --out may not lie inside it
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model/config.json").write_text("{}")
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, "-m", "gvu", "train", "--config", "cfg.json", "--out", "run"], env=env,
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
