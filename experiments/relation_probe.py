@@ -109,7 +109,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         enc = JanusVisionModel(model.config.vision_config).eval()
         if args.encoder != "random":
-            enc.load_state_dict(_split_vision_state(torch.load(args.encoder, weights_only=False, map_location="cpu")["model"])["vision"])
+            enc.load_state_dict(_split_vision_state(torch.load(args.encoder, weights_only=True, map_location="cpu")["model"])["vision"])
         with torch.no_grad():
             x = enc(pv.float()).last_hidden_state.float().numpy()[s_idx, p_idx]
         res["encoder_only"] = {"encoder": args.encoder, **probes(x), "chance": 1 / grid}

@@ -72,7 +72,7 @@ def train_variant(base: str, out: str, preset: str, overrides: dict, device: str
             (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
     stage1 = os.path.join(out, "stage1.pt")
     if os.path.exists(stage1):  # a rerun: its VQ must come from where this run's did
-        had = torch.load(stage1, weights_only=False, map_location="cpu").get("vq_from")
+        had = torch.load(stage1, weights_only=True, map_location="cpu").get("vq_from")
         now = os.path.abspath(vq_from) if vq_from else None
         if had != now:
             raise SystemExit(f"{out} was trained with its VQ from {had or '--base'}, not {now or '--base'}; "

@@ -12,7 +12,9 @@ like argparse's own usage errors; anything else is a bug and keeps its traceback
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Callable
 
 from gvu import __version__
@@ -39,8 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame) -> None:
+    """SIGTERM (a scheduler's stop, `kill`) as an exception, so that cleanup runs as it does for Ctrl-C: temporary
+    outputs are removed, a run folder's lock is let go."""
+    raise SystemExit(128 + signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         args.func(args)
     except UserError as e:

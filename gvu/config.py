@@ -6,8 +6,9 @@ they belong to the backend (gvu/models/janus.py: JanusBackendConfig).
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from gvu.errors import UserError
 
@@ -19,10 +20,33 @@ LOSS_LOGPROBS = ("conditional", "guided")
 ENGINES = ("eager", "static", "compiled")  # rollout decoding engines (gvu/models/janus_decode.py)
 
 
+SEED_MAX = 2**32 - 1  # seeds are NumPy-compatible 32-bit values (torch takes 64, numpy.random.seed 32)
+MAX_TRAIN_PROMPTS = 100_000  # the nano world's training pool is made up front (about 800 prompts a second on a busy 2-core CPU)
+
+
 class ConfigError(UserError, ValueError):
     """A configuration value is invalid; the message says which and how to fix it. The one config error of
     `gvu train` and `gvu pretrain` (their presets, --config files, --set items and validation): a UserError, so the
     CLI prints it and exits 2, and a ValueError for code that checks configs."""
+
+
+def check_numbers(cfg, prefix: str = "", infinite_ok: tuple[str, ...] = ()) -> None:
+    """Every float field of a config dataclass finite (NaN and inf pass most range checks unnoticed: NaN compares
+    false both ways), except those in infinite_ok, whose own check (> 0) refuses NaN; every int field an int."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        name = prefix + f.name
+        if isinstance(v, float) and f.name not in infinite_ok:
+            if not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number (got {v})")
+        elif "int" in str(f.type) and "float" not in str(f.type) and v is not None and (
+                not isinstance(v, int) or isinstance(v, bool)):
+            raise ConfigError(f"{name} must be an integer (got {v!r})")
+
+
+def check_seed(name: str, seed) -> None:
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{name} must be in 0..{SEED_MAX} (2**32 - 1), got {seed}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +63,8 @@ class SamplingConfig:
     engine: str = "eager"  # how decoding steps run (gvu/models/janus_decode.py): eager (growing cache) | static (preallocated cache, fixed-shape step) | compiled (static under torch.compile; CUDA graphs on CUDA); all draw the same tokens
 
     def validate(self) -> None:
+        check_numbers(self, "sampling.")
+        check_seed("sampling.seed", self.seed)
         if not self.guidance and self.cfg_scale is not None:  # first: with guidance off, any scale is the mistake
             raise ConfigError(f"cfg_scale is {self.cfg_scale} but guidance is off; unset one of them "
                               "(sampling.cfg_scale=null or sampling.guidance=true)")
@@ -68,6 +94,7 @@ class RewardConfig:
     ema_decay: float = 0.99  # for judge="ema": judge <- decay * judge + (1 - decay) * policy once per training step (after its mu updates)
 
     def validate(self) -> None:
+        check_numbers(self, "reward.")
         if self.kind not in REWARD_KINDS:
             raise ConfigError(f"reward kind must be one of {REWARD_KINDS} (got {self.kind!r})")
         if self.reduction not in REDUCTIONS:
@@ -150,7 +177,18 @@ class TrainConfig:
 
         self.sampling.validate()
         self.reward.validate()
+        check_numbers(self, infinite_ok=("max_grad_norm",))
+        check_seed("seed", self.seed)
         checks = [
+            (self.lora_alpha > 0, f"lora_alpha must be > 0 (got {self.lora_alpha}): LoRA scales its update by "
+                                  "lora_alpha / lora_r, so 0 would train adapters that change nothing"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {self.warmup_steps}); 0 starts at the full lr"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})"),
+            (1 <= self.train_prompts <= MAX_TRAIN_PROMPTS,
+             f"train_prompts must be in 1..{MAX_TRAIN_PROMPTS:,} (got {self.train_prompts:,}): the pool is made "
+             "before training starts; a larger pool would only take longer to make (steps draw B prompts each)"),
+            (self.steps <= 10**9 and self.batch_prompts <= 10**6 and self.group_size <= 10**6,
+             "steps (at most 1e9), batch_prompts and group_size (at most 1e6) are out of range"),
             (self.group_size >= 2, f"group_size must be >= 2 (got {self.group_size}): GRPO compares images of one prompt"),
             (self.batch_prompts >= 1, f"batch_prompts must be >= 1 (got {self.batch_prompts})"),
             (self.steps >= 1, f"steps must be >= 1 (got {self.steps})"),

@@ -58,6 +58,12 @@ def register_train(sub) -> None:
                    help="continue the run in --out from its latest checkpoint; without --preset or --config its own "
                         "config.json is the base (--set steps=N on top extends it under the constant schedule)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--resume-from", type=int, default=None, metavar="STEP",
+                   help="with --resume: continue from the checkpoint of this step (checkpoints/step_STEP) instead of "
+                        "the one checkpoints/latest names (e.g. when the latest is corrupt)")
+    p.add_argument("--trust-checkpoint-pickle", action="store_true",
+                   help="with --resume: allow a checkpoint of gvu's old format, whose state.pt is a pickle, to be "
+                        "unpickled. Unpickling runs any code the file holds: only for runs you made yourself")
     p.set_defaults(func=cmd_train)
 
 
@@ -127,6 +133,12 @@ def train_config_of(args):
 def cmd_train(args) -> None:
     from gvu.config import ConfigError
 
+    if (args.resume_from is not None or args.trust_checkpoint_pickle) and not args.resume:
+        raise UserError("--resume-from and --trust-checkpoint-pickle go with --resume")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if args.resume_from is not None and args.resume_from < 1:
+        raise UserError(f"--resume-from must be a checkpoint's step (>= 1), got {args.resume_from}")
     cfg = train_config_of(args)
     try:
         cfg.validate()
@@ -134,11 +146,16 @@ def cmd_train(args) -> None:
         raise UserError(str(e)) from e
     if not os.path.isdir(cfg.model):
         raise UserError(f"model {cfg.model!r} is not a directory: give a local Janus checkpoint (--set model=PATH)")
+    from gvu.paths import check_output
+
+    # the run folder is never inside, or the same as, what the run reads (a resumed run may hold its own inputs)
+    check_output(args.out, [cfg.model, cfg.prompts_file], folder=True, allow_input_inside=args.resume)
     from gvu import dist
     from gvu.train import TrainingDiverged, train
 
     try:  # train's set-up errors are SetupErrors (UserErrors); a ValueError from its loop is a bug: traceback kept
-        summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+        summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, resume_from=args.resume_from,
+                        trust_pickle=args.trust_checkpoint_pickle)
         dist.barrier()  # every rank is done communicating before any tears its process group down
     except ConfigError as e:
         raise UserError(str(e)) from e
@@ -151,7 +168,9 @@ def cmd_train(args) -> None:
         dist.cleanup()
     if summary.get("table"):
         print("\nBefore / after GvU (exact evaluator and intrinsic reward):\n" + summary["table"])
-    print(f"\nrun written to {args.out}: metrics.jsonl, curves.png, grids/, summary.md, checkpoints/")
+    outputs = ("metrics.jsonl", "curves.png", "grids/", "summary.md", "checkpoints/")
+    written = [n for n in outputs if os.path.exists(os.path.join(args.out, n))]  # grids and tables may be off
+    print(f"\nrun written to {args.out}: {', '.join(written)}")
 
 
 def cmd_score(args) -> None:
@@ -189,12 +208,19 @@ def cmd_score(args) -> None:
     else:
         folders = gio.read_folder(args.folder, nano=False)
         items = [(f.metadata["prompt"], p) for f in folders for _, p in f.samples]
+    if args.out:
+        from gvu.paths import check_output
+
+        check_output(args.out, [args.model] + ([args.image] if args.image else [f.path for f in folders]))
     for _, path in items:
         side = gio.check_image(path)
         if side != size:
             raise UserError(f"{path}: image is {side}x{side}, but model {args.model} reads {size}x{size} images "
                             "(the size it decodes); resize the images")
-    backend = JanusBackend.from_pretrained(args.model)
+    try:
+        backend = JanusBackend.from_pretrained(args.model)
+    except CheckpointError as e:  # damaged weights or tokenizer, found only as they load
+        raise UserError(str(e)) from None
     try:  # empty prompts, and prompts that do not fit the model's positions after the image and query
         backend.check_texts(cfg.query, sorted({p for p, _ in items}))
     except ValueError as e:

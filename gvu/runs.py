@@ -18,6 +18,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from gvu import run_lock
 from gvu.config import ConfigError, TrainConfig
 
 # ----------------------------------------------------------------------------------------------- shared guards
@@ -58,28 +59,6 @@ def as_json(obj) -> dict:
     return json.loads(json.dumps(asdict(obj)))
 
 
-class RunLock:
-    """An exclusive lock on a run folder (flock on OUT/.lock), held for the run's life: a second command writing into
-    the same folder is refused instead of interleaving with the first. Released by close() or when the process ends
-    (also by kill -9). On systems without fcntl there is no lock."""
-
-    def __init__(self, out: str, command: str):
-        self.file = open(os.path.join(out, ".lock"), "w")
-        try:
-            import fcntl
-        except ImportError:
-            return
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise ConfigError(f"another `{command}` is writing into {out} now; wait for it to end (or stop it) "
-                              "before resuming, or pick another --out") from None
-
-    def close(self) -> None:
-        self.file.close()  # releases the lock
-
-
 # ----------------------------------------------------------------------------------------------- gvu train
 
 # fields that change how fast a `gvu train` run goes (or its memory, how often it logs, how long ranks wait for each
@@ -89,7 +68,7 @@ SPEED_ONLY = ("dist_timeout_min", "evaluator_workers", "gradient_checkpointing",
 # what a `gvu train` run folder holds (the experiments add result*.json; a crash can leave *.tmp); --overwrite
 # replaces only such a folder
 RUN_FILES = {"config.json", "metrics.jsonl", "diagnostics.jsonl", "before.json", "after.json", "summary.md",
-             "curves.png", "checkpoints", "grids", "tensorboard"}
+             "curves.png", "checkpoints", "grids", "tensorboard", run_lock.LOCK_NAME}
 
 
 def run_file(name: str) -> bool:
@@ -151,7 +130,7 @@ def check_run_dir(run_dir: str, cfg: TrainConfig, resume: bool, overwrite: bool)
             raise ConfigError(f"--resume: the config differs from the run's own ({diff}); resume with the same "
                               f"settings{hint}")
         return "resume"
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
+    if os.path.isdir(run_dir) and run_lock.entries(run_dir):
         check_replaceable(run_dir)
         if not overwrite:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
@@ -166,20 +145,24 @@ def check_replaceable(run_dir: str) -> None:
                           f"{listing(sorted(os.listdir(run_dir)))}); pick a new or empty folder")
 
 
-def make_run_dir(run_dir: str, cfg: TrainConfig, plan: str) -> None:
+def make_run_dir(run_dir: str, cfg: TrainConfig, plan: str, lock: run_lock.RunLock | None = None) -> None:
     """Carry out check_run_dir's plan (rank 0, once training is set up), checking again what may have changed since
-    (another `gvu train` given the same --out in the meantime)."""
+    (another `gvu train` given the same --out in the meantime). lock: the run's held lock; --overwrite then empties
+    the folder but keeps the lock file, so the lock is never let go in between."""
     from gvu.run_io import write_config
 
     if plan == "resume":
         return
     if plan in ("new", "replace"):
-        if os.path.isdir(run_dir) and os.listdir(run_dir):
+        if os.path.isdir(run_dir) and run_lock.entries(run_dir):
             if plan == "new":
                 raise ConfigError(f"{run_dir} was empty when this run began and holds files now (another run "
                                   "writing there?); pick another --out")
             check_replaceable(run_dir)
-            shutil.rmtree(run_dir)  # a run, replaced under --overwrite
+            if lock is not None:  # a run, replaced under --overwrite
+                run_lock.clear_run_dir(run_dir, lock)
+            else:
+                shutil.rmtree(run_dir)
         os.makedirs(run_dir, exist_ok=True)
     write_config(run_dir, cfg)
 

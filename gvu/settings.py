@@ -33,8 +33,10 @@ def coerce(value: str, annotation: str, where: str):
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     try:
         return json.loads(value)
-    except (json.JSONDecodeError, RecursionError):
+    except json.JSONDecodeError:
         return value
+    except RecursionError:  # a deeply nested value: check_type would refuse it anyway, as a traceback
+        raise ConfigError(f"{where}: the value nests JSON too deeply; expected {' or '.join(allowed)}") from None
 
 
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str}
@@ -118,6 +120,9 @@ def parse_sets(items, cls, flag: str = "--set") -> dict:
     return out
 
 
+MAX_SETTINGS_BYTES = 1 << 20  # a settings file is a few hundred bytes; a larger one is not a config
+
+
 def read_settings_file(path, where: str, what: str) -> dict:
     """A JSON object of settings from the file `path` (a preset or --config), or a ConfigError that says what is
     wrong with it. what: the config class's name, for the messages."""
@@ -125,13 +130,19 @@ def read_settings_file(path, where: str, what: str) -> dict:
         raise ConfigError(f"{where}: no such file {path}")
     if os.path.isdir(path):
         raise ConfigError(f"{where}: {path} is a folder; give a JSON file of {what} fields")
+    with open(path, "rb") as f:
+        data = f.read(MAX_SETTINGS_BYTES + 1)
+    if len(data) > MAX_SETTINGS_BYTES:
+        raise ConfigError(f"{where}: {path} is over {MAX_SETTINGS_BYTES >> 20} MiB, not a {what} JSON file")
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        d = json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{where}: {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except (UnicodeDecodeError, RecursionError):
-        raise ConfigError(f"{where}: {path} is not a JSON text file; give a JSON object of {what} fields") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not a text file (not UTF-8); give a JSON object of {what} "
+                          "fields") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: {path} nests JSON too deeply; give a flat JSON object of {what} fields") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: {path} must hold a JSON object of {what} fields, not a {type(d).__name__}")
     return d

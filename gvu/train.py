@@ -21,9 +21,10 @@ import random
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
 
-from gvu import checkpoint, dist
+from gvu import checkpoint, dist, run_lock
 from gvu.config import ConfigError, TrainConfig
 from gvu.errors import SetupError
 from gvu.evaluate import evaluate, sample_over_ranks, world_judgeable
@@ -48,7 +49,7 @@ def load_prompts(cfg: TrainConfig) -> list[dict]:
         from gvu.world.geneval_io import read_prompts
         return read_prompts(cfg.prompts_file, nano=False)
     from gvu.world.prompts import make_suite
-    return make_suite(cfg.suite, cfg.train_split, cfg.train_prompts, seed=cfg.seed)
+    return make_suite(cfg.suite, cfg.train_split, cfg.train_prompts, seed=cfg.seed, progress=cfg.train_prompts > 5000)
 
 
 def setup_trainable(backend, cfg: TrainConfig):
@@ -204,9 +205,22 @@ def setup_errors():
         raise SetupError(str(e)) from e
 
 
-def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          resume_from: int | None = None, trust_pickle: bool = False) -> dict:
     """Run (or resume) GvU-GRPO. Under torchrun every rank runs this and takes its share of the evaluations;
-    rank 0 logs, writes the evaluations and checkpoints."""
+    rank 0 logs, writes the evaluations and checkpoints, and holds the run folder's lock (gvu.run_lock) from before
+    it changes anything there until the run ends.
+    resume_from: the checkpoint step to resume from (default: the one checkpoints/latest names).
+    trust_pickle: allow an old-format checkpoint (a pickle) to be unpickled on resume."""
+    lock = run_lock.RunLock(run_dir)
+    try:
+        return _train(cfg, run_dir, resume, overwrite, progress, resume_from, trust_pickle, lock)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progress: bool, resume_from: int | None,
+           trust_pickle: bool, lock: run_lock.RunLock) -> dict:
     from gvu.models.registry import check_model, load_backend
 
     with setup_errors():  # checks, loads, then makes the run folder; a ValueError from the loop below is a bug
@@ -229,7 +243,15 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         # every rank checks the run folder (read-only); rank 0 changes it only once the model, its reference copies
         # and the optimiser are set up, so a start that fails there leaves an existing run (even under --overwrite)
         # as it was
+        if os.environ.get("RANK", "0") == "0":
+            run_lock.check_free(run_dir)  # another process's run here: say so (with its pid) before anything else
         folder_plan = check_run_dir(run_dir, cfg, resume, overwrite)
+        if os.environ.get("RANK", "0") == "0" and os.path.isdir(run_dir):
+            lock.acquire()  # before a resume reads its checkpoint, and long before --overwrite deletes anything
+            if resume:
+                checkpoint.clean_stale(run_dir)  # what a save cut short by a kill left behind
+        # the checkpoint to resume from, checked (manifest, format) before the model loads
+        ckpt = checkpoint.resume_point(run_dir, resume_from, trust_pickle) if resume else None
         check_model(cfg.model)  # config, tokenizer (and X-Omni's FLUX folder) only: no weights are read yet
         info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
         compute = compute_context(cfg)  # bf16 autocast over fp32 masters (gvu.master_weights), else a no-op
@@ -239,6 +261,7 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             dist.print0(f"[gvu] warning: {warning}")
         torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights (and LoRA init)
         random.seed(cfg.seed)
+        np.random.seed(cfg.seed)  # NumPy's global RNG too, so that a checkpoint's RNG states are the run's own
         backend = load_backend(cfg.model, device=str(info.device), dtype=torch_dtype(cfg))
         backend.check_prompts([m["prompt"] for m in pool])  # bad prompts fail before any work
         eval_md, grid_md = eval_sets(cfg, nano)
@@ -251,9 +274,8 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
         judge = Judge(backend, cfg.reward, adapter_off) if cfg.reward.kind == "gvu" else None
 
         start, low_signal = 0, 0  # low_signal: steps in a row without a learning signal (the alarm's count)
-        ckpt = checkpoint.latest(run_dir) if resume else None
         if ckpt:  # weights now (unsharded), the optimiser once it exists
-            start, extra, tensors = checkpoint.load(ckpt, backend.model, None)
+            start, extra, tensors = checkpoint.load(ckpt, backend.model, None, trust_pickle)
             low_signal = extra.get("low_signal", 0)  # 0 for a checkpoint that holds no count
             if judge is not None and judge.mode == "ema":
                 judge.load_ema_tensors(tensors)
@@ -268,9 +290,10 @@ def train(cfg: TrainConfig, run_dir: str, resume: bool = False, overwrite: bool 
             policy = dist.ddp(policy, info)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if ckpt:
-            dist.load_optimizer_state(policy, optimizer, checkpoint.read_optimizer_state(ckpt))
+            dist.load_optimizer_state(policy, optimizer, checkpoint.read_optimizer_state(ckpt, trust_pickle))
         if info.is_main:  # set-up is done: now the run folder is made (or an old run replaced under --overwrite)
-            make_run_dir(run_dir, cfg, folder_plan)
+            lock.acquire()  # a no-op when held; makes a new run's folder
+            make_run_dir(run_dir, cfg, folder_plan, lock)
     dist.barrier()
     log = MetricsLog(run_dir) if info.is_main else None
     if log and resume:  # lines after the step resumed from are written again (all of them without a checkpoint)
@@ -452,7 +475,6 @@ def read_run_config(run_dir: str) -> TrainConfig:
 def load_trained(run_dir: str, step: int | None = None, device: str | None = None, dtype: str | None = None):
     """The policy of a run (its latest checkpoint, or `step`), as its backend, ready for evaluation.
     device, dtype: where and in which precision to load it (default: the run's own)."""
-    from safetensors.torch import load_file
 
     from gvu.models.registry import load_backend
 
@@ -460,13 +482,9 @@ def load_trained(run_dir: str, step: int | None = None, device: str | None = Non
     cfg = replace(cfg, device=device or cfg.device, dtype=dtype or cfg.dtype)
     backend = load_backend(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))  # as the run trained
     setup_trainable(backend, cfg)
-    ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}") if step else checkpoint.latest(run_dir)
+    ckpt = checkpoint.resume_point(run_dir, step or None)  # manifest checked; never an old-format pickle
     if ckpt is None:
         raise ValueError(f"{run_dir} has no checkpoint yet")
-    weights = load_file(os.path.join(ckpt, "trainable.safetensors"))
-    params = dict(backend.model.named_parameters())
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w)
+    checkpoint.load_weights(ckpt, backend.model)
     backend.model.eval()
     return backend

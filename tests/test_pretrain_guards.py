@@ -89,7 +89,7 @@ def test_one_writer_at_a_time_per_run_folder(tmp_path):
     cfg = resolve("smoke", threads=1)
     first = RunFolder(cfg, str(tmp_path / "run"))
     try:
-        with pytest.raises(ValueError, match="another `gvu pretrain` is writing into"):
+        with pytest.raises(UserError, match="another `gvu pretrain` is writing into"):
             RunFolder(cfg, str(tmp_path / "run"))
     finally:
         first.close()

@@ -404,7 +404,7 @@ def test_a_checkpoint_is_on_disk_before_its_rename_and_latest_after_it(tmp_path,
     opt = torch.optim.AdamW(model.parameters())
     final = checkpoint.save(str(tmp_path), 3, model, opt, extra_tensors={"ema": torch.ones(2)})
     files = sorted(os.listdir(final))
-    assert files == ["extra.safetensors", "state.pt", "trainable.safetensors"]
+    assert files == ["extra.safetensors", "manifest.json", "optimizer.safetensors", "state.json", "trainable.safetensors"]
     rename = events.index(("replace", "step_000003"))
     assert sorted(name for kind, name in events[:rename] if kind == "fsync") == sorted(files + ["step_000003.tmp"])
     assert events[rename + 1:] == [("fsync", "checkpoints"), ("fsync", "fd"), ("replace", "latest"), ("fsync", "checkpoints")]

@@ -25,6 +25,7 @@ from gvu.config import SamplingConfig
 from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts
 from gvu.models.janus_decode import EagerDecoder, SampledImageTokens, StaticDecoder, prompt_bucket
 from gvu.models.janus_format import Batch, JanusTemplate, left_pad, unconditional
+from gvu.models.model_files import CheckpointError, check_safetensors, one_line, read_json_file
 from gvu.sampling import filter_logits, guide, sample
 
 BACKEND_FILE = "gvu_backend.json"  # optional backend defaults stored beside a checkpoint (nano-Janus has one)
@@ -61,11 +62,12 @@ class JanusBackendConfig:
 
     @staticmethod
     def load(model_dir: str | None, **overrides) -> "JanusBackendConfig":
+        """The defaults, then model_dir's gvu_backend.json (checked: a JSON object of known keys and types; else a
+        CheckpointError naming the file), then `overrides`."""
         values: dict = {}
         path = os.path.join(model_dir, BACKEND_FILE) if model_dir else None
         if path and os.path.exists(path):
-            with open(path) as f:
-                values = json.load(f)
+            values = backend_file_values(path)
         values.update(overrides)
         if isinstance(values.get("template"), dict):
             values["template"] = JanusTemplate(**values["template"])
@@ -79,15 +81,42 @@ class JanusBackendConfig:
             json.dump(asdict(self), f, indent=2)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory that gvu cannot load; the message says what is wrong and how to fix it."""
-
-
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 CONVERT_HINT = ("convert it to transformers' format with transformers' src/transformers/models/janus/"
                 "convert_janus_weights_to_hf.py (--local_dir IN --output_dir OUT --safe_serialization), "
                 "or use the converted deepseek-community/Janus-Pro-1B or -7B")
+
+
+def backend_file_values(path: str) -> dict:
+    """gvu_backend.json's settings, checked against JanusBackendConfig's fields and their types."""
+    fix = (f"fix it or delete it (without {BACKEND_FILE} a checkpoint gets Janus-Pro's defaults); its keys are "
+           f"JanusBackendConfig's in gvu/models/janus.py")
+    values = read_json_file(path, "the backend settings", fix)
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of backend settings, found a {type(values).__name__}; {fix}")
+    defaults = asdict(JanusBackendConfig())
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown setting(s) {', '.join(map(repr, unknown))}; known: "
+                              f"{', '.join(sorted(defaults))}. {fix}")
+    for key, value in values.items():
+        want = defaults[key]
+        if key == "template":
+            ok = isinstance(value, dict) and set(value) <= set(want) and all(isinstance(v, str) for v in value.values())
+        elif isinstance(want, tuple):
+            ok = (isinstance(value, list) and len(value) == len(want)
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+        elif isinstance(want, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif key == "pad_token":
+            ok = value is None or isinstance(value, str)
+        else:
+            ok = type(value) is type(want)
+        if not ok:
+            raise CheckpointError(f"{path}: {key!r} has the wrong type or shape ({str(value)[:60]!r}; the default is "
+                                  f"{want!r}). {fix}")
+    return values
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -111,8 +140,11 @@ def check_checkpoint(path: str, trust_remote_code: bool = False) -> dict:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise CheckpointError(f"{path} has no config.json: it is not a transformers checkpoint directory")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    fix = "copy the checkpoint's config.json again from where the model came from"
+    cfg = read_json_file(cfg_path, "the model config", fix)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object (a transformers model config), found a "
+                              f"{type(cfg).__name__}; {fix}")
     model_type, arch = cfg.get("model_type"), cfg.get("architectures")
     found = f"model_type {model_type!r}" + (f" ({', '.join(arch)})" if arch else "")
     from transformers import CONFIG_MAPPING
@@ -129,10 +161,24 @@ def check_checkpoint(path: str, trust_remote_code: bool = False) -> dict:
         hint = CONVERT_HINT if model_type == "multi_modality" else "give a Janus / Janus-Pro checkpoint"
         raise CheckpointError(f"{path} holds {found}, not a Janus model (model_type 'janus', transformers' "
                               f"JanusForConditionalGeneration): {hint}")
+    try:
+        from transformers import JanusConfig
+
+        JanusConfig(**cfg)  # the sub-configs' sizes, as from_pretrained will read them
+    except Exception as e:  # transformers raises TypeError, ValueError, AttributeError ... for a malformed config
+        raise CheckpointError(f"{cfg_path}: not a valid Janus config ({one_line(e)}); {fix}") from None
     _check_weights(path)
     if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
         raise CheckpointError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): copy the checkpoint's "
                               "tokenizer files into it")
+    tok_path = os.path.join(path, "tokenizer.json")
+    if os.path.exists(tok_path):
+        tok = read_json_file(tok_path, "the tokenizer", "copy the checkpoint's tokenizer files into it again")
+        if not isinstance(tok, dict) or not isinstance(tok.get("model"), dict):
+            raise CheckpointError(f"{tok_path}: not a tokenizers file (no 'model' object); copy the checkpoint's "
+                                  "tokenizer files into it again")
+    if os.path.exists(os.path.join(path, BACKEND_FILE)):
+        backend_file_values(os.path.join(path, BACKEND_FILE))
     return cfg
 
 
@@ -141,11 +187,36 @@ def _check_weights(path: str) -> None:
     if not present:
         raise CheckpointError(f"{path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
     for index in (f for f in present if f.endswith(".index.json")):
-        with open(os.path.join(path, index)) as f:
-            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        fix = "copy the checkpoint's weight files again"
+        weight_map = read_json_file(os.path.join(path, index), "the weights' index", fix)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{os.path.join(path, index)}: no 'weight_map' of tensor names to files; {fix}")
+        shards = sorted(set(weight_map.values()))
+        if any(os.path.basename(s) != s for s in shards):
+            raise CheckpointError(f"{os.path.join(path, index)}: a shard name is not a file of the checkpoint; {fix}")
         missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
         if missing:
             raise CheckpointError(f"{path}: {index} lists weight shards that are missing: {', '.join(missing)}")
+
+
+def load_weights(path: str, dtype: torch.dtype) -> JanusForConditionalGeneration:
+    """transformers' from_pretrained, with every failure to read the weights (unreadable, damaged, tensors whose
+    shapes differ from config.json's) a CheckpointError naming the folder and the fix."""
+    fix = "the weights are damaged or do not belong to this config.json: copy or download the checkpoint again"
+    for name in sorted(os.listdir(path)):  # truncated or garbled files fail here, in a second
+        if name.endswith(".safetensors"):
+            check_safetensors(os.path.join(path, name))
+    try:
+        model, info = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    except Exception as e:  # OSError, SafetensorError, RuntimeError (size mismatch), ValueError ...
+        raise CheckpointError(f"{path}: the weights do not load ({one_line(e)}); {fix}") from None
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        first = mismatched[0]
+        raise CheckpointError(f"{path}: {len(mismatched)} weight(s) have other shapes than config.json says "
+                              f"(first: {first if isinstance(first, str) else first[0]}); {fix}")
+    return model
 
 
 def decoded_side(vq_config) -> int:
@@ -157,8 +228,11 @@ def decoded_image_size(config: dict) -> int:
     """decoded_side from a checkpoint's config.json (as check_checkpoint returns it), before any weights load."""
     from transformers import JanusConfig
 
-    return decoded_side(JanusConfig(**{k: v for k, v in config.items()
-                                       if k in ("vq_config", "vision_config", "text_config")}).vq_config)
+    try:
+        return decoded_side(JanusConfig(**{k: v for k, v in config.items()
+                                           if k in ("vq_config", "vision_config", "text_config")}).vq_config)
+    except Exception as e:  # a malformed sub-config (transformers raises several kinds)
+        raise CheckpointError(f"config.json: its vq_config gives no image size ({one_line(e)})") from None
 
 
 def special_token_ids(tokenizer, config: "JanusBackendConfig") -> dict[str, int]:
@@ -286,11 +360,19 @@ class JanusBackend:
 
         path = resolve_checkpoint(path)
         check_checkpoint(path, trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as e:  # tokenizers and transformers raise many kinds for damaged files
+            raise CheckpointError(f"{path}: its tokenizer ({', '.join(TOKENIZER_FILES)}, tokenizer_config.json) does not "
+                                  f"load ({one_line(e)}); copy the checkpoint's tokenizer files "
+                                  "into it again") from None
         defaults = {} if os.path.exists(os.path.join(path, BACKEND_FILE)) else janus_pro_defaults(path, tokenizer)
         config = JanusBackendConfig.load(path, **{**defaults, **overrides})
-        special_token_ids(tokenizer, config)  # a tokenizer without Janus's tokens fails here, before the weights load
-        model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+        try:  # a tokenizer without Janus's tokens fails here, before the weights load
+            special_token_ids(tokenizer, config)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        model = load_weights(path, dtype).to(device).eval()
         return JanusBackend(model, tokenizer, config)
 
     @contextlib.contextmanager

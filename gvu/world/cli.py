@@ -16,12 +16,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gvu.errors import UserError
+from gvu.paths import check_output
 from gvu.world import geneval_io as gio
 from gvu.world.prompts import HELD_OUT_PAIRS, SPLITS, is_ood, make_suite
 from gvu.world.sampler import UnsatisfiableError, sample_scene
 from gvu.world.scene import render
 from gvu.world.scoring import format_table, score_folders, summarise
 from gvu.world.vocab import SUITES
+
+MAX_PROMPTS = 100_000  # -n of `gvu world prompts` (the same cap as train_prompts: gvu.config.MAX_TRAIN_PROMPTS)
+MAX_IMAGE_SIZE = 2048  # --image-size of `gvu world render`: one image is 12 MiB of pixels at this size
 
 
 def register_world(sub: argparse._SubParsersAction) -> None:
@@ -48,16 +52,18 @@ def register_world(sub: argparse._SubParsersAction) -> None:
     r.add_argument("-o", "--output", type=Path, required=True, help="the folder to write")
     r.add_argument("--images-per-prompt", type=int, default=4, help="GenEval samples 4 (default)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--image-size", type=int, default=64, help=f"pixels a side (at least {gio.MIN_IMAGE_SIZE})")
+    r.add_argument("--image-size", type=int, default=64,
+                   help=f"pixels a side ({gio.MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE})")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     r.set_defaults(func=cmd_render)
 
 
 def cmd_prompts(args: argparse.Namespace) -> None:
-    if args.n is not None and args.n < 1:
-        raise UserError(f"-n must be at least 1, got {args.n}")
+    if args.n is not None and not 1 <= args.n <= MAX_PROMPTS:
+        raise UserError(f"-n must be in 1..{MAX_PROMPTS:,}, got {args.n:,} (a suite of n prompts takes about n / 800 "
+                        "seconds to make on a 2-core CPU)")
     gio.refuse_existing_file(args.output, args.overwrite)
-    prompts = make_suite(args.suite, args.split, args.n, args.seed)
+    prompts = make_suite(args.suite, args.split, args.n, args.seed, progress=(args.n or 0) > 2000)
     gio.write_files_atomic({args.output: gio.jsonl_text(prompts)})
     print(f"wrote {len(prompts)} {args.suite} {args.split}-split prompts to {args.output}")
 
@@ -67,6 +73,9 @@ def cmd_render(args: argparse.Namespace) -> None:
         raise UserError(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
     if args.image_size < gio.MIN_IMAGE_SIZE:
         raise UserError(f"--image-size must be at least {gio.MIN_IMAGE_SIZE}, got {args.image_size}")
+    if args.image_size > MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size must be at most {MAX_IMAGE_SIZE}, got {args.image_size} (the nano world's shapes "
+                        "need no more pixels; GenEval's own images are 512)")
     prompts = gio.read_prompts(args.metadata, nano=True)
     gio.refuse_existing_folder(args.output, args.overwrite, inputs=(args.metadata,))
     # Draw every scene before writing anything (cheap): a prompt no scene satisfies fails here, not halfway.
@@ -91,6 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     out = args.out if args.out is not None else args.folder / "results.jsonl"
     summary_path = out.parent / "summary.json"
     folders = gio.read_folder(args.folder, nano=True)
+    for path in (out, summary_path):  # never over or into a prompt folder this command reads
+        check_output(path, [f.path for f in folders])
     gio.refuse_existing_file(out, args.overwrite)
     gio.refuse_existing_file(summary_path, args.overwrite)
     gio.check_images(folders, args.image_size)

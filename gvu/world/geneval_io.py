@@ -220,7 +220,7 @@ def read_folder(root: str | Path, nano: bool = True) -> list[PromptFolder]:
     layout = "GenEval's layout: <index:05d>/metadata.jsonl and <index:05d>/samples/<k:04d>.png"
     if not root.is_dir():
         raise UserError(f"{root} is not a folder (expected {layout})")
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and _PROMPT_DIR.fullmatch(p.name))
+    dirs = sorted(root / n for n in _list_folder(root) if (root / n).is_dir() and _PROMPT_DIR.fullmatch(n))
     if not dirs:
         raise UserError(f"{root} holds no prompt folders (expected {layout})")
     out, records = [], []
@@ -234,7 +234,8 @@ def read_folder(root: str | Path, nano: bool = True) -> list[PromptFolder]:
         line, m = lines[0]
         check_format(m, f"{meta}:{line}")
         records.append((meta, line, m))
-        pngs = sorted((d / "samples").glob("*.png")) if (d / "samples").is_dir() else []
+        samples = d / "samples"
+        pngs = sorted(samples / n for n in _list_folder(samples) if n.endswith(".png")) if samples.is_dir() else []
         if not pngs:
             raise UserError(f"{d}: no images in samples/ (expected {layout})")
         bad = [p.name for p in pngs if not _SAMPLE.fullmatch(p.stem)]
@@ -244,6 +245,14 @@ def read_folder(root: str | Path, nano: bool = True) -> list[PromptFolder]:
     if nano:
         _validate_all(records, str(root))
     return out
+
+
+def _list_folder(folder: Path) -> list[str]:
+    """The names in a folder; an unreadable one is an error that says so (not a folder that seems empty)."""
+    try:
+        return os.listdir(folder)
+    except OSError as e:
+        raise UserError(f"cannot read the folder {folder}: {e.strerror or e} (check its permissions)") from None
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -276,8 +285,17 @@ def check_images(folders: list[PromptFolder], size: int | None = None) -> int:
 
 
 def load_image(path: str | Path) -> Image.Image:
+    """An image as 8-bit RGB. 16-bit greyscale PNGs (Pillow's modes I;16* and I) are scaled down to 8 bits: Pillow's
+    own convert("RGB") clips their values at 255, which turns almost every pixel white."""
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I;16") or im.mode == "I":
+                import numpy as np
+
+                arr = np.asarray(im, dtype=np.float64)
+                if im.mode.startswith("I;16") or arr.max(initial=0) > 255:
+                    arr = arr / 257.0  # 65535 -> 255
+                return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
             return im.convert("RGB")
     except Exception as e:
         raise UserError(f"{path}: unreadable image ({e})") from None

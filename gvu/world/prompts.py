@@ -162,11 +162,12 @@ def split_of(metadata: dict, suite: str) -> str:
     return "eval" if h % 100 < EVAL_PERCENT else "train"
 
 
-def make_suite(suite: str, split: str, n: int | None = None, seed: int = 0) -> list[dict]:
+def make_suite(suite: str, split: str, n: int | None = None, seed: int = 0, progress: bool = False) -> list[dict]:
     """`n` prompts of `split` (train / eval / ood) in GenEval's tag proportions; reproducible from `seed`.
 
     The eval split defaults to GenEval's size (553 prompts; 280 for GenEval++). Distinct prompts are preferred;
-    a tag with fewer distinct prompts than asked for repeats them.
+    a tag with fewer distinct prompts than asked for repeats them. progress: a bar on stderr (large suites take
+    minutes: about 800 prompts a second on a busy 2-core CPU).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -184,6 +185,9 @@ def make_suite(suite: str, split: str, n: int | None = None, seed: int = 0) -> l
         per_tag[t] += 1
     rng = random.Random(f"{suite}/{split}/{seed}")
     out = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, desc=f"{suite} {split} prompts", unit="prompt", disable=not progress, leave=False)
     for tag in tags:
         seen: set[str] = set()
         got: list[dict] = []
@@ -197,6 +201,8 @@ def make_suite(suite: str, split: str, n: int | None = None, seed: int = 0) -> l
                 continue  # prefer distinct prompts; give up preferring once the tag's prompts run out
             seen.add(m["prompt"])
             got.append(m)
+            bar.update(1)
         out.extend(got)
+    bar.close()
     rng.shuffle(out)
     return out

@@ -16,7 +16,8 @@ from gvu.models.pretrain.files import atomic_save, save_config
 from gvu.models.pretrain.image_stages import stage0, stage1, stage_decoder, stage_vision
 from gvu.models.pretrain.lm_stages import stage2, stage3
 from gvu.models.pretrain.presets import resolve
-from gvu.runs import RunLock, as_json, changed_fields, foreign_files, is_inside, listing, refuse_file
+from gvu.run_lock import LOCK_NAME, RunLock
+from gvu.runs import as_json, changed_fields, foreign_files, is_inside, listing, refuse_file
 
 CONFIG_FILE = "pretrain_config.json"
 # the guidance scale a saved nano model samples with by default: on single-object prompts a small model drew the right
@@ -46,7 +47,7 @@ class RunFolder:
         if os.path.exists(meta):
             self.check_same_recipe(cfg, meta)
         os.makedirs(out, exist_ok=True)
-        self.lock = RunLock(out, "gvu pretrain")
+        self.lock = RunLock(out, "another `gvu pretrain` is writing into it").acquire()
         if not os.path.exists(meta):
             from gvu.run_io import save_json
 
@@ -71,7 +72,7 @@ class RunFolder:
     def run_file(name: str) -> bool:
         """What a run writes into its folder (stage checkpoints may be placed there beforehand to be taken up)."""
         return (name in ("config.json", "decoder.pt", "log.jsonl", "model", CONFIG_FILE, "tokenizer", "vision.pt",
-                         ".lock")
+                         LOCK_NAME)
                 or (name.startswith("stage") and name.endswith(".pt")) or name.endswith(".tmp"))
 
     @staticmethod
@@ -96,7 +97,7 @@ class RunFolder:
                   flush=True)
 
     def close(self) -> None:
-        self.lock.close()
+        self.lock.release()
 
 
 def save_model(model, tok, spec, out_dir: str) -> None:
