@@ -249,3 +249,14 @@ def test_gvu_eval_picks_the_judged_scorer_from_the_folders_layout_and_writes_ver
     assert {v["prompt"]: v["result"]["correct"] for v in verdicts} == {"A photo of a red cat": 1,
                                                                         "A photo of two bowls": 0}
     assert all(v["judge"].startswith("openai:fake-vlm@") for v in verdicts)
+
+
+def test_an_output_that_is_the_image_folder_is_refused_before_any_request(tmp_path, local_endpoint):
+    folder = make_folder(tmp_path)
+    before = sorted(os.listdir(folder))
+    with FakeChatServer(responder) as server:
+        local_endpoint(server.base_url)
+        with pytest.raises(UserError, match="--out"):
+            judge_cli.run(parse([str(folder), "--judge", "openai:fake-vlm", "--out", str(folder), "--overwrite"]))
+        assert server.count == 0
+    assert sorted(os.listdir(folder)) == before

@@ -318,6 +318,17 @@ def test_a_folder_that_is_not_a_geneval_layout_is_refused(tmp_path, models, gvu)
     assert rc == 2 and "'unicorn' is not one of GenEval's 80 COCO classes" in err
 
 
+def test_an_output_inside_a_prompt_folder_or_the_detector_is_refused_and_nothing_changes(tmp_path, models, gvu):
+    det, clip = models
+    folder = make_folder(tmp_path / "f", [RED_DOG])
+    before = sorted(str(p) for p in folder.rglob("*"))
+    for out in (folder / "00000" / "scores", det / "scores"):
+        rc, _, err = gvu("eval", folder, "--detector", det, "--clip", clip, "--out", out, "--overwrite")
+        assert rc == 2 and "--out" in err and "Traceback" not in err
+        assert not out.exists()
+    assert sorted(str(p) for p in folder.rglob("*")) == before
+
+
 def test_coco_prompts_default_to_the_geneval_scorer_which_needs_its_models(tmp_path, gvu):
     folder = make_folder(tmp_path / "f", [RED_DOG])
     rc, _, err = gvu("eval", folder)

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from gvu.errors import UserError
+from gvu.paths import check_output
 from gvu.eval.judge_cli import JUDGED_SCORERS, add_judge_arguments
 
 SCORERS = ("nano", "geneval", "genevalpp", "dpg")
@@ -104,6 +105,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from gvu.world.scoring import format_table
 
     out = args.out if args.out is not None else args.folder / "geneval"
+    prompt_folders = [p for p in args.folder.iterdir() if p.is_dir() and p.name.isdigit()]
+    check_output(out, prompt_folders + [args.detector, args.clip], folder=True)  # inputs are never outputs
     summary = score_folder(args.folder, out, args.detector, args.clip, args.device, args.batch_size, args.overwrite)
     print(f"detector: {summary['detector']}\n")
     print(format_table(summary))

@@ -14,6 +14,7 @@ import json
 import os
 
 from gvu.errors import UserError
+from gvu.paths import check_output
 
 JUDGED_SCORERS = ("genevalpp", "dpg")
 
@@ -136,6 +137,14 @@ def evaluated_models(args) -> list[str]:
     return models
 
 
+def judged_inputs(args) -> list[str]:
+    """What a judged scorer reads: the folder's images and prompts.jsonl, the question file, a local judge."""
+    names = [n for n in os.listdir(args.folder) if n.endswith(".png") or n == "prompts.jsonl"]
+    spec = args.judge or ""
+    local = [spec.split(":", 1)[1]] if spec.startswith("local:") else []
+    return [os.path.join(args.folder, n) for n in names] + [args.questions] + local
+
+
 def run(args) -> dict | None:
     """Score args.folder with a judge; returns the summary (None for --dry-run)."""
     from gvu.eval import dpg, genevalpp
@@ -145,6 +154,7 @@ def run(args) -> dict | None:
     if kind == "local":
         refuse_self_judging(target, evaluated_models(args))
     makers, description = plan(args)  # checks the folder layout and the question file
+    check_output(output_folder(args), judged_inputs(args), folder=True)  # inputs are never outputs
     if args.dry_run:
         dry_run(makers, description, args)
         if kind == "openai":
