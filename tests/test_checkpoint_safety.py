@@ -240,6 +240,10 @@ def test_no_pickle_load_is_left_in_the_package_but_the_trusted_one():
                     for i, line in enumerate(open(path, encoding="utf-8"), 1):
                         if "weights_only=False" in line:
                             hits.append(f"{os.path.relpath(path, REPO)}:{i}")
-    # pretraining's stage files are being moved off pickle in gvu/models/pretrain.py separately
-    left = [h for h in hits if not h.startswith("gvu/models/pretrain")]
+    # the GenEval detector converter reads a third-party mmdet .pth whose `meta` torch's weights_only loader may
+    # refuse; it then passes its own allowlisting unpickler (tensors and plain containers only), not pickle's
+    restricted = [h for h in hits if h.startswith("gvu/eval/geneval/convert.py:")]
+    assert len(restricted) == 1
+    assert "pickle_module=_tensors_only_pickle()" in open(os.path.join(REPO, restricted[0].split(":")[0])).read()
+    left = [h for h in hits if h not in restricted]
     assert len(left) == 1 and left[0].startswith("gvu/checkpoint.py:")  # _read_legacy_state, behind the flag

@@ -79,6 +79,8 @@ def commands_in_markdown(markdown: str, path: str) -> list[DocCommand]:
         if not in_fence:
             prose.append((number, line))
             continue
+        if line.lstrip().startswith("gvu: "):  # a message the command prints (gvu: error: ...), not a command
+            continue
         pending_starts.append((len(pending), number))
         if line.rstrip().endswith("\\"):
             pending += line.rstrip()[:-1] + " "
@@ -171,6 +173,11 @@ def test_the_extractor_reads_code_blocks_wrapped_spans_continuations_and_comment
         (8, "train", None, ["--preset"]),
         (8, "eval", "runs", ["--overwrite"]),
     ])
+
+
+def test_what_a_command_prints_is_not_read_as_a_command():
+    sample = "```\ngvu: error: RUN is in use by another gvu process (pid 7)\ngvu train --out r\n```\n"
+    assert [(d.line, d.command) for d in commands_in_markdown(sample, "doc.md")] == [(3, "train")]
 
 
 def test_a_missing_command_or_flag_is_reported_with_its_file_and_line():

@@ -3,7 +3,6 @@ XOmniBackend), so the trainer names no backend and a TrainConfig needs no backen
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -12,12 +11,15 @@ XOMNI = "x-omni"
 
 
 def model_type(path: str) -> str | None:
-    """The model_type of a local folder's config.json (None when it has none, or for a hub id)."""
+    """The model_type of a local folder's config.json (None when it has none, or for a hub id). A config.json that
+    is not a JSON object also gives None: the Janus checks then say what is wrong with it."""
+    from gvu.models.model_files import read_json_file
+
     cfg = os.path.join(path, "config.json")
     if not os.path.exists(cfg):
         return None
-    with open(cfg) as f:
-        return json.load(f).get("model_type")
+    d = read_json_file(cfg, "the model's config", "give the checkpoint's own config.json")
+    return d.get("model_type") if isinstance(d, dict) else None
 
 
 def check_model(path: str) -> None:
