@@ -18,7 +18,6 @@ error that names the newest intact checkpoint instead of weights that load wrong
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
@@ -33,6 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gvu.atomic import fsync, fsync_folder
 from gvu.errors import UserError
 
 FORMAT = 2  # state.json's format; checkpoints without a manifest and with state.pt are format 1 (pickle)
@@ -78,32 +78,6 @@ def set_rng_states(s: dict) -> None:
     name, keys, pos, has_gauss, cached = s["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
-
-
-def fsync(path: str) -> None:
-    """Flush a file, or a folder's entries, to disk (a rename is durable only once the folder holding it is).
-    Where a filesystem cannot sync folders (some network and FUSE ones, Windows), a folder is left as it is."""
-    folder = os.path.isdir(path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        if folder:
-            return
-        raise
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if not (folder and e.errno in (errno.EINVAL, errno.ENOTSUP, errno.ENOSYS, errno.EBADF)):
-            raise
-    finally:
-        os.close(fd)
-
-
-def fsync_folder(folder: str) -> None:
-    """fsync every file directly in `folder`, then the folder itself: all of it is on disk before a rename."""
-    for name in os.listdir(folder):
-        fsync(os.path.join(folder, name))
-    fsync(folder)
 
 
 # ----------------------------------------------------------------------------------------------- nested state as JSON + tensors

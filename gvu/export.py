@@ -108,7 +108,7 @@ def merged_model(backend):
 
 def export_run(run_dir: str, step: int | None, out: str | Path, overwrite: bool = False, device: str = "cpu") -> Path:
     """Write the run's checkpoint (default: its latest) as a standalone model folder at `out`; returns it."""
-    from gvu.checkpoint import fsync, fsync_folder
+    from gvu.atomic import replace_folder
     from gvu.generate import versions, run_ref
     from gvu.models.janus import resolve_checkpoint
     from gvu.models.registry import XOMNI, model_type
@@ -140,16 +140,8 @@ def export_run(run_dir: str, step: int | None, out: str | Path, overwrite: bool 
         summary = (Path(summary_path).read_text() if ref.step == cfg.steps and os.path.exists(summary_path) else None)
         (tmp / "README.md").write_text(model_card(out.name, run_dir, ref.step, cfg, final_metrics(run_dir, ref.step),
                                                   summary))
-        fsync_folder(str(tmp))
         check_out(out, overwrite, (run_dir, base))  # again: --out may have changed while the model loaded
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        fsync(str(out.parent))
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

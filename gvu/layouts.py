@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gvu.checkpoint import fsync, fsync_folder
+from gvu.atomic import fsync, fsync_folder
 from gvu.errors import UserError
 from gvu.prompt_sources import PromptItem, PromptSource
 

@@ -14,7 +14,7 @@ import os
 
 from tqdm import tqdm
 
-from gvu.checkpoint import fsync
+from gvu.atomic import fsync
 from gvu.errors import UserError
 from gvu.run_io import whole_records
 

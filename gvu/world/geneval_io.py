@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 
 from PIL import Image
 
+from gvu.atomic import replace_folder
 from gvu.errors import UserError
 from gvu.world.vocab import (COLORS, GENEVAL_TAGS, GENEVALPP_TAGS, MAX_COUNT, MAX_OBJECTS, REGIONS,
                              RELATIONS, RELATIVE_SIZES, SHAPES)
@@ -361,13 +362,7 @@ def atomic_folder(out: str | Path, overwrite: bool, inputs: tuple[Path, ...] = (
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
+    replace_folder(tmp, out)
 
 
 def write_files_atomic(contents: dict[Path, str]) -> None:

@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import pickle
 import re
 import shutil
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from gvu.atomic import replace_folder
 from gvu.errors import UserError
 from gvu.eval.geneval.detector import MMDET_MEAN, MMDET_SCALE, MMDET_STD, OFFICIAL_SHA256_PREFIX, PAD_DIVISOR
 from gvu.world.geneval_io import COCO_CLASS_NAMES
@@ -345,20 +345,6 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _replace_folder(tmp: Path, out: Path) -> None:
-    from gvu.checkpoint import fsync, fsync_folder
-
-    fsync_folder(str(tmp))
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-    fsync(str(out.parent))
-
-
 def convert_checkpoint(checkpoint: Path, out: Path, overwrite: bool = False) -> int:
     """Convert and write `out` (config.json with gvu_source, model.safetensors, preprocessor_config.json);
     returns the number of source tensors used."""
@@ -388,7 +374,7 @@ def convert_checkpoint(checkpoint: Path, out: Path, overwrite: bool = False) -> 
             size={"shortest_edge": min(MMDET_SCALE), "longest_edge": max(MMDET_SCALE)}, size_divisor=PAD_DIVISOR,
             image_mean=[m / 255 for m in MMDET_MEAN], image_std=[s / 255 for s in MMDET_STD]).save_pretrained(str(tmp))
         (tmp / "gvu_conversion.json").write_text(json.dumps({**provenance, "tensors": len(source)}, indent=2) + "\n")
-        _replace_folder(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

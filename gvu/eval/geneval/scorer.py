@@ -84,7 +84,7 @@ def result_row(job: ImageJob, verdict) -> dict:
 
 def _write_atomic(contents: dict[Path, str]) -> None:
     """Each file to a temporary name, synced to disk, then renamed over the old one."""
-    from gvu.checkpoint import fsync
+    from gvu.atomic import fsync
 
     tmps = {}
     try:

@@ -15,7 +15,8 @@ import random
 
 import torch
 
-from gvu.checkpoint import fsync, python_rng_state, python_rng_tuple, rng_states, set_rng_states
+from gvu.atomic import fsync
+from gvu.checkpoint import python_rng_state, python_rng_tuple, rng_states, set_rng_states
 from gvu.errors import UserError
 
 

@@ -103,7 +103,7 @@ class RunFolder:
 def save_model(model, tok, spec, out_dir: str) -> None:
     """The whole model directory, loadable offline with from_pretrained (safetensors, tokenizer, processor), written
     beside it and renamed into place."""
-    from gvu.checkpoint import fsync_folder
+    from gvu.atomic import fsync_folder
     from gvu.models.janus import JanusBackendConfig
 
     tmp = out_dir + ".tmp"
