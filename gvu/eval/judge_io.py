@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from gvu.atomic import fsync
 from gvu.errors import UserError
+from gvu.world.geneval_io import iter_jsonl
 from gvu.run_io import whole_records
 
 PROMPTS_FILE = "prompts.jsonl"
@@ -29,18 +30,7 @@ def read_prompts(folder: str) -> list[dict]:
     if not os.path.isfile(path):
         raise UserError(f"{folder} has no {PROMPTS_FILE}: it is not a GenEval++ or DPG folder from `gvu generate` "
                         "(a GenEval folder of <index>/samples/ is scored with --scorer geneval)")
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not JSON ({e.msg}); regenerate the folder") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object per line")
-            records.append(record)
+    records = [record for _, record in iter_jsonl(path)]  # a bad line is an error naming file and line
     if not records:
         raise UserError(f"{path} is empty: nothing to score")
     return records

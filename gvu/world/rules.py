@@ -66,7 +66,15 @@ def relative_position(a: Detection, b: Detection, threshold: float = POSITION_TH
     """Relations of a to b, as GenEval computes them from boxes (y grows downwards)."""
     offset = np.array([a.x - b.x, a.y - b.y])
     dims = np.array([2 * a.rx + 2 * b.rx, 2 * a.ry + 2 * b.ry])
-    revised = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset)
+    return relations_of_offset(offset, dims, threshold)
+
+
+def relations_of_offset(offset: np.ndarray, dims: np.ndarray, margin: float) -> set[str]:
+    """GenEval's relative-position rule (evaluate_images.relative_position) on centre offset [2] = centre(A) -
+    centre(B) and dims [2] = size(A) + size(B) per axis: each |offset| shrinks by margin x dims, floored at 0 (sign
+    kept); both shrunk below 1e-3 means "together" (no relation); else the shrunk offset over the length of the
+    unshrunk one, below -0.5 is left of / above and above 0.5 right of / below (image y grows downwards)."""
+    revised = np.maximum(np.abs(offset) - margin * dims, 0) * np.sign(offset)
     if np.all(np.abs(revised) < 1e-3):
         return set()
     dx, dy = revised / np.linalg.norm(offset)

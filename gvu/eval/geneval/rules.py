@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from gvu.world.rules import relations_of_offset
+
 COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 SCORE_THRESHOLD = 0.3
@@ -81,21 +83,7 @@ def relative_position(a: Detection, b: Detection) -> set[str]:
     boxes = np.array([a.box, b.box], dtype=np.float64).reshape(2, 2, 2)  # [object, corner, (x, y)]
     center_a, center_b = boxes.mean(axis=1)
     size_a, size_b = boxes[:, 1] - boxes[:, 0]
-    offset = center_a - center_b
-    shrunk = np.maximum(np.abs(offset) - POSITION_MARGIN * (size_a + size_b), 0) * np.sign(offset)
-    if np.all(np.abs(shrunk) < 1e-3):
-        return set()
-    dx, dy = shrunk / np.linalg.norm(offset)
-    relations = set()
-    if dx < -0.5:
-        relations.add("left of")
-    if dx > 0.5:
-        relations.add("right of")
-    if dy < -0.5:
-        relations.add("above")
-    if dy > 0.5:
-        relations.add("below")
-    return relations
+    return relations_of_offset(center_a - center_b, size_a + size_b, POSITION_MARGIN)
 
 
 def _joined(relations: set[str]) -> str:
