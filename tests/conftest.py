@@ -32,3 +32,15 @@ def gvu(capsys):
         return rc, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> str:
+    """A saved tiny random nano-Janus (the smoke size), shared read-only by the training tests."""
+    from gvu.models.nano import SPECS, build_random
+    from gvu.models.pretrain import save_model
+
+    path = str(tmp_path_factory.mktemp("tiny") / "model")
+    model, tok = build_random("smoke", seed=0)
+    save_model(model, tok, SPECS["smoke"], path)
+    return path

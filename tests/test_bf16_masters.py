@@ -9,18 +9,8 @@ from safetensors.torch import load_file
 import gvu.train as train_mod
 from gvu.config import TrainConfig
 from gvu.master_weights import compute_context, fp32_masters, weights_dtype
-from gvu.models.nano import SPECS, build_random
-from gvu.models.pretrain import save_model
 
 LR = 1e-6  # AdamW moves a weight by about lr a step: 2^-20, far below bf16's 2^-8 of a weight of size ~0.05
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tiny") / "model")
-    model, tok = build_random("smoke", seed=0)
-    save_model(model, tok, SPECS["smoke"], path)
-    return path
 
 
 def bf16_full(model_dir, **kw):

@@ -15,18 +15,8 @@ from gvu import checkpoint
 from gvu.checkpoint import CheckpointCorrupt, decode_tree, encode_tree
 from gvu.config import TrainConfig
 from gvu.errors import UserError
-from gvu.models.nano import SPECS, build_random
-from gvu.models.pretrain import save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tiny") / "model")
-    model, tok = build_random("smoke", seed=0)
-    save_model(model, tok, SPECS["smoke"], path)
-    return path
 
 
 def tiny(model_dir, **kw):

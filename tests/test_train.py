@@ -12,17 +12,7 @@ import gvu.train as train_mod
 from gvu.config import ConfigError, RewardConfig, SamplingConfig, TrainConfig
 from gvu.errors import SetupError
 from gvu.models.janus import JanusBackend
-from gvu.models.nano import SPECS, build_random
-from gvu.models.pretrain import save_model
 from gvu.reward import RewardOutput
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tiny") / "model")
-    model, tok = build_random("smoke", seed=0)
-    save_model(model, tok, SPECS["smoke"], path)
-    return path
 
 
 def tiny(model_dir, **kw):
@@ -392,11 +382,12 @@ def test_load_trained_loads_the_base_in_the_runs_dtype(model_dir, tmp_path):
 
 def test_a_checkpoint_is_on_disk_before_its_rename_and_latest_after_it(tmp_path, monkeypatch):
     """Renames are atomic, but only fsync makes the renamed files' contents survive a power loss."""
-    from gvu import checkpoint
+    from gvu import atomic, checkpoint
 
     events = []
     real_replace = os.replace
-    monkeypatch.setattr(checkpoint, "fsync", lambda p: events.append(("fsync", os.path.basename(p))))
+    for module in (atomic, checkpoint):  # checkpoint's own calls, and fsync_folder's inside gvu.atomic
+        monkeypatch.setattr(module, "fsync", lambda p: events.append(("fsync", os.path.basename(p))))
     monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: events.append(("fsync", "fd")))  # the open `latest` file
     monkeypatch.setattr(checkpoint.os, "replace",
                         lambda a, b: (events.append(("replace", os.path.basename(b))), real_replace(a, b)))
