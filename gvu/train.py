@@ -329,9 +329,9 @@ def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progre
     micro = cfg.rollout_micro_batch
     if micro is None:  # sized once, from the pool's longest prompt and the memory free with the weights in place
         with dist.full_params(policy):
-            micro = default_micro_batch(backend, cfg.sampling, [m["prompt"] for m in pool],
-                                        len(range(info.rank, cfg.batch_prompts * cfg.group_size, info.world)))
-        dist.print0(f"[gvu] rollout micro-batch: {micro} rows, sized from the model and the free memory "
+            rows = len(range(info.rank, cfg.batch_prompts * cfg.group_size, info.world))  # this rank's rows a step
+            micro = default_micro_batch(backend, cfg.sampling, [m["prompt"] for m in pool], rows)
+        dist.print0(f"[gvu] rollout micro-batch: {micro} of {rows} rows, sized from the model and the free memory "
                     "(set rollout_micro_batch to override)")
     bar = make_bar(cfg, start, progress and info.is_main)
     for step in range(start, cfg.steps):

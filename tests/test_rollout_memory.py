@@ -167,7 +167,7 @@ def tiny_cfg(tmp_path_factory):
 def test_a_training_step_scoring_per_micro_batch_logs_the_metrics_of_scoring_all_rows_at_once(tiny_cfg, tmp_path,
                                                                                                monkeypatch, capsys):
     train_mod.train(tiny_cfg, str(tmp_path / "new"), progress=False)
-    assert "[gvu] rollout micro-batch: 4 rows" in capsys.readouterr().out  # the whole tiny batch fits
+    assert "[gvu] rollout micro-batch: 4 of 4 rows" in capsys.readouterr().out  # the whole tiny batch fits
     real = train_mod.rollout
 
     def all_at_once(model, md, *a, score=None, **k):  # the step as it was: every row's pixels, then one reward call
@@ -186,7 +186,7 @@ def test_a_run_with_room_for_one_row_at_a_time_trains_like_one_with_room_for_all
     train_mod.train(tiny_cfg, str(tmp_path / "roomy"), progress=False)
     monkeypatch.setattr(rollout_mod, "free_memory_bytes", lambda device: 0)
     train_mod.train(tiny_cfg, str(tmp_path / "tight"), progress=False)
-    assert "[gvu] rollout micro-batch: 1 rows" in capsys.readouterr().out
+    assert "[gvu] rollout micro-batch: 1 of 4 rows" in capsys.readouterr().out
     roomy, tight = metrics(str(tmp_path / "roomy")), metrics(str(tmp_path / "tight"))
     assert [sorted(r) for r in roomy] == [sorted(r) for r in tight]
     for a, b in zip(roomy, tight):
