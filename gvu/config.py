@@ -151,7 +151,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per step (rows split evenly)
     max_grad_norm: float = 1.0  # gradient clipping (global norm); must be > 0 (float("inf") measures without clipping)
     gradient_checkpointing: bool = False  # recompute each language-model layer in the update's backward (memory; docs/gpu.md)
-    rollout_micro_batch: int | None = None  # rows sampled at once (memory bound); None = all
+    rollout_micro_batch: int | None = None  # rows sampled, decoded and scored at once (memory bound); None = sized from the model and the free memory (gvu.rollout.default_micro_batch)
     # sampling and reward
     sampling: SamplingConfig = SamplingConfig()
     reward: RewardConfig = RewardConfig()
@@ -217,7 +217,7 @@ class TrainConfig:
             (self.max_grad_norm > 0, f"max_grad_norm must be > 0 (got {self.max_grad_norm}): clipping to 0 zeroes every "
                                      "gradient and a negative norm flips them; for no clipping use a large value or inf"),
             (self.rollout_micro_batch is None or self.rollout_micro_batch >= 1,
-             f"rollout_micro_batch must be >= 1 or null for all rows at once (got {self.rollout_micro_batch})"),
+             f"rollout_micro_batch must be >= 1 or null (sized from the model and the free memory); got {self.rollout_micro_batch}"),
             (self.threads >= 1, f"threads must be >= 1 (got {self.threads})"),
             (self.log_every >= 1, f"log_every must be >= 1 (got {self.log_every})"),
             (self.eval_every >= 0 and self.grid_every >= 0,

@@ -38,6 +38,34 @@ class RewardOutput:
     token_weights: torch.Tensor | None = None  # [M, L] per-token weights (token_weights="surprisal" only)
 
 
+def pad_columns(x: torch.Tensor, width: int, value) -> torch.Tensor:
+    """[M, L] -> [M, width] (width >= L), the new columns on the right filled with value."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+def concat_rewards(parts: list[RewardOutput]) -> RewardOutput:
+    """The RewardOutputs of consecutive row blocks (rollout's micro-batches) as one, rows in order: every field
+    concatenated along M. Per-token fields are left-aligned, so a block narrower than the widest L gets columns on
+    the right: log-prob 0, mask False, token id 0 and weight 0, as the backends fill a row's unused columns (only
+    the token-id filler differs: it is not the backend's pad id, and nothing reads ids where mask is False)."""
+    if not parts:
+        raise ValueError("no reward blocks to join")
+    first = parts[0]
+    for name in ("token_logprobs", "correct", "token_weights"):
+        if any((getattr(p, name) is None) != (getattr(first, name) is None) for p in parts):
+            raise ValueError(f"reward blocks disagree on whether they carry {name}")
+    tls = [p.token_logprobs for p in parts]
+    width = max(t.mask.shape[1] for t in tls) if first.token_logprobs is not None else 0
+    tl = None if first.token_logprobs is None else TokenLogprobs(
+        torch.cat([pad_columns(t.logprobs, width, 0.0) for t in tls]),
+        torch.cat([pad_columns(t.mask, width, False) for t in tls]),
+        torch.cat([pad_columns(t.token_ids, width, 0) for t in tls]))
+    return RewardOutput(
+        torch.cat([p.rewards for p in parts]), tl,
+        None if first.correct is None else torch.cat([p.correct for p in parts]),
+        None if first.token_weights is None else torch.cat([pad_columns(p.token_weights, width, 0.0) for p in parts]))
+
+
 def reduce_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, reduction: str,
                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token log-probs [M, L] with mask [M, L] -> rewards [M] (see module docstring).

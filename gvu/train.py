@@ -31,8 +31,8 @@ from gvu.evaluate import evaluate, sample_over_ranks, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
 from gvu.master_weights import compute_context, weights_dtype
 from gvu.models.adapter import decode_seeds
-from gvu.reward import Judge, compute_reward, gvu_reward
-from gvu.rollout import rollout
+from gvu.reward import Judge, RewardOutput, compute_reward, gvu_reward
+from gvu.rollout import default_micro_batch, rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl
 from gvu.runs import SPEED_ONLY, check_run_dir, extendable, make_run_dir, prepare_run_dir  # noqa: F401 (callers' names)
 from gvu.schedules import learning_rate
@@ -181,6 +181,21 @@ def update(policy, ro, adv, cfg, params, optimizer, refs: list | None, recompute
     return metrics
 
 
+class TimedReward:
+    """rollout's scorer in training: compute_reward on one micro-batch, its time summed in .seconds (perf/reward_s,
+    taken out of perf/rollout_s)."""
+
+    def __init__(self, cfg: TrainConfig, judge: Judge | None):
+        self.cfg, self.judge, self.seconds = cfg, judge, 0.0
+
+    def __call__(self, pixels: torch.Tensor, row_metadata: list[dict]) -> RewardOutput:
+        t = time.time()
+        out = compute_reward(self.cfg.reward, self.judge, pixels, row_metadata,
+                             evaluator_workers=self.cfg.evaluator_workers)
+        self.seconds += time.time() - t
+        return out
+
+
 def reference_batches(backend, ref_model, adapter_off, ro, cfg, guidance: float | None) -> list | None:
     """The KL reference's log-probs for each of update()'s micro-batches, computed once per step (the reference
     does not change while the policy updates); None when beta is 0."""
@@ -311,6 +326,13 @@ def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progre
         with dist.full_params(policy), compute():
             periodic(backend, cfg, 0, eval_md, grid_md, run_dir, log, info)
             dist.barrier()
+    micro = cfg.rollout_micro_batch
+    if micro is None:  # sized once, from the pool's longest prompt and the memory free with the weights in place
+        with dist.full_params(policy):
+            rows = len(range(info.rank, cfg.batch_prompts * cfg.group_size, info.world))  # this rank's rows a step
+            micro = default_micro_batch(backend, cfg.sampling, [m["prompt"] for m in pool], rows)
+        dist.print0(f"[gvu] rollout micro-batch: {micro} of {rows} rows, sized from the model and the free memory "
+                    "(set rollout_micro_batch to override)")
     bar = make_bar(cfg, start, progress and info.is_main)
     for step in range(start, cfg.steps):
         t0 = time.time()
@@ -318,15 +340,16 @@ def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progre
             g["lr"] = lr_at(step, cfg)
         md = prompts_for_step(pool, step, cfg)
         # 1. rollout: G images per prompt (this rank's rows), with guidance, seeded by (seed, step, global row)
+        # 2. reward: the model's own understanding branch scores each micro-batch's images as they are decoded (or
+        #    the oracle, for comparisons), so no more than a micro-batch of pixels is ever held
         # (under FSDP the full weights are gathered for rollout, reward and the KL reference, then sharded again)
+        scorer = TimedReward(cfg, judge)
         with dist.full_params(policy), compute():
             ro = rollout(backend, md, cfg.group_size, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * 7919),
                          with_old_logprobs=cfg.mu > 1, old_logprobs_guidance=guidance,
-                         micro_batch=cfg.rollout_micro_batch, rank=info.rank, world=info.world)
-            t_roll = time.time()
-            # 2. reward: the model's own understanding branch scores its images (or the oracle, for comparisons)
-            rew = compute_reward(cfg.reward, judge, ro.pixels, ro.row_metadata, evaluator_workers=cfg.evaluator_workers)
-            t_rew = time.time()
+                         micro_batch=micro, rank=info.rank, world=info.world, score=scorer)
+            rew = ro.rewards
+            rollout_s = time.time() - t0 - scorer.seconds
             refs = reference_batches(backend, ref_model, adapter_off, ro, cfg, guidance)
         # 3. advantages, group-relative, over whole groups (rewards gathered across ranks first)
         d = dist.global_advantages(rew.rewards, cfg.group_size, cfg.advantage_scale, cfg.advantage_eps)
@@ -341,8 +364,8 @@ def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progre
         low_signal = low_signal + 1 if (zero_var == len(md) or metrics["policy/grad_norm"] == 0.0) else 0
         metrics.update({"step": step + 1, "reward/mean": float(d.rewards.mean()), "reward/std": float(d.rewards.std()),
                         "reward/zero_variance_groups": zero_var, "policy/lr": lr_at(step, cfg),
-                        "perf/step_s": time.time() - t0, "perf/rollout_s": t_roll - t0, "perf/reward_s": t_rew - t_roll,
-                        "perf/images_per_s": len(ro.tokens) * info.world / (t_roll - t0)})
+                        "perf/step_s": time.time() - t0, "perf/rollout_s": rollout_s, "perf/reward_s": scorer.seconds,
+                        "perf/images_per_s": len(ro.tokens) * info.world / rollout_s})
         if rew.correct is not None:
             metrics["reward/oracle_correct"] = float(rew.correct.float().mean())
         metrics = dist.reduce_metrics(metrics)

@@ -22,7 +22,7 @@ class TokenLogprobs:
 
     logprobs: torch.Tensor  # [M, L] float32, log p(token_j | image, query, tokens_<j); 0 where mask is False
     mask: torch.Tensor  # [M, L] bool, True on real tokens
-    token_ids: torch.Tensor  # [M, L] long, the scored token ids (pad id where mask is False)
+    token_ids: torch.Tensor  # [M, L] long, the scored token ids (a pad value, not a scored token, where mask is False)
 
     def tokens_as_text(self, tokenizer, row: int) -> list[str]:
         ids = self.token_ids[row][self.mask[row]].tolist()
@@ -35,6 +35,7 @@ class UnifiedModel(Protocol):
     image_size: int  # H = W of decoded images
     default_cfg_scale: float  # rollout's guidance scale when SamplingConfig.cfg_scale is None
     tokenizer: object
+    device: torch.device  # where the model's weights live (rollout sizes its default micro-batch from its memory)
 
     def check_prompts(self, prompts: list[str]) -> None:
         """Raise ValueError naming the first empty or too-long prompt."""
@@ -59,6 +60,31 @@ class UnifiedModel(Protocol):
     def text_logprobs(self, pixels: torch.Tensor, query: str, texts: list[str]) -> TokenLogprobs:
         """Teacher-forced log p(text tokens | image, query) for each row, in one batched pass. How the image enters
         is the backend's business (Janus: vision-encoder features; X-Omni: the pixels re-tokenised into codes)."""
+
+    def rollout_bytes_per_row(self, sampling: SamplingConfig, prompts: list[str]) -> int:
+        """Estimated peak bytes one row of a rollout micro-batch holds while it is sampled and decoded, for the
+        longest of `prompts` (rollout_row_bytes with this model's sizes): what rollout's default micro-batch divides
+        the free memory by."""
+
+
+DECODER_LIVE_MAPS = 3  # full-resolution feature maps a decoder's residual block holds at once (input, hidden, output)
+
+
+def rollout_row_bytes(layers: int, kv_heads: int, head_dim: int, positions: int, weight_bytes: int, guided: bool,
+                      vocab: int, image_size: int, decoder_channels: int) -> int:
+    """Bytes one rollout row holds at its peak, summed over its parts (a bound: the parts do not all coexist):
+      KV cache       layers x 2 (K, V) x kv_heads x head_dim x positions (longest prompt + N) x weight_bytes
+                     x branches (2 with guidance: conditional and unconditional rows);
+      step logits    vocab x 4 (float32) x branches;
+      pixels         3 x H x W x 4 (float32, the decoded image);
+      decoder maps   DECODER_LIVE_MAPS x decoder_channels x H x W x weight_bytes (the decoder's full-resolution layers).
+    """
+    branches = 2 if guided else 1
+    kv = layers * 2 * kv_heads * head_dim * positions * weight_bytes * branches
+    logits = vocab * 4 * branches
+    pixels = 3 * image_size * image_size * 4
+    decoder = DECODER_LIVE_MAPS * decoder_channels * image_size * image_size * weight_bytes
+    return kv + logits + pixels + decoder
 
 
 def decode_seeds(seed: int, row_ids: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import JanusForConditionalGeneration
 
 from gvu.config import SamplingConfig
-from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts
+from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts, rollout_row_bytes
 from gvu.models.janus_decode import EagerDecoder, SampledImageTokens, StaticDecoder, prompt_bucket
 from gvu.models.janus_format import Batch, JanusTemplate, left_pad, unconditional
 from gvu.models.model_files import CheckpointError, check_safetensors, one_line, read_json_file
@@ -421,6 +421,18 @@ class JanusBackend:
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
         check_image_tokens(tokens, self.num_image_tokens, self.image_vocab_size)
+
+    def rollout_bytes_per_row(self, sampling: SamplingConfig, prompts: list[str]) -> int:
+        """The language model's KV cache over the longest prompt + N, the generation head's logits, the pixels and
+        the VQ decoder's full-resolution maps (base_channels x the first channel multiplier), in the model's dtype."""
+        tc, vq = self.model.config.text_config, self.model.config.vq_config
+        heads = tc.num_attention_heads
+        return rollout_row_bytes(
+            layers=tc.num_hidden_layers, kv_heads=getattr(tc, "num_key_value_heads", None) or heads,
+            head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // heads,
+            positions=max(len(self.prompt_ids(p)) for p in prompts) + self.num_image_tokens,
+            weight_bytes=self.model.dtype.itemsize, guided=sampling.guidance, vocab=self.image_vocab_size,
+            image_size=self.image_size, decoder_channels=vq.base_channels * vq.channel_multiplier[0])
 
     # ------------------------------------------------------------------------------------------ generation
     def _lm_step(self, embeds, mask, positions, cache):

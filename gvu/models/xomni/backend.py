@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from gvu.config import SamplingConfig
-from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts
+from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts, rollout_row_bytes
 from gvu.models.janus_format import Batch, left_pad
 from gvu.models.xomni.config import CheckpointError, XOmniBackendConfig, check_checkpoint
 from gvu.models.xomni.flux_decoder import DecoderConfig, FluxDecoder, check_flux_dir
@@ -112,6 +112,18 @@ class XOmniBackend:
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
         check_image_tokens(tokens, self.num_image_tokens, self.image_vocab_size)
+
+    def rollout_bytes_per_row(self, sampling: SamplingConfig, prompts: list[str]) -> int:
+        """The language model's KV cache over the longest prompt + N, the image-mode logits, the pixels and the FLUX
+        VAE decoder's full-resolution maps (its first block_out_channels), in the model's dtype."""
+        c = self.model.config
+        vae = self.decoder.pipe.vae.config if self.decoder is not None else None
+        return rollout_row_bytes(
+            layers=c.num_hidden_layers, kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+            head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+            positions=max(len(self.prompt_ids(p)) for p in prompts) + self.num_image_tokens,
+            weight_bytes=self.model.dtype.itemsize, guided=sampling.guidance, vocab=self.image_vocab_size,
+            image_size=self.image_size, decoder_channels=vae.block_out_channels[0] if vae is not None else 0)
 
     def _unconditional(self, m: int, width: int) -> Batch:
         """CFG's unconditional rows [m, width]: the image prefix alone (the official negative_prompt_ids), left-padded
