@@ -52,3 +52,16 @@ def replace_folder(tmp: str | Path, out: str | Path) -> None:
     else:
         os.rename(tmp, out)
     fsync(str(out.parent))
+
+
+def write_text(path: str | Path, text: str, tmp: str | Path | None = None) -> None:
+    """Write a text file whole or not at all: a temporary file (default: path + ".tmp"), flushed to disk, renamed
+    into place, and the rename flushed too. A reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = Path(tmp) if tmp is not None else path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync(str(path.parent.resolve()))

@@ -99,7 +99,7 @@ def cfg_suffix(args) -> str:
 
 def recipe_sets(sets: list[str]) -> list[str]:
     """The --set overrides that change results (speed-only fields such as evaluator_workers do not), sorted."""
-    from gvu.train import SPEED_ONLY
+    from gvu.runs import SPEED_ONLY
     return sorted(s for s in sets if s.split("=", 1)[0] not in SPEED_ONLY)
 
 
@@ -117,7 +117,7 @@ def extend_problem(src: str, args) -> tuple[str | None, int]:
 def extend_from(src: str, out: str, args) -> None:
     """Start a row from a shorter run of the same recipe (--extend): copy its folder, keep its result as the result
     at its step count (and its results at earlier steps), and let train() resume it to --steps (exact under the
-    constant schedule: gvu.train.extendable)."""
+    constant schedule: gvu.runs.extendable)."""
     import shutil
 
     problem, old_steps = extend_problem(src, args)

@@ -102,18 +102,6 @@ def default_sampling(path: str) -> SamplingConfig:
         return SamplingConfig(**json.load(f)["sampling"])
 
 
-_STEP_DIR = re.compile(r"step_(\d+)")
-
-
-def run_steps(run_dir: str) -> list[int]:
-    """The steps of a run's complete checkpoints (gvu.checkpoint.save's step_<N> folders; tmp ones are not)."""
-    folder = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(folder):
-        return []
-    return sorted(int(m.group(1)) for m in map(_STEP_DIR.fullmatch, os.listdir(folder))
-                  if m and os.path.isdir(os.path.join(folder, m.group(0))))
-
-
 def run_ref(run_dir: str, step: int | None) -> ModelRef:
     """A `gvu train` run at `step` (default: its latest checkpoint); its base model checked, no weights read."""
     from gvu import checkpoint
@@ -126,13 +114,15 @@ def run_ref(run_dir: str, step: int | None) -> ModelRef:
         cfg = read_run_config(run_dir)
     except (ValueError, TypeError) as e:
         raise UserError(f"--run {run_dir}: its config.json is not a gvu train config ({e})") from None
-    steps = run_steps(run_dir)
+    steps = [n for n, _ in checkpoint.step_folders(run_dir)]
     if not steps:
         raise UserError(f"--run {run_dir} has no checkpoint yet (checkpoints/step_*): train it further, or wait for "
                         "its first checkpoint")
-    if step is None:
+    if step is None:  # what `latest` names, else the newest intact checkpoint (as a resume would pick)
         latest = checkpoint.latest(run_dir)
-        step = int(_STEP_DIR.fullmatch(os.path.basename(latest)).group(1)) if latest else steps[-1]
+        newest = checkpoint.newest_intact(run_dir)
+        step = (int(checkpoint.STEP_DIR.fullmatch(os.path.basename(latest)).group(1)) if latest
+                else newest[0] if newest else steps[-1])
     elif step not in steps:
         raise UserError(f"--step {step}: run {run_dir} has no checkpoint of that step; its checkpoints are at steps "
                         f"{', '.join(map(str, steps))}")

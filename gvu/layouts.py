@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gvu.atomic import fsync, fsync_folder
+from gvu.atomic import fsync, fsync_folder, write_text
 from gvu.errors import UserError
 from gvu.prompt_sources import PromptItem, PromptSource
 
@@ -173,13 +173,8 @@ def prompts_file_text(layout: str, items: tuple[PromptItem, ...]) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync(str(path.parent))
+    """gvu.atomic.write_text under a TMP_PREFIX name, which remove_leftovers recognises after a crash."""
+    write_text(path, text, tmp=path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
 
 
 def remove_leftovers(root: Path) -> int:

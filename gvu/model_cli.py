@@ -145,7 +145,8 @@ def cmd_train(args) -> None:
     except ConfigError as e:
         raise UserError(str(e)) from e
     if not os.path.isdir(cfg.model):
-        raise UserError(f"model {cfg.model!r} is not a directory: give a local Janus checkpoint (--set model=PATH)")
+        raise UserError(f"model {cfg.model!r} is not a directory: give a local checkpoint folder (nano-Janus, "
+                        "Janus-Pro in transformers' format, or X-Omni; --set model=PATH)")
     from gvu.paths import check_output
 
     # the run folder is never inside, or the same as, what the run reads (a resumed run may hold its own inputs)

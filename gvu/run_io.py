@@ -9,6 +9,7 @@ from dataclasses import asdict
 import numpy as np
 from PIL import Image, ImageDraw
 
+from gvu.atomic import write_text
 from gvu.reward import to_uint8
 
 
@@ -19,12 +20,7 @@ def write_config(run_dir: str, cfg) -> None:
 def save_json(run_dir: str, name: str, obj) -> None:
     """run_dir/name written whole or not at all: a temporary file, flushed to disk, renamed into place (the one
     atomic JSON writer of `gvu train` and `gvu pretrain`)."""
-    tmp = os.path.join(run_dir, name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=lambda o: None)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(run_dir, name))
+    write_text(os.path.join(run_dir, name), json.dumps(obj, indent=1, default=lambda o: None))
 
 
 class MetricsLog:

@@ -34,7 +34,7 @@ from gvu.models.adapter import decode_seeds
 from gvu.reward import Judge, RewardOutput, compute_reward, gvu_reward
 from gvu.rollout import default_micro_batch, rollout
 from gvu.run_io import MetricsLog, save_grid, save_json, truncate_jsonl
-from gvu.runs import SPEED_ONLY, check_run_dir, extendable, make_run_dir, prepare_run_dir  # noqa: F401 (callers' names)
+from gvu.runs import check_run_dir, make_run_dir
 from gvu.schedules import learning_rate
 
 
@@ -497,8 +497,10 @@ def read_run_config(run_dir: str) -> TrainConfig:
 
 def load_trained(run_dir: str, step: int | None = None, device: str | None = None, dtype: str | None = None):
     """The policy of a run (its latest checkpoint, or `step`), as its backend, ready for evaluation.
-    device, dtype: where and in which precision to load it (default: the run's own)."""
-
+    device, dtype: where and in which precision to load it (default: the run's own). A bf16 full fine-tuning run
+    trained fp32 master weights under bf16 autocast; its policy is handed back in bf16 weights, so that what
+    generate and export use (and record) is the dtype asked for."""
+    from gvu.master_weights import fp32_masters
     from gvu.models.registry import load_backend
 
     cfg = read_run_config(run_dir)
@@ -509,5 +511,7 @@ def load_trained(run_dir: str, step: int | None = None, device: str | None = Non
     if ckpt is None:
         raise ValueError(f"{run_dir} has no checkpoint yet")
     checkpoint.load_weights(ckpt, backend.model)
+    if fp32_masters(cfg):
+        backend.model.to(torch.bfloat16)
     backend.model.eval()
     return backend

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import gvu.train as train_mod
+from gvu import runs
 from gvu.config import ConfigError, RewardConfig, SamplingConfig, TrainConfig
 from gvu.errors import SetupError
 from gvu.models.janus import JanusBackend
@@ -157,13 +158,13 @@ def test_more_steps_extend_a_finished_run_exactly_under_the_constant_schedule(mo
 
 def test_more_steps_under_cosine_or_fewer_steps_are_refused_on_resume(model_dir, tmp_path):
     run = str(tmp_path / "run")
-    train_mod.prepare_run_dir(run, tiny(model_dir, schedule="cosine"), resume=False, overwrite=False)
+    runs.prepare_run_dir(run, tiny(model_dir, schedule="cosine"), resume=False, overwrite=False)
     with pytest.raises(ValueError, match="constant schedule"):
-        train_mod.prepare_run_dir(run, tiny(model_dir, schedule="cosine", steps=8), resume=True, overwrite=False)
+        runs.prepare_run_dir(run, tiny(model_dir, schedule="cosine", steps=8), resume=True, overwrite=False)
     run2 = str(tmp_path / "run2")
-    train_mod.prepare_run_dir(run2, tiny(model_dir), resume=False, overwrite=False)
+    runs.prepare_run_dir(run2, tiny(model_dir), resume=False, overwrite=False)
     with pytest.raises(ValueError, match="'steps'"):
-        train_mod.prepare_run_dir(run2, tiny(model_dir, steps=2), resume=True, overwrite=False)
+        runs.prepare_run_dir(run2, tiny(model_dir, steps=2), resume=True, overwrite=False)
     assert json.load(open(os.path.join(run2, "config.json")))["steps"] == 4
 
 
@@ -305,11 +306,11 @@ def test_final_eval_writes_the_before_after_table_and_a_resume_keeps_the_before(
 
 def test_files_that_appear_in_out_while_the_model_loads_are_never_deleted(model_dir, tmp_path):
     run = tmp_path / "run"
-    plan = train_mod.check_run_dir(str(run), tiny(model_dir), resume=False, overwrite=False)
+    plan = runs.check_run_dir(str(run), tiny(model_dir), resume=False, overwrite=False)
     run.mkdir()
     (run / "precious.txt").write_text("mine")  # e.g. a second `gvu train` given the same --out meanwhile
     with pytest.raises(ValueError, match="was empty when this run began"):
-        train_mod.make_run_dir(str(run), tiny(model_dir), plan)
+        runs.make_run_dir(str(run), tiny(model_dir), plan)
     assert os.listdir(run) == ["precious.txt"]
 
 
@@ -494,15 +495,15 @@ def test_old_and_reference_logprobs_score_the_same_distribution_as_the_loss(mode
 def test_a_run_saved_before_newer_config_fields_still_resumes_but_a_changed_setting_is_refused(model_dir, tmp_path):
     cfg = tiny(model_dir)
     run = str(tmp_path / "old")
-    train_mod.prepare_run_dir(run, cfg, resume=False, overwrite=False)
+    runs.prepare_run_dir(run, cfg, resume=False, overwrite=False)
     saved = json.load(open(os.path.join(run, "config.json")))
     del saved["loss_logprobs"], saved["reward"]["token_weights"]  # fields that an older version did not write
     json.dump(saved, open(os.path.join(run, "config.json"), "w"))
-    train_mod.prepare_run_dir(run, cfg, resume=True, overwrite=False)  # their defaults are what the run used
+    runs.prepare_run_dir(run, cfg, resume=True, overwrite=False)  # their defaults are what the run used
     with pytest.raises(ValueError, match="loss_logprobs"):
-        train_mod.prepare_run_dir(run, tiny(model_dir, loss_logprobs="guided"), resume=True, overwrite=False)
+        runs.prepare_run_dir(run, tiny(model_dir, loss_logprobs="guided"), resume=True, overwrite=False)
     with pytest.raises(ValueError, match="'lr'"):
-        train_mod.prepare_run_dir(run, tiny(model_dir, lr=0.5), resume=True, overwrite=False)
+        runs.prepare_run_dir(run, tiny(model_dir, lr=0.5), resume=True, overwrite=False)
 
 
 def test_evaluator_workers_reach_the_reward_and_do_not_block_a_resume(model_dir, tmp_path, monkeypatch):

@@ -36,8 +36,8 @@ import numpy as np
 from PIL import Image
 
 from gvu.errors import UserError
-from gvu.eval.judge_io import (VerdictCache, file_sha1, progress, read_prompts, tick, write_json_atomic,
-                               write_text_atomic)
+from gvu.atomic import write_text
+from gvu.eval.judge_io import VerdictCache, file_sha1, progress, read_prompts, tick, write_json_atomic
 from gvu.eval.judges import Judge, JudgeRequest
 
 CSV_COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad", "category_detailed",
@@ -244,5 +244,5 @@ def score_folder(folder: str, out: str, judge: Judge, questions_csv: str, overwr
                **summarize(records, items, missing),
                "judge_usage_this_call": judge.stats.as_dict()}
     write_json_atomic(os.path.join(out, RESULTS_JSON), summary)
-    write_text_atomic(os.path.join(out, RESULTS_MD), markdown(summary, judge.name, folder))
+    write_text(os.path.join(out, RESULTS_MD), markdown(summary, judge.name, folder))
     return summary

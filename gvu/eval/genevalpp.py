@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from gvu.errors import UserError
-from gvu.eval.judge_io import (VerdictCache, file_sha1, progress, read_prompts, tick, write_json_atomic,
-                               write_text_atomic)
+from gvu.atomic import write_text
+from gvu.eval.judge_io import VerdictCache, file_sha1, progress, read_prompts, tick, write_json_atomic
 from gvu.eval.judges import Judge, JudgeRequest
 
 # The official GenEval++ judge system prompt, reproduced exactly (it is a protocol constant): SYSTEM_PROMPT in
@@ -247,5 +247,5 @@ def score_folder(folder: str, out: str, judge: Judge, overwrite: bool = False, c
                "max_tokens": max_tokens, "tries": TRIES,
                **summarize(verdicts), "judge_usage_this_call": judge.stats.as_dict()}
     write_json_atomic(os.path.join(out, RESULTS_JSON), summary)
-    write_text_atomic(os.path.join(out, RESULTS_MD), markdown(summary, judge.name, folder))
+    write_text(os.path.join(out, RESULTS_MD), markdown(summary, judge.name, folder))
     return summary

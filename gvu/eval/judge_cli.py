@@ -2,7 +2,7 @@
 scorer on a generated folder.
 
 `add_judge_arguments(parser)` adds the options; `run(args)` reads args.scorer ("genevalpp" or "dpg"), args.folder,
-args.out (a folder; default FOLDER/eval-<scorer>), args.overwrite (both optional) and the judge options. Every
+args.out (a folder, or None for FOLDER/eval-<scorer>), args.overwrite and the judge options. Every
 input is checked (folder layout, question file, judge spec, API key, self-judging) before a model is loaded or a
 request is sent.
 """
@@ -64,14 +64,14 @@ def plan(args) -> tuple[list, str]:
     if args.scorer == "genevalpp":
         prompts = genevalpp.check_folder(args.folder)
         cache = VerdictCache(os.path.join(out, genevalpp.VERDICTS_FILE), "index", judge_name(args),
-                             overwrite=getattr(args, "overwrite", False), read_only=True)
+                             overwrite=args.overwrite, read_only=True)
         todo, _ = genevalpp.pending_requests(args.folder, prompts, cache)
         return [lambda i=i: genevalpp.make_request(args.folder, prompts[i], i, tokens) for i in todo], \
             f"{len(todo)} of {len(prompts)} images to judge (x up to {genevalpp.TRIES} tries without JSON)"
     items = dpg.read_questions(args.questions)
     ids = dpg.check_folder(args.folder, items)
     cache = VerdictCache(os.path.join(out, dpg.ANSWERS_FILE), "item_id", judge_name(args),
-                         overwrite=getattr(args, "overwrite", False), read_only=True)
+                         overwrite=args.overwrite, read_only=True)
     todo = [i for i in ids if os.path.isfile(os.path.join(args.folder, f"{i}.png"))
             and not dpg.cached_for_file(cache, args.folder, i)]
     makers = [lambda i=i, k=k: dpg.requests_for(args.folder, i, items[i], tokens)[k]
@@ -96,7 +96,7 @@ def max_tokens(args) -> int:
 
 
 def output_folder(args) -> str:
-    return getattr(args, "out", None) or os.path.join(args.folder, f"eval-{args.scorer}")
+    return args.out or os.path.join(args.folder, f"eval-{args.scorer}")
 
 
 def print_estimate(makers: list, description: str, args) -> None:
@@ -167,11 +167,11 @@ def run(args) -> dict | None:
                         retries=args.retries, backoff_s=args.backoff, batch_size=args.judge_batch)
     out = output_folder(args)
     if args.scorer == "genevalpp":
-        summary = genevalpp.score_folder(args.folder, out, judge, overwrite=getattr(args, "overwrite", False),
+        summary = genevalpp.score_folder(args.folder, out, judge, overwrite=args.overwrite,
                                          max_tokens=max_tokens(args))
         print(f"GenEval++ overall {summary['overall']:.4f} (judge {judge.name}); results in {out}")
     else:
-        summary = dpg.score_folder(args.folder, out, judge, args.questions, overwrite=getattr(args, "overwrite", False),
+        summary = dpg.score_folder(args.folder, out, judge, args.questions, overwrite=args.overwrite,
                                    max_tokens=max_tokens(args))
         print(f"DPG-Bench score {summary['dpg_score']:.2f} (judge {judge.name}); results in {out}")
     if judge.is_api:

@@ -14,7 +14,7 @@ import os
 
 from tqdm import tqdm
 
-from gvu.atomic import fsync
+from gvu.atomic import write_text
 from gvu.errors import UserError
 from gvu.world.geneval_io import iter_jsonl
 from gvu.run_io import whole_records
@@ -83,7 +83,7 @@ class VerdictCache:
                 self.rewrite()  # drop a line a crash cut short, so that appends start on a fresh line
 
     def rewrite(self) -> None:
-        write_text_atomic(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()))
+        write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()))
 
     def get(self, key) -> dict | None:
         return self.records.get(str(key))
@@ -102,19 +102,8 @@ def file_sha1(path: str) -> str:
         return hashlib.sha1(f.read()).hexdigest()
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write tmp, fsync, rename: a reader sees the old file or the new one, never half of one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync(os.path.dirname(os.path.abspath(path)))
-
-
 def write_json_atomic(path: str, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def progress(total: int, desc: str, judge) -> tqdm:
