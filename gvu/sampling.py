@@ -7,6 +7,15 @@ import torch
 from gvu.config import SamplingConfig
 
 
+def guidance_scale(sampling: SamplingConfig, default: float, hint: str) -> float:
+    """The rollout's guidance scale: sampling.cfg_scale, else the backend's default. With guidance on it must be
+    > 1 (a scale of 1 is the conditional branch at twice the cost); hint: the backend's advice, for the error."""
+    scale = sampling.cfg_scale if sampling.cfg_scale is not None else default
+    if sampling.guidance and scale <= 1:
+        raise ValueError(f"guidance is on, so cfg_scale must be > 1 (got {scale}); {hint}")
+    return scale
+
+
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: u + s (c - u). cond, uncond: [M, V] -> [M, V]."""
     return uncond + scale * (cond - uncond)

@@ -26,7 +26,7 @@ from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts,
 from gvu.models.janus_decode import EagerDecoder, SampledImageTokens, StaticDecoder, prompt_bucket
 from gvu.models.janus_format import Batch, JanusTemplate, left_pad, unconditional
 from gvu.models.model_files import CheckpointError, check_safetensors, one_line, read_json_file
-from gvu.sampling import filter_logits, guide, sample
+from gvu.sampling import filter_logits, guidance_scale, guide, sample
 
 BACKEND_FILE = "gvu_backend.json"  # optional backend defaults stored beside a checkpoint (nano-Janus has one)
 
@@ -459,10 +459,7 @@ class JanusBackend:
         drawn from (guided, tempered and filtered); None when with_logprobs is False."""
         sampling.validate()
         self.check_prompts(prompts)
-        scale = sampling.cfg_scale if sampling.cfg_scale is not None else self.default_cfg_scale
-        if sampling.guidance and scale <= 1:
-            raise ValueError(f"Janus samples with classifier-free guidance: cfg_scale must be > 1 (got {scale}); "
-                             "for no guidance set sampling.guidance to false")
+        scale = guidance_scale(sampling, self.default_cfg_scale, "for no guidance set sampling.guidance to false")
         m, n = len(prompts), self.num_image_tokens
         cond = self.prompt_batch(prompts)
         if sampling.guidance:

@@ -26,7 +26,7 @@ from gvu.models.xomni.config import CheckpointError, XOmniBackendConfig, check_c
 from gvu.models.xomni.flux_decoder import DecoderConfig, FluxDecoder, check_flux_dir
 from gvu.models.xomni.lm import XOmniForCausalLM, checkpoint_keys, qwen2_config
 from gvu.models.xomni.siglip_vq import SiglipVQ, TokenizerConfig, vit_state_from_timm
-from gvu.sampling import guide, sample
+from gvu.sampling import guidance_scale, guide, sample
 
 PLACEHOLDER = "\x00image\x00"  # stands for the code run while the chat template is rendered to text
 
@@ -144,10 +144,8 @@ class XOmniBackend:
         """tokens [M, N], with a KV cache; row i's draws depend only on (seed, row_ids[i], position)."""
         sampling.validate()
         self.check_prompts(prompts)
-        scale = sampling.cfg_scale if sampling.cfg_scale is not None else self.default_cfg_scale
-        if sampling.guidance and scale <= 1:
-            raise ValueError(f"guidance is on but the scale is {scale}: X-Omni's official setting samples without "
-                             "guidance (sampling.guidance false); for guidance set sampling.cfg_scale > 1")
+        scale = guidance_scale(sampling, self.default_cfg_scale, "X-Omni's official setting samples without "
+                               "guidance (sampling.guidance false)")
         self.model.set_generation_mode("image")
         m, n = len(prompts), self.num_image_tokens
         b = self.prompt_batch(prompts)
