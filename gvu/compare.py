@@ -74,9 +74,14 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     if args.extend and ROWS[name] is not None and not os.path.exists(out):
         extend_from(os.path.join(args.extend, f"{name}-s{seed}"), out, args)
     if ROWS[name] is None:
-        from gvu.train import torch_dtype
-        # where and in the precision the trained rows run and are evaluated (--set device=, --set dtype=)
-        backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=torch_dtype(cfg))
+        import torch
+
+        from gvu.master_weights import resolve_dtype
+        # where and in the precision the trained rows are evaluated (--set device=, --set dtype=): load_trained hands
+        # a trained row back in the run's dtype (bf16 for bf16 full fine-tuning's fp32 masters)
+        cfg = resolve_dtype(cfg)
+        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=dtype)
         os.makedirs(out, exist_ok=True)
     else:
         if not (step and os.path.exists(os.path.join(out, "checkpoints", f"step_{step:06d}"))):

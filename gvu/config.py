@@ -17,6 +17,7 @@ JUDGES = ("policy", "frozen", "ema")
 TOKEN_WEIGHTS = ("uniform", "surprisal")
 REWARD_KINDS = ("gvu", "oracle")
 LOSS_LOGPROBS = ("conditional", "guided")
+DTYPES = ("float32", "bfloat16", "auto")  # TrainConfig.dtype; auto is resolved when a run starts (gvu/master_weights.py)
 ENGINES = ("eager", "static", "compiled")  # rollout decoding engines (gvu/models/janus_decode.py)
 
 
@@ -119,7 +120,7 @@ class TrainConfig:
     # model and data
     model: str = "models/nano-janus"  # a local Janus checkpoint directory (transformers format)
     device: str = "cpu"
-    dtype: str = "float32"  # float32 | bfloat16 (LoRA: bf16 base weights; full fine-tuning: fp32 master weights and AdamW state, bf16 compute; gvu/master_weights.py)
+    dtype: str = "float32"  # float32 | bfloat16 (LoRA: bf16 base weights; full fine-tuning: fp32 master weights and AdamW state, bf16 compute; gvu/master_weights.py) | auto (bfloat16 where the device computes bf16 natively, else float32; the run's config.json records the choice)
     parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2: weights, gradients and optimiser state sharded)
     dist_timeout_min: float = 120.0  # under torchrun: how long a collective waits (the ranks wait while rank 0 saves)
     suite: str = "geneval"  # nano world: prompt suite for training and evaluation
@@ -206,7 +207,7 @@ class TrainConfig:
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (got {self.checkpoint_every}); 0 saves only "
                                          "the last step"),
             (self.schedule in ("constant", "cosine"), f"schedule must be constant or cosine (got {self.schedule!r})"),
-            (self.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (got {self.dtype!r})"),
+            (self.dtype in DTYPES, f"dtype must be one of {DTYPES} (got {self.dtype!r})"),
             (self.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp (got {self.parallel!r})"),
             (self.dist_timeout_min > 0, f"dist_timeout_min must be > 0 minutes (got {self.dist_timeout_min})"),
             (self.grad_accum >= 1 and (self.batch_prompts * self.group_size) % self.grad_accum == 0,

@@ -13,6 +13,11 @@ products in bf16 from fp32 weights; the backward runs outside autocast (PyTorch'
 gradients for fp32 parameters, which DDP and FSDP2 reduce in fp32, and AdamW keeps fp32 state.
 Checkpoints hold the fp32 masters with no change to gvu/checkpoint.py: they save the parameters as they are.
 
+dtype=auto picks bfloat16 where the device computes bf16 natively (gvu.precision.bf16_is_native: a CPU with AMX or
+AVX512-BF16, a CUDA GPU with bf16) and float32 elsewhere, where emulated bf16 would be many times slower. It is
+resolved once, when a run starts (resolve_dtype), and the run's config.json records the concrete dtype, so a resumed
+run keeps its precision on any machine.
+
 Why not FSDP2's MixedPrecisionPolicy(param_dtype=bfloat16): it all-gathers bf16 copies of the parameters, and
 gvu runs rollout, reward, evaluation and checkpoints inside dist.full_params() (the gathered parameters), so a
 checkpoint would save the bf16 copies and a resumed run would lose the masters. Autocast keeps one precision rule
@@ -24,11 +29,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import replace
 from typing import Callable, ContextManager
 
 import torch
 
 from gvu.config import TrainConfig
+
+
+def resolve_dtype(cfg: TrainConfig, resumed_dtype: str | None = None) -> TrainConfig:
+    """cfg with dtype=auto made concrete: the dtype of the run being resumed (`resumed_dtype`, from its config.json),
+    else bfloat16 where cfg.device computes bf16 natively, else float32. A concrete dtype passes through unchanged."""
+    if cfg.dtype != "auto":
+        return cfg
+    if resumed_dtype in ("float32", "bfloat16"):
+        return replace(cfg, dtype=resumed_dtype)
+    from gvu.precision import bf16_is_native
+
+    return replace(cfg, dtype="bfloat16" if bf16_is_native(cfg.device) else "float32")
 
 
 def fp32_masters(cfg: TrainConfig) -> bool:

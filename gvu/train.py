@@ -29,7 +29,7 @@ from gvu.config import ConfigError, TrainConfig
 from gvu.errors import SetupError
 from gvu.evaluate import evaluate, sample_over_ranks, world_judgeable
 from gvu.grpo import grpo_loss, zero_variance_groups
-from gvu.master_weights import compute_context, weights_dtype
+from gvu.master_weights import compute_context, resolve_dtype, weights_dtype
 from gvu.models.adapter import decode_seeds
 from gvu.reward import Judge, RewardOutput, compute_reward, gvu_reward
 from gvu.rollout import default_micro_batch, rollout
@@ -240,6 +240,8 @@ def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progre
 
     with setup_errors():  # checks, loads, then makes the run folder; a ValueError from the loop below is a bug
         cfg.validate()
+        asked_dtype = cfg.dtype
+        cfg = resolve_dtype(cfg, saved_dtype(run_dir) if resume else None)  # dtype=auto made concrete, once
         world = int(os.environ.get("WORLD_SIZE", "1"))  # checked before joining the process group
         dist.check_divisible(cfg.batch_prompts * cfg.group_size, world)
         rows_per_rank = cfg.batch_prompts * cfg.group_size // world
@@ -271,6 +273,10 @@ def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progre
         info = dist.init(cfg.device, timeout_min=cfg.dist_timeout_min)
         compute = compute_context(cfg)  # bf16 autocast over fp32 masters (gvu.master_weights), else a no-op
         torch.set_num_threads(cfg.threads)
+        if asked_dtype != cfg.dtype:
+            dist.print0(f"[gvu] dtype auto: {cfg.dtype} (" + ("the resumed run's" if resume else
+                        "bf16 is native on this device" if cfg.dtype == "bfloat16" else
+                        "this device has no native bf16") + ")")
         warning = precision_warning(cfg)
         if warning:
             dist.print0(f"[gvu] warning: {warning}")
@@ -493,6 +499,15 @@ def read_run_config(run_dir: str) -> TrainConfig:
         d = with_defaults(json.load(f))
     d["sampling"], d["reward"] = SamplingConfig(**d["sampling"]), RewardConfig(**d["reward"])
     return TrainConfig(**d)
+
+
+def saved_dtype(run_dir: str) -> str | None:
+    """The dtype in a run folder's config.json, or None where there is none to read (check_run_dir then says why)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            return json.load(f).get("dtype")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_trained(run_dir: str, step: int | None = None, device: str | None = None, dtype: str | None = None):
