@@ -28,5 +28,5 @@ part engines_1b_rows 150 $PY -m benchmarks.rollout_engines --device cuda --sizes
   --engines compiled --repeats 1 --bandwidth "$BW" --out "$OUT/engines_1b_rows.json"
 part engines_7b_32 200 $PY -m benchmarks.rollout_engines --device cuda --sizes 7b --rows 32 \
   --engines eager,compiled --repeats 1 --bandwidth "$BW" --out "$OUT/engines_7b_32.json"
-part step_eager 120 $PY benchmarks/gpu_check.py --sizes 1b --prompts 16 --engine eager --out "$OUT/step_eager"
-part step_compiled 120 $PY benchmarks/gpu_check.py --sizes 1b --prompts 16 --engine compiled --out "$OUT/step_compiled"
+part step_eager 120 $PY -m benchmarks.gpu_check --sizes 1b --prompts 16 --engine eager --out "$OUT/step_eager"
+part step_compiled 120 $PY -m benchmarks.gpu_check --sizes 1b --prompts 16 --engine compiled --out "$OUT/step_compiled"

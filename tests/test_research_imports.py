@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODULES = sorted(f"{folder}.{p.stem}" for folder in ("benchmarks", "experiments")
                  for p in (REPO / folder).glob("*.py") if p.stem != "__init__")
 DOCS = [REPO / "README.md", REPO / "models" / "nano-janus" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+SCRIPTS = sorted(p for folder in ("benchmarks", "experiments", "scripts") for p in (REPO / folder).glob("*.sh"))
+PYTHON = r"(?:python3?|\$\{?PY(?:THON)?\}?)"  # an interpreter as docs ("python") and scripts ("$PY") write it
 
 
 def test_the_research_folders_hold_modules():
@@ -68,10 +70,11 @@ def test_every_research_command_line_answers_help():
 
 
 def doc_commands() -> list[tuple[str, str, list[str]]]:
-    """(where, module, long flags) for each `python -m benchmarks.X` / `experiments.X` in the docs; a command ends at
-    the end of its line (a trailing backslash joins the next), a backtick, `|`, `&&`, `;` or ` #`."""
+    """(where, module, long flags) for each `python -m benchmarks.X` / `experiments.X` in the docs and the shell
+    scripts; a command ends at the end of its line (a trailing backslash joins the next), a backtick, a double
+    quote (a script's quoted command), `|`, `&&`, `;` or ` #`."""
     found = []
-    for path in DOCS:
+    for path in DOCS + SCRIPTS:
         if not path.exists():
             continue
         lines = path.read_text().splitlines()
@@ -81,7 +84,7 @@ def doc_commands() -> list[tuple[str, str, list[str]]]:
             k = n
             while line.endswith("\\") and k < len(lines):
                 line, k = line[:-1] + " " + lines[k].strip(), k + 1
-            for m in re.finditer(r"python3? -m ((?:benchmarks|experiments)\.[a-z_0-9]+)\b([^`|;]*)", line):
+            for m in re.finditer(PYTHON + r' -m ((?:benchmarks|experiments)\.[a-z_0-9]+)\b([^`|;"]*)', line):
                 rest = re.split(r"&&| #", m.group(2))[0]
                 found.append((f"{path.relative_to(REPO)}:{n}", m.group(1), re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest)))
     return found
@@ -95,4 +98,14 @@ def test_every_research_command_the_docs_show_exists_with_its_flags():
     wrong = [f"{where}: no module {mod}" for where, mod, _ in commands if mod not in MODULES]
     wrong += [f"{where}: {mod} has no {flag}" for where, mod, flags in commands if mod in helps
               for flag in flags if flag not in ("--help",) and not re.search(rf"(?<![\w-]){flag}(?![\w-])", helps[mod])]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_shell_scripts_run_research_modules_as_modules_not_as_file_paths():
+    """`python benchmarks/x.py` puts benchmarks/ first on sys.path, where `import gvu` fails unless gvu is
+    installed: every script must say `python -m benchmarks.x` (benchmarks/gpu_speed.sh is checked here)."""
+    assert SCRIPTS and any(where.startswith("benchmarks/gpu_speed.sh") for where, _, _ in doc_commands())
+    wrong = [f"{p.relative_to(REPO)}:{n}: {line.strip()}" for p in SCRIPTS + DOCS
+             for n, line in enumerate(p.read_text().splitlines(), start=1)
+             if re.search(PYTHON + r"\s+(?:benchmarks|experiments)/\w+\.py", line)]
     assert not wrong, "\n".join(wrong)
