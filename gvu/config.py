@@ -18,7 +18,7 @@ TOKEN_WEIGHTS = ("uniform", "surprisal")
 REWARD_KINDS = ("gvu", "oracle")
 LOSS_LOGPROBS = ("conditional", "guided")
 DTYPES = ("float32", "bfloat16", "auto")  # TrainConfig.dtype; auto is resolved when a run starts (gvu/master_weights.py)
-ENGINES = ("eager", "static", "compiled")  # rollout decoding engines (gvu/models/janus_decode.py)
+ENGINES = ("eager", "static", "compiled")  # rollout decoding engines (gvu/models/decode_engines.py)
 
 
 SEED_MAX = 2**32 - 1  # seeds are NumPy-compatible 32-bit values (torch takes 64, numpy.random.seed 32)
@@ -61,7 +61,7 @@ class SamplingConfig:
     top_p: float = 1.0  # nucleus sampling; 1.0 disables
     min_p: float = 0.0  # drop tokens whose probability is below min_p x the top probability (official GvU: 0.03)
     seed: int = 0  # rollout RNG seed; the same seed and inputs give the same tokens
-    engine: str = "eager"  # how decoding steps run (gvu/models/janus_decode.py): eager (growing cache) | static (preallocated cache, fixed-shape step) | compiled (static under torch.compile; CUDA graphs on CUDA); all draw the same tokens
+    engine: str = "eager"  # how decoding steps run (gvu/models/decode_engines.py; Janus and X-Omni): eager (growing cache) | static (preallocated cache, fixed-shape step) | compiled (static under torch.compile; CUDA graphs on CUDA); all draw the same tokens
 
     def validate(self) -> None:
         check_numbers(self, "sampling.")

@@ -23,7 +23,8 @@ from transformers import JanusForConditionalGeneration
 
 from gvu.config import SamplingConfig
 from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts, rollout_row_bytes
-from gvu.models.janus_decode import EagerDecoder, SampledImageTokens, StaticDecoder, prompt_bucket
+from gvu.models.decode_engines import finish_rollout, start_decoder, static_decoder
+from gvu.models.janus_decode import EagerDecoder, SampledImageTokens, StaticDecoder
 from gvu.models.janus_format import Batch, JanusTemplate, left_pad, unconditional
 from gvu.models.model_files import CheckpointError, check_safetensors, one_line, read_json_file
 from gvu.sampling import filter_logits, guidance_scale, guide, sample
@@ -467,11 +468,7 @@ class JanusBackend:
             cond = Batch(torch.cat([cond.ids, uncond]), torch.cat([cond.mask, cond.mask]),
                          torch.cat([cond.positions, cond.positions]))
         rows = torch.arange(m) if row_ids is None else torch.as_tensor(row_ids)
-        if sampling.engine == "eager":
-            decoder = EagerDecoder(self, cond)
-        else:
-            decoder = self._static_decoder(cond.ids.shape[0], cond.ids.shape[1], sampling.engine == "compiled")
-            cond = decoder.start(cond)
+        decoder, cond = start_decoder(self, cond, sampling.engine, EagerDecoder, StaticDecoder)
         logits = decoder.prefill(cond)
         tokens = torch.empty(m, n, dtype=torch.long, device=self.device)
         logprobs = torch.empty(m, n, device=self.device) if with_logprobs else None
@@ -483,20 +480,14 @@ class JanusBackend:
                 logprobs[:, i] = filter_logits(logits, sampling).log_softmax(-1).gather(-1, tokens[:, i, None])[:, 0]
             if i < n - 1:
                 logits = decoder.step(tokens[:, i].repeat(cond.ids.shape[0] // m), i)
-        if sampling.engine == "static":
-            self._static = None  # nothing compiled to keep: free the KV cache for the reward and the update
+        finish_rollout(self, sampling.engine)
         return SampledImageTokens(tokens, logprobs)
 
     def _static_decoder(self, rows: int, prompt_width: int, compiled: bool) -> StaticDecoder:
         """The backend's static decoder for `rows` rows; a new one, replacing it, when the rows, the prompt bucket, the
         engine or the weights' dtype differ. The compiled engine keeps it (and its KV cache, R x (W + N) positions)
         between rollouts, so that CUDA graphs replay on the same addresses; the static engine frees it after each."""
-        width = prompt_bucket(prompt_width, self.max_positions - self.num_image_tokens)
-        key = (rows, width, compiled, self.model.dtype, self.device)
-        if getattr(self, "_static", None) is None or self._static.key != key:
-            self._static = None  # free the old cache before allocating the new one
-            self._static = StaticDecoder(self, key)
-        return self._static
+        return static_decoder(self, rows, prompt_width, compiled, StaticDecoder)
 
     def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0,
                              guidance: float | None = None) -> torch.Tensor:

@@ -17,16 +17,17 @@ import os
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from gvu.config import SamplingConfig
 from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts, rollout_row_bytes
+from gvu.models.decode_engines import SampledImageTokens, finish_rollout, start_decoder, static_decoder
 from gvu.models.janus_format import Batch, left_pad
 from gvu.models.xomni.config import CheckpointError, XOmniBackendConfig, check_checkpoint
+from gvu.models.xomni.decode import EagerDecoder, StaticDecoder
 from gvu.models.xomni.flux_decoder import DecoderConfig, FluxDecoder, check_flux_dir
 from gvu.models.xomni.lm import XOmniForCausalLM, checkpoint_keys, qwen2_config
 from gvu.models.xomni.siglip_vq import SiglipVQ, TokenizerConfig, vit_state_from_timm
-from gvu.sampling import guidance_scale, guide, sample
+from gvu.sampling import filter_logits, guidance_scale, guide, sample
 
 PLACEHOLDER = "\x00image\x00"  # stands for the code run while the chat template is rendered to text
 
@@ -141,7 +142,17 @@ class XOmniBackend:
     @torch.no_grad()
     def sample_image_tokens(self, prompts: list[str], sampling: SamplingConfig,
                             row_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [M, N], with a KV cache; row i's draws depend only on (seed, row_ids[i], position)."""
+        """tokens [M, N], with a KV cache; row i's draws depend only on (seed, row_ids[i], position). With guidance
+        the batch is [conditional rows; unconditional rows] (the `_unconditional` prefix); sampling.engine picks how
+        the decoding steps run (gvu.models.xomni.decode): every engine draws the same tokens."""
+        return self.sample_image_tokens_with_logprobs(prompts, sampling, row_ids, with_logprobs=False).tokens
+
+    @torch.no_grad()
+    def sample_image_tokens_with_logprobs(self, prompts: list[str], sampling: SamplingConfig,
+                                          row_ids: torch.Tensor | None = None,
+                                          with_logprobs: bool = True) -> SampledImageTokens:
+        """sample_image_tokens, plus the log-probability [M, N] of each drawn token under the distribution it was
+        drawn from (guided, tempered and filtered); None when with_logprobs is False."""
         sampling.validate()
         self.check_prompts(prompts)
         scale = guidance_scale(sampling, self.default_cfg_scale, "X-Omni's official setting samples without "
@@ -149,25 +160,29 @@ class XOmniBackend:
         self.model.set_generation_mode("image")
         m, n = len(prompts), self.num_image_tokens
         b = self.prompt_batch(prompts)
-        ids, mask, positions = b.ids, b.mask, b.positions
         if sampling.guidance:
-            u = self._unconditional(m, ids.shape[1])
-            ids, mask, positions = torch.cat([ids, u.ids]), torch.cat([mask, u.mask]), torch.cat([positions, u.positions])
+            u = self._unconditional(m, b.ids.shape[1])
+            b = Batch(torch.cat([b.ids, u.ids]), torch.cat([b.mask, u.mask]), torch.cat([b.positions, u.positions]))
         rows = torch.arange(m) if row_ids is None else torch.as_tensor(row_ids)
-        cache = DynamicCache()
-        logits = self.model(ids, mask, positions, cache)[:, -1].float()
+        decoder, b = start_decoder(self, b, sampling.engine, EagerDecoder, StaticDecoder)
+        logits = decoder.prefill(b)
         tokens = torch.empty(m, n, dtype=torch.long, device=self.device)
+        logprobs = torch.empty(m, n, device=self.device) if with_logprobs else None
         for i in range(n):
             if sampling.guidance:
                 logits = guide(logits[:m], logits[m:], scale)
             tokens[:, i] = sample(logits, sampling, rows, i)
-            if i == n - 1:
-                break
-            step = (tokens[:, i] + self.vocab_size).repeat(2 if sampling.guidance else 1)[:, None]
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits = self.model(step, mask, positions, cache)[:, -1].float()
-        return tokens
+            if with_logprobs:
+                logprobs[:, i] = filter_logits(logits, sampling).log_softmax(-1).gather(-1, tokens[:, i, None])[:, 0]
+            if i < n - 1:
+                logits = decoder.step(tokens[:, i].repeat(b.ids.shape[0] // m), i)
+        finish_rollout(self, sampling.engine)
+        return SampledImageTokens(tokens, logprobs)
+
+    def _static_decoder(self, rows: int, prompt_width: int, compiled: bool) -> StaticDecoder:
+        """The backend's static decoder for `rows` rows (gvu.models.decode_engines.static_decoder): kept while the
+        rows, the prompt bucket, the engine and the weights' dtype stay the same."""
+        return static_decoder(self, rows, prompt_width, compiled, StaticDecoder)
 
     def image_token_logits(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced image-mode logits [M, N, S]: row j predicts tokens[:, j] from the prompt and tokens[:, :j]."""

@@ -52,13 +52,18 @@ def is_adapter_layer(config, index: int) -> bool:
     return not (config.num_mm_adap_layers <= index < config.num_hidden_layers - config.num_mm_head_layers)
 
 
-def attention_mask(key_mask: torch.Tensor, queries: int) -> torch.Tensor:
-    """Boolean SDPA mask [M, 1, Q, K] (True: attend) for the last Q of K positions: causal, and blind to padding.
+def attention_mask(key_mask: torch.Tensor, queries: int, first: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean SDPA mask [M, 1, Q, K] (True: attend) for Q queries at key slots first .. first + Q - 1: causal, and
+    blind to padding.
 
-    key_mask [M, K] bool, False on (left) padding. A padding query attends to itself alone, so that no row is fully
-    masked (SDPA would return NaN there, and NaN times a zero weight still spreads)."""
+    key_mask [M, K] bool, False on (left) padding. first: the first query's slot among the K keys; None: the last Q
+    of the K (no cache, or a cache grown by this call). In a preallocated cache K is the cache's length and the
+    queries sit at the slot it writes next, wherever that is; the causal part hides the slots after them, which are
+    not written yet. A padding query attends to itself alone, so that no row is fully masked (SDPA would return NaN
+    there, and NaN times a zero weight still spreads)."""
     k = key_mask.shape[1]
-    q_pos = torch.arange(k - queries, k, device=key_mask.device)[:, None]
+    first = k - queries if first is None else first
+    q_pos = (torch.arange(queries, device=key_mask.device) + first)[:, None]
     k_pos = torch.arange(k, device=key_mask.device)[None, :]
     allowed = (k_pos <= q_pos)[None] & key_mask.bool()[:, None, :]
     return (allowed | (k_pos == q_pos)[None])[:, None]
@@ -93,12 +98,14 @@ class XOmniModel(nn.Module):
         return torch.where(mm[..., None], image, text)
 
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor, positions: torch.Tensor, cache=None) -> torch.Tensor:
-        """ids [M, Q], key_mask [M, K] (K = cached + Q; False on padding), positions [M, Q] -> normed hidden [M, Q, C].
-        cache: a transformers DynamicCache, extended in place (None: no cache)."""
+        """ids [M, Q], key_mask [M, K] (False on padding), positions [M, Q] -> normed hidden [M, Q, C].
+        cache: a transformers DynamicCache (K = cached + Q) or StaticCache (K = its length; gvu/models/xomni/decode.py),
+        written in place at the slots from its current length on, which the mask's queries take (None: no cache)."""
         mm = self.multimodal(ids)[..., None]
         hidden = self.embed(ids)
         rope = self.rotary_emb(hidden, positions)
-        mask = attention_mask(key_mask, ids.shape[1])
+        # a StaticCache's length is a tensor: under torch.compile the slot is data, and one graph serves every step
+        mask = attention_mask(key_mask, ids.shape[1], cache.get_seq_length() if cache is not None else None)
         kw = {self._cache_kw: cache, "use_cache": cache is not None}
         for i, layer in enumerate(self.layers):
             if self.checkpointing and torch.is_grad_enabled() and cache is None:

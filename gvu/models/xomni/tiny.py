@@ -83,13 +83,39 @@ def lm_config(layers: int = 4) -> dict:
                             "max_sequence_length": 16, "decode_batch": 3}}}
 
 
+def random_language_model(cfg: dict | None = None):
+    """XOmniForCausalLM for `cfg` (default lm_config()) with weights drawn from torch's generator: matrices N(0, 0.2),
+    vectors (biases, norms) their init plus N(0, 0.1), so that every layer and both norms matter."""
+    from gvu.models.xomni.lm import XOmniForCausalLM, qwen2_config
+
+    lm = XOmniForCausalLM(qwen2_config(cfg or lm_config()))
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.normal_(0, 0.2) if p.dim() > 1 else p.add_(0.1 * torch.randn_like(p))
+    return lm.eval()
+
+
+def generation_backend(seed: int = 0):
+    """A tiny random X-Omni backend for generation alone (sampling, teacher forcing): the language model of
+    build_tiny_xomni's folder for the same seed, its tokenizer, a random SigLIP-VQ and no FLUX decoder; built in
+    memory, with no files and no diffusers. Image size 32 px, 4 x 4 = 16 image tokens of 64 codes."""
+    from gvu.models.xomni.backend import XOmniBackend
+    from gvu.models.xomni.config import XOmniBackendConfig
+    from gvu.models.xomni.siglip_vq import SiglipVQ, TokenizerConfig
+
+    torch.manual_seed(seed)
+    cfg = lm_config()
+    lm = random_language_model(cfg)
+    vq = SiglipVQ(TokenizerConfig.from_encoder(cfg["vision_config"]["encoder"]))
+    return XOmniBackend(lm, xomni_tokenizer(), vq, None, XOmniBackendConfig(image_size=32, downsample=8))
+
+
 def build_tiny_xomni(root: str, seed: int = 0) -> tuple[str, str]:
     """Write a tiny X-Omni folder and a tiny FLUX.1-dev folder under root; return (xomni_dir, flux_dir).
     Image size 32 px, 4 x 4 = 16 image tokens of 64 codes."""
     from safetensors.torch import save_file
 
     from gvu.models.xomni.config import XOmniBackendConfig
-    from gvu.models.xomni.lm import XOmniForCausalLM, qwen2_config
     from gvu.models.xomni.siglip_vq import SiglipVQ, TokenizerConfig
 
     torch.manual_seed(seed)
@@ -98,10 +124,7 @@ def build_tiny_xomni(root: str, seed: int = 0) -> tuple[str, str]:
     cfg = lm_config()
     with open(os.path.join(xdir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
-    lm = XOmniForCausalLM(qwen2_config(cfg))
-    with torch.no_grad():
-        for p in lm.parameters():
-            p.normal_(0, 0.2) if p.dim() > 1 else p.add_(0.1 * torch.randn_like(p))
+    lm = random_language_model(cfg)
     save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, os.path.join(xdir, "model.safetensors"))
 
     xomni_tokenizer().save_pretrained(xdir)
