@@ -170,7 +170,7 @@ def test_fsdp_resume_of_bf16_full_finetuning_equals_the_straight_run_bit_for_bit
         assert m[0][1][k] == m[1][1][k], k
 
 
-# ----------------------------------------------------------------------------------------------- 2 processes = 1 process
+# ------------------------------------------------------------------------------------------ 2 processes = 1 process
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, model_dir):
@@ -188,14 +188,14 @@ def test_two_processes_equal_one_process_in_bf16_full_finetuning(one_process, pa
 
     Why the bounds are wider than fp32's (test_train_dist.py: weights within 1e-5): under autocast each rank's weight
     gradient is a bf16 matrix product, rounded to bf16 (2^-9 relative) before DDP or FSDP2 sums the two ranks' halves
-    in fp32, where one process rounds the whole batch's sum once. AdamW's first steps move a weight by about lr
-    whatever its gradient's size, so a weight whose gradient nearly cancels between the halves can move by up to lr
-    the other way. Measured (2-core Xeon, this file's runs, lr 1e-3, 2 steps), DDP and FSDP2 alike: the sampled
-    tokens were equal at both steps; the worst weight differed by 1.95e-3 (~2 lr); 219 of 97,472 moved weights
-    (0.22%) differed by more than 0.1 lr; |update_2 - update_1| / |update_1| = 1.95e-2 after step 1 and 1.47e-2
-    after step 2; the metrics differed by at most 0.43% of their size. The same runs in fp32: worst 7.7e-7,
-    relative 4.4e-6, metrics equal. The bounds below are about 3-5 times the bf16 measurements; ranks that
-    did not share their gradients, or bf16 masters, miss them by far."""
+    in fp32, where one process rounds the whole batch's sum once. AdamW's first step moves a weight by
+    lr g / (|g| + 1e-8), about lr whatever the gradient's size, so where the halves nearly cancel the runs part
+    (measured: the rounded halves cancelled exactly for 69 weights, which one process moved by up to lr).
+    Measured (2-core Xeon, this file's runs, lr 1e-3, 2 steps), DDP and FSDP2 alike: the sampled tokens were equal
+    at both steps; the worst weight differed by 1.95e-3 (~2 lr); 219 of 97,472 moved weights (0.22%) differed by
+    more than 0.1 lr; |update_2 - update_1| / |update_1| = 1.95e-2 after step 1 and 1.47e-2 after step 2; the
+    metrics differed by at most 0.43% of their size. The same runs in fp32: worst 7.7e-7, relative 4.4e-6, metrics
+    equal. The bounds below are about 3-5 times the bf16 measurements."""
     tmp1, cfg, one = one_process
     ranks = launch(tmp_path, 2, "two", {**cfg, "parallel": parallel})
     for r in ranks:
