@@ -17,7 +17,7 @@ from gvu.rollout import rollout
 
 QUERY = "Describe the image in detail."
 PROMPTS = ["a photo of a red circle", "a photo of two stars and a blue heart", "a photo of a star"]
-SAMPLER_MODULE = {"janus": "gvu.models.janus", "xomni": "gvu.models.xomni.backend"}
+SAMPLER_MODULE = {"janus": "gvu.models.decode_engines", "xomni": "gvu.models.decode_engines"}  # the one sampling loop
 
 
 @pytest.fixture(scope="module", params=["janus", "xomni"])

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-import gvu.models.janus as janus_mod
+import gvu.models.decode_engines as decode_engines
 from gvu.config import SamplingConfig
 from gvu.models import janus_pro as jp
 from gvu.models.janus import (JANUS_PRO_PAD_TOKEN, JANUS_PRO_SYSTEM_PROMPT, CheckpointError, JanusBackend,
@@ -142,13 +142,13 @@ def deepseek_cfg_reference(model, prompt_ids: list[int], pad_id: int, n: int, sc
 def test_rollout_cfg_matches_deepseeks_reference_sampler(backend, monkeypatch):
     scale = 5.0
     recorded = []
-    real_sample = janus_mod.sample
+    real_sample = decode_engines.sample
 
     def recording_sample(logits, s, *rest):
         recorded.append(logits.clone())
         return real_sample(logits, s, *rest)
 
-    monkeypatch.setattr(janus_mod, "sample", recording_sample)
+    monkeypatch.setattr(decode_engines, "sample", recording_sample)
     tokens = backend.sample_image_tokens(PROMPTS, SamplingConfig(cfg_scale=scale, top_k=1, seed=0))
     ours = torch.stack(recorded)  # [N, M, V]
     n = backend.num_image_tokens

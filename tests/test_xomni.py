@@ -231,11 +231,11 @@ def test_sliding_window_attention_is_refused():
 
 
 def test_guided_teacher_forcing_equals_the_guided_cached_sampler(backend, monkeypatch):
-    import gvu.models.xomni.backend as backend_module
+    import gvu.models.decode_engines as decode_engines
     from gvu.config import SamplingConfig
 
-    seen, real = [], backend_module.sample
-    monkeypatch.setattr(backend_module, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
+    seen, real = [], decode_engines.sample
+    monkeypatch.setattr(decode_engines, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
     prompts = ["a cat", "two dogs on a long red mat"]  # unequal lengths: left padding on both branches
     tokens = backend.sample_image_tokens(prompts, SamplingConfig(guidance=True, cfg_scale=2.5, seed=3))
     cached = F.log_softmax(torch.stack(seen, 1), -1).gather(-1, tokens[..., None]).squeeze(-1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import StaticCache
 
-import gvu.models.xomni.backend as backend_module
+import gvu.models.decode_engines as decode_engines
 from gvu.config import SamplingConfig
 from gvu.models.decode_engines import prompt_bucket
 from gvu.models.xomni.decode import StaticDecoder
@@ -108,8 +108,8 @@ def test_the_cases_above_fall_in_different_prompt_buckets(xomni):
 
 
 def test_every_steps_guided_logits_over_the_static_cache_equal_the_eager_ones(xomni, monkeypatch):
-    seen, real = [], backend_module.sample
-    monkeypatch.setattr(backend_module, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
+    seen, real = [], decode_engines.sample
+    monkeypatch.setattr(decode_engines, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
     prompts = [SHORT[0], LONG[0]]  # unequal lengths: left padding on both branches, more of it in the bucket
     settings = {"cfg_scale": 2.5, "top_k": 1}  # greedy: both engines feed back the same tokens
     eager = xomni.sample_image_tokens(prompts, SamplingConfig(engine="eager", **settings))
@@ -179,8 +179,8 @@ def test_under_bf16_autocast_the_static_engine_differs_from_eager_by_bf16_roundi
     rounding); a greedy draw can then flip between two near-tied codes, and the row goes its own way from there.
     The claim: up to each row's first differing token the engines' logits agree within 6 bf16 steps of the step's
     largest logit, and a row differs only where eager's best code and static's choice were that close."""
-    seen, real = [], backend_module.sample
-    monkeypatch.setattr(backend_module, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
+    seen, real = [], decode_engines.sample
+    monkeypatch.setattr(decode_engines, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         eager = xomni.sample_image_tokens(prompts, SamplingConfig(engine="eager", top_k=1, **settings))
         eager_logits, seen[:] = torch.stack(seen, 1), []

@@ -91,7 +91,7 @@ def test_the_flux_decoder_makes_the_official_pipelines_images(saved, tmp_path):
 
 def test_the_cached_sampler_makes_the_official_generates_greedy_tokens_with_and_without_guidance(saved, port,
                                                                                                    monkeypatch):
-    import gvu.models.xomni.backend as backend_module
+    import gvu.models.decode_engines as decode_engines
 
     from gvu.config import SamplingConfig
     from gvu.models.xomni import XOmniBackend, XOmniBackendConfig
@@ -103,8 +103,8 @@ def test_the_cached_sampler_makes_the_official_generates_greedy_tokens_with_and_
     prompts = ["a red cube", "two blue dogs on a mat"]
     assert torch.equal(backend.prompt_batch(prompts).ids, ref["generation_prompt_ids"])
     greedy = SamplingConfig(guidance=False, top_k=1)
-    seen, real = [], backend_module.sample
-    monkeypatch.setattr(backend_module, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
+    seen, real = [], decode_engines.sample
+    monkeypatch.setattr(decode_engines, "sample", lambda logits, *a: seen.append(logits) or real(logits, *a))
     assert torch.equal(backend.sample_image_tokens(prompts, greedy), ref["greedy_tokens"])
     # every step's logits through the KV cache, left padding included, equal the official generate's scores
     torch.testing.assert_close(torch.stack(seen, 1), ref["greedy_step_logits"], atol=1e-5, rtol=1e-5)

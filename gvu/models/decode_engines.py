@@ -13,9 +13,9 @@ Prompts are left-padded to a bucket of PROMPT_BUCKET positions so that batches o
 a shape. Left padding is masked, and pads get position 0, so the extra pads change nothing but the order of
 floating-point sums; the engines draw the same tokens (tests/test_rollout_engines.py, tests/test_xomni_engines.py).
 
-The sampling loop itself (guidance, filters, the draws) is the backend's, shared by every engine; a decoder only
-turns the previous token into the next step's image-token logits [R, V] (R = rows x branches, V image vocabulary).
-A backend's static decoder subclasses StaticCacheDecoder with its own `prefill` and `forward`.
+One sampling loop (`draw_image_tokens`: guidance, filters, the seeded draws) serves every backend and engine; a
+decoder only turns the previous token into the next step's image-token logits [R, V] (R = rows x branches, V image
+vocabulary). A backend's static decoder subclasses StaticCacheDecoder with its own `prefill` and `forward`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from transformers import StaticCache
 
 from gvu.config import ENGINES  # noqa: F401  (re-exported: the engines the backends implement)
+from gvu.config import SamplingConfig
 from gvu.dist import print0
 from gvu.models.janus_format import Batch
+from gvu.sampling import filter_logits, guide, sample
 
 PROMPT_BUCKET = 16  # prompt widths are rounded up to a multiple of this, so a compiled step serves many batches
 # the (decoder, rows, cache length, dtype, device) shapes compiled in this process: torch.compile keeps each graph,
@@ -132,3 +134,29 @@ def finish_rollout(backend, engine: str) -> None:
     update; the compiled engine keeps its decoder for the next rollout of the same shape."""
     if engine == "static":
         backend._static = None
+
+
+def draw_image_tokens(backend, prompt: Batch, m: int, sampling: SamplingConfig, scale: float, rows: torch.Tensor,
+                      with_logprobs: bool, eager, static) -> SampledImageTokens:
+    """The sampling loop of every backend and engine: N image tokens for m images, one decoding step at a time.
+
+    prompt: [R, T] with R = m (no guidance) or 2m (guidance: conditional rows, then unconditional); scale: the
+    guidance scale; rows [m]: each image's row id for the seeded draws (gvu.sampling.row_uniforms); eager, static:
+    the backend's decoder classes for `sampling.engine`. Each step guides, draws, and feeds the drawn token to every
+    branch of its row; with_logprobs also returns each token's log-probability under the distribution it was drawn
+    from (guided, tempered, filtered)."""
+    decoder, prompt = start_decoder(backend, prompt, sampling.engine, eager, static)
+    logits = decoder.prefill(prompt)
+    n, branches = backend.num_image_tokens, prompt.ids.shape[0] // m
+    tokens = torch.empty(m, n, dtype=torch.long, device=backend.device)
+    logprobs = torch.empty(m, n, device=backend.device) if with_logprobs else None
+    for i in range(n):
+        if sampling.guidance:
+            logits = guide(logits[:m], logits[m:], scale)
+        tokens[:, i] = sample(logits, sampling, rows, i)
+        if with_logprobs:
+            logprobs[:, i] = filter_logits(logits, sampling).log_softmax(-1).gather(-1, tokens[:, i, None])[:, 0]
+        if i < n - 1:
+            logits = decoder.step(tokens[:, i].repeat(branches), i)
+    finish_rollout(backend, sampling.engine)
+    return SampledImageTokens(tokens, logprobs)

@@ -23,11 +23,11 @@ from transformers import JanusForConditionalGeneration
 
 from gvu.config import SamplingConfig
 from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts, rollout_row_bytes
-from gvu.models.decode_engines import finish_rollout, start_decoder, static_decoder
+from gvu.models.decode_engines import draw_image_tokens, static_decoder
 from gvu.models.janus_decode import EagerDecoder, SampledImageTokens, StaticDecoder
 from gvu.models.janus_format import Batch, JanusTemplate, left_pad, unconditional
 from gvu.models.model_files import CheckpointError, check_safetensors, one_line, read_json_file
-from gvu.sampling import filter_logits, guidance_scale, guide, sample
+from gvu.sampling import guidance_scale, guide
 
 BACKEND_FILE = "gvu_backend.json"  # optional backend defaults stored beside a checkpoint (nano-Janus has one)
 
@@ -461,27 +461,14 @@ class JanusBackend:
         sampling.validate()
         self.check_prompts(prompts)
         scale = guidance_scale(sampling, self.default_cfg_scale, "for no guidance set sampling.guidance to false")
-        m, n = len(prompts), self.num_image_tokens
+        m = len(prompts)
         cond = self.prompt_batch(prompts)
         if sampling.guidance:
             uncond = unconditional(cond.ids, cond.mask, self.ids["bos"], self.ids["boi"], self.ids["pad"])
             cond = Batch(torch.cat([cond.ids, uncond]), torch.cat([cond.mask, cond.mask]),
                          torch.cat([cond.positions, cond.positions]))
         rows = torch.arange(m) if row_ids is None else torch.as_tensor(row_ids)
-        decoder, cond = start_decoder(self, cond, sampling.engine, EagerDecoder, StaticDecoder)
-        logits = decoder.prefill(cond)
-        tokens = torch.empty(m, n, dtype=torch.long, device=self.device)
-        logprobs = torch.empty(m, n, device=self.device) if with_logprobs else None
-        for i in range(n):
-            if sampling.guidance:
-                logits = guide(logits[:m], logits[m:], scale)
-            tokens[:, i] = sample(logits, sampling, rows, i)
-            if with_logprobs:
-                logprobs[:, i] = filter_logits(logits, sampling).log_softmax(-1).gather(-1, tokens[:, i, None])[:, 0]
-            if i < n - 1:
-                logits = decoder.step(tokens[:, i].repeat(cond.ids.shape[0] // m), i)
-        finish_rollout(self, sampling.engine)
-        return SampledImageTokens(tokens, logprobs)
+        return draw_image_tokens(self, cond, m, sampling, scale, rows, with_logprobs, EagerDecoder, StaticDecoder)
 
     def _static_decoder(self, rows: int, prompt_width: int, compiled: bool) -> StaticDecoder:
         """The backend's static decoder for `rows` rows; a new one, replacing it, when the rows, the prompt bucket, the

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 
 from gvu.config import SamplingConfig
 from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts, rollout_row_bytes
-from gvu.models.decode_engines import SampledImageTokens, finish_rollout, start_decoder, static_decoder
+from gvu.models.decode_engines import SampledImageTokens, draw_image_tokens, static_decoder
 from gvu.models.janus_format import Batch, left_pad
 from gvu.models.xomni.config import CheckpointError, XOmniBackendConfig, check_checkpoint
 from gvu.models.xomni.decode import EagerDecoder, StaticDecoder
 from gvu.models.xomni.flux_decoder import DecoderConfig, FluxDecoder, check_flux_dir
 from gvu.models.xomni.lm import XOmniForCausalLM, checkpoint_keys, qwen2_config
 from gvu.models.xomni.siglip_vq import SiglipVQ, TokenizerConfig, vit_state_from_timm
-from gvu.sampling import filter_logits, guidance_scale, guide, sample
+from gvu.sampling import guidance_scale, guide
 
 PLACEHOLDER = "\x00image\x00"  # stands for the code run while the chat template is rendered to text
 
@@ -158,26 +158,13 @@ class XOmniBackend:
         scale = guidance_scale(sampling, self.default_cfg_scale, "X-Omni's official setting samples without "
                                "guidance (sampling.guidance false)")
         self.model.set_generation_mode("image")
-        m, n = len(prompts), self.num_image_tokens
+        m = len(prompts)
         b = self.prompt_batch(prompts)
         if sampling.guidance:
             u = self._unconditional(m, b.ids.shape[1])
             b = Batch(torch.cat([b.ids, u.ids]), torch.cat([b.mask, u.mask]), torch.cat([b.positions, u.positions]))
         rows = torch.arange(m) if row_ids is None else torch.as_tensor(row_ids)
-        decoder, b = start_decoder(self, b, sampling.engine, EagerDecoder, StaticDecoder)
-        logits = decoder.prefill(b)
-        tokens = torch.empty(m, n, dtype=torch.long, device=self.device)
-        logprobs = torch.empty(m, n, device=self.device) if with_logprobs else None
-        for i in range(n):
-            if sampling.guidance:
-                logits = guide(logits[:m], logits[m:], scale)
-            tokens[:, i] = sample(logits, sampling, rows, i)
-            if with_logprobs:
-                logprobs[:, i] = filter_logits(logits, sampling).log_softmax(-1).gather(-1, tokens[:, i, None])[:, 0]
-            if i < n - 1:
-                logits = decoder.step(tokens[:, i].repeat(b.ids.shape[0] // m), i)
-        finish_rollout(self, sampling.engine)
-        return SampledImageTokens(tokens, logprobs)
+        return draw_image_tokens(self, b, m, sampling, scale, rows, with_logprobs, EagerDecoder, StaticDecoder)
 
     def _static_decoder(self, rows: int, prompt_width: int, compiled: bool) -> StaticDecoder:
         """The backend's static decoder for `rows` rows (gvu.models.decode_engines.static_decoder): kept while the
