@@ -49,10 +49,13 @@ def row_sets(name: str, seed: int, args) -> list[str]:
 
 
 def row_config(name: str, seed: int, args):
-    """The row's resolved TrainConfig (the nano preset, then row_sets), as `gvu train --preset nano --set ...` makes it."""
+    """The row's resolved TrainConfig (the nano preset, then row_sets), as `gvu train --preset nano --set ...` makes it,
+    with dtype=auto made concrete on this machine: every row of a table trains and is evaluated in one dtype (a row
+    already trained in another is refused on resume, "the config differs": add --set dtype=... to match it)."""
+    from gvu.master_weights import resolve_dtype
     from gvu.model_cli import resolve_train_config
 
-    return resolve_train_config("nano", None, row_sets(name, seed, args))
+    return resolve_dtype(resolve_train_config("nano", None, row_sets(name, seed, args)))
 
 
 def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
@@ -76,12 +79,9 @@ def run_row(name: str, seed: int, args, step: int | None = None) -> dict:
     if ROWS[name] is None:
         import torch
 
-        from gvu.master_weights import resolve_dtype
         # where and in the precision the trained rows are evaluated (--set device=, --set dtype=): load_trained hands
         # a trained row back in the run's dtype (bf16 for bf16 full fine-tuning's fp32 masters)
-        cfg = resolve_dtype(cfg)
-        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-        backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=dtype)
+        backend = JanusBackend.from_pretrained(cfg.model, device=cfg.device, dtype=getattr(torch, cfg.dtype))
         os.makedirs(out, exist_ok=True)
     else:
         if not (step and os.path.exists(os.path.join(out, "checkpoints", f"step_{step:06d}"))):

@@ -61,7 +61,7 @@ class SamplingConfig:
     top_p: float = 1.0  # nucleus sampling; 1.0 disables
     min_p: float = 0.0  # drop tokens whose probability is below min_p x the top probability (official GvU: 0.03)
     seed: int = 0  # rollout RNG seed; the same seed and inputs give the same tokens
-    engine: str = "eager"  # how decoding steps run (gvu/models/decode_engines.py; Janus and X-Omni): eager (growing cache) | static (preallocated cache, fixed-shape step) | compiled (static under torch.compile; CUDA graphs on CUDA); all draw the same tokens
+    engine: str = "eager"  # how decoding steps run (gvu/models/decode_engines.py; Janus and X-Omni): eager (growing cache) | static (preallocated cache, fixed-shape step) | compiled (static under torch.compile; CUDA graphs on CUDA); in float32 all draw the same tokens, under bf16 they may differ at near-tied draws
 
     def validate(self) -> None:
         check_numbers(self, "sampling.")

@@ -95,7 +95,8 @@ def precision_warning(cfg: TrainConfig) -> str:
     if cfg.dtype != "bfloat16" or not cfg.device.startswith("cpu") or bf16_is_native("cpu"):
         return ""
     return ("dtype=bfloat16 on a CPU without native bf16 (no AVX512-BF16 or AMX): torch emulates it, and a step runs "
-            "many times slower than in float32 (benchmarks/precision_speed.py); --set dtype=float32 is faster here")
+            "many times slower than in float32 (benchmarks/precision_speed.py); a new run with --set dtype=float32 is "
+            "faster here (a resumed run keeps the dtype it began with)")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

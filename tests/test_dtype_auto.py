@@ -72,3 +72,37 @@ def test_a_run_records_the_chosen_dtype_and_resumes_with_it_on_a_machine_that_wo
     # a new run on that machine chooses float32
     train_mod.train(tiny_run(model_dir), str(tmp_path / "other"), progress=False)
     assert json.loads((tmp_path / "other/config.json").read_text())["dtype"] == "float32"
+
+
+def test_a_cuda_gpu_counts_as_native_only_without_emulation(monkeypatch):
+    import torch
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: asked.append(including_emulation) or including_emulation)
+    assert gvu.precision.bf16_is_native("cuda") is False  # a GPU that supports bf16 only by emulation (V100, T4)
+    assert asked == [False]
+
+
+def test_a_resume_that_asks_another_dtype_than_the_runs_is_refused(model_dir, tmp_path, monkeypatch):
+    native(monkeypatch, True)
+    run = tmp_path / "run"
+    train_mod.train(tiny_run(model_dir), str(run), progress=False)  # auto -> bfloat16
+    with pytest.raises(ConfigError, match=r"the config differs from the run's own \(\{'dtype': \('bfloat16', 'float32'\)\}\)"):
+        train_mod.train(tiny_run(model_dir, dtype="float32"), str(run), resume=True, progress=False)
+
+
+def test_every_row_of_a_comparison_gets_this_machines_concrete_dtype(monkeypatch):
+    from argparse import Namespace
+
+    from gvu.compare import row_config
+
+    def args(*sets):
+        return Namespace(model="models/nano-janus", steps=10, set=list(sets), threads=1, eval_prompts=None)
+
+    native(monkeypatch, True)
+    assert {row_config(name, 0, args()).dtype for name in ("base", "gvu_policy")} == {"bfloat16"}
+    native(monkeypatch, False)
+    assert row_config("gvu_policy", 0, args()).dtype == "float32"
+    assert row_config("gvu_policy", 0, args("dtype=bfloat16")).dtype == "bfloat16"

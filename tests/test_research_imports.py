@@ -71,8 +71,8 @@ def test_every_research_command_line_answers_help():
 
 def doc_commands() -> list[tuple[str, str, list[str]]]:
     """(where, module, long flags) for each `python -m benchmarks.X` / `experiments.X` in the docs and the shell
-    scripts; a command ends at the end of its line (a trailing backslash joins the next), a backtick, a double
-    quote (a script's quoted command), `|`, `&&`, `;` or ` #`."""
+    scripts; a command ends at the end of its line (a trailing backslash joins the next), a backtick, `|`, `&&`, `;`
+    or ` #`, and in a script also at a double quote (the end of a quoted command)."""
     found = []
     for path in DOCS + SCRIPTS:
         if not path.exists():
@@ -84,7 +84,8 @@ def doc_commands() -> list[tuple[str, str, list[str]]]:
             k = n
             while line.endswith("\\") and k < len(lines):
                 line, k = line[:-1] + " " + lines[k].strip(), k + 1
-            for m in re.finditer(PYTHON + r' -m ((?:benchmarks|experiments)\.[a-z_0-9]+)\b([^`|;"]*)', line):
+            args = r'([^`|;"]*)' if path.suffix == ".sh" else r"([^`|;]*)"  # a script quotes each command it runs
+            for m in re.finditer(PYTHON + r" -m ((?:benchmarks|experiments)\.[a-z_0-9]+)\b" + args, line):
                 rest = re.split(r"&&| #", m.group(2))[0]
                 found.append((f"{path.relative_to(REPO)}:{n}", m.group(1), re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest)))
     return found

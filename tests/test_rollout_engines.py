@@ -13,7 +13,8 @@ import torch
 from gvu.config import ConfigError, SamplingConfig
 from gvu.models import janus_pro as jp
 from gvu.models.janus import JanusBackend, JanusBackendConfig
-from gvu.models.janus_decode import PROMPT_BUCKET, prompt_bucket
+from gvu.models.decode_engines import PROMPT_BUCKET, prompt_bucket, static_decoder
+from gvu.models.janus_decode import StaticDecoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NANO_PROMPTS = ["a photo of a red circle", "a photo of two blue squares and a green triangle",
@@ -87,10 +88,10 @@ def test_the_drawn_tokens_logprobs_are_the_guided_filtered_distribution_at_each_
 
 def test_a_compiled_decoder_is_kept_for_batches_of_one_shape_and_replaced_for_another(nano):
     # building a decoder compiles nothing (torch.compile is lazy): this test runs no step
-    first = nano._static_decoder(4, 20, compiled=True)
-    assert nano._static_decoder(4, 27, compiled=True) is first  # widths 20 and 27 share the bucket of 32
+    first = static_decoder(nano, 4, 20, True, StaticDecoder)
+    assert static_decoder(nano, 4, 27, True, StaticDecoder) is first  # widths 20 and 27 share the bucket of 32
     assert first.width == 32 and tuple(first.mask.shape) == (4, 32 + nano.num_image_tokens)
-    second = nano._static_decoder(3, 20, compiled=True)
+    second = static_decoder(nano, 3, 20, True, StaticDecoder)
     assert second is not first and nano._static is second
     nano._static = None
 

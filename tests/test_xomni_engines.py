@@ -12,7 +12,7 @@ from transformers import StaticCache
 
 import gvu.models.decode_engines as decode_engines
 from gvu.config import SamplingConfig
-from gvu.models.decode_engines import prompt_bucket
+from gvu.models.decode_engines import prompt_bucket, static_decoder
 from gvu.models.xomni.decode import StaticDecoder
 from gvu.models.xomni.lm import attention_mask
 from gvu.models.xomni.tiny import TEXT_VOCAB, generation_backend, random_language_model
@@ -138,10 +138,10 @@ def test_the_default_engine_draws_what_sample_image_tokens_returns(xomni):
 
 def test_a_compiled_decoder_is_kept_for_batches_of_one_shape_and_replaced_for_another(xomni):
     # building a decoder compiles nothing (torch.compile is lazy): this test runs no step
-    first = xomni._static_decoder(4, 10, compiled=True)
-    assert xomni._static_decoder(4, 14, compiled=True) is first  # widths 10 and 14 share the bucket of 16
+    first = static_decoder(xomni, 4, 10, True, StaticDecoder)
+    assert static_decoder(xomni, 4, 14, True, StaticDecoder) is first  # widths 10 and 14 share the bucket of 16
     assert first.width == 16 and tuple(first.mask.shape) == (4, 16 + xomni.num_image_tokens)
-    second = xomni._static_decoder(3, 10, compiled=True)
+    second = static_decoder(xomni, 3, 10, True, StaticDecoder)
     assert second is not first and xomni._static is second
     xomni._static = None
 

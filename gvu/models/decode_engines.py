@@ -4,14 +4,15 @@ X-Omni: gvu/models/xomni/decode.py).
 - eager: transformers' DynamicCache, grown by one position a step; the attention mask grows with it.
 - static: a StaticCache preallocated for the prompt plus N image tokens, and a fixed-shape step: the attention mask
   covers the whole cache from the start (the causal mask hides the positions not yet written), each step feeds one
-  token per row at a position computed outside the model. Every step has the same shapes, so
+  token per row at a position computed outside the model. Every step has the same shapes, so it can be compiled:
 - compiled: the static step under torch.compile(fullgraph=True, dynamic=False); on CUDA mode="reduce-overhead",
   which replays the step as a CUDA graph (one launch instead of hundreds). It compiles once per shape (rows, prompt
   bucket) and keeps the compiled step for the next rollout of that shape; the compile time is printed once.
 
 Prompts are left-padded to a bucket of PROMPT_BUCKET positions so that batches of different prompt lengths share
 a shape. Left padding is masked, and pads get position 0, so the extra pads change nothing but the order of
-floating-point sums; the engines draw the same tokens (tests/test_rollout_engines.py, tests/test_xomni_engines.py).
+floating-point sums: in float32 the engines draw the same tokens, and under bf16 a near-tied draw may flip
+(tests/test_rollout_engines.py, tests/test_xomni_engines.py).
 
 One sampling loop (`draw_image_tokens`: guidance, filters, the seeded draws) serves every backend and engine; a
 decoder only turns the previous token into the next step's image-token logits [R, V] (R = rows x branches, V image
@@ -27,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from transformers import StaticCache
 
-from gvu.config import ENGINES  # noqa: F401  (re-exported: the engines the backends implement)
 from gvu.config import SamplingConfig
 from gvu.dist import print0
 from gvu.models.janus_format import Batch
@@ -74,7 +74,7 @@ class StaticCacheDecoder:
         if compiled:
             mode = "reduce-overhead" if torch.device(device).type == "cuda" else None  # CUDA graphs on CUDA
             self._step = torch.compile(self.forward, fullgraph=True, dynamic=False, mode=mode)
-        self._shape = (type(self).__qualname__, rows, width + self.n, dtype, str(device))
+        self._shape = (type(self), rows, width + self.n, dtype, str(device))  # the class: each backend's own graph
         self._compile_pending = compiled and self._shape not in _COMPILED_SHAPES
 
     def start(self, prompt: Batch) -> Batch:

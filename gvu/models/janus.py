@@ -23,8 +23,8 @@ from transformers import JanusForConditionalGeneration
 
 from gvu.config import SamplingConfig
 from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts, rollout_row_bytes
-from gvu.models.decode_engines import draw_image_tokens, static_decoder
-from gvu.models.janus_decode import EagerDecoder, SampledImageTokens, StaticDecoder
+from gvu.models.decode_engines import SampledImageTokens, draw_image_tokens
+from gvu.models.janus_decode import EagerDecoder, StaticDecoder
 from gvu.models.janus_format import Batch, JanusTemplate, left_pad, unconditional
 from gvu.models.model_files import CheckpointError, check_safetensors, one_line, read_json_file
 from gvu.sampling import guidance_scale, guide
@@ -446,7 +446,7 @@ class JanusBackend:
                             row_ids: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [M, N]. With guidance the batch is [conditional rows; unconditional rows] (transformers' layout);
         without (sampling.guidance False) only the conditional rows. A KV cache either way; sampling.engine picks
-        how the decoding steps run (gvu.models.janus_decode): every engine draws the same tokens.
+        how the decoding steps run (gvu.models.janus_decode): in float32 every engine draws the same tokens.
 
         row_ids [M]: each row's global id (default 0..M-1); a row's random draws depend only on (seed, row id,
         position), not on its batch (gvu.sampling.row_uniforms)."""
@@ -469,12 +469,6 @@ class JanusBackend:
                          torch.cat([cond.positions, cond.positions]))
         rows = torch.arange(m) if row_ids is None else torch.as_tensor(row_ids)
         return draw_image_tokens(self, cond, m, sampling, scale, rows, with_logprobs, EagerDecoder, StaticDecoder)
-
-    def _static_decoder(self, rows: int, prompt_width: int, compiled: bool) -> StaticDecoder:
-        """The backend's static decoder for `rows` rows; a new one, replacing it, when the rows, the prompt bucket, the
-        engine or the weights' dtype differ. The compiled engine keeps it (and its KV cache, R x (W + N) positions)
-        between rollouts, so that CUDA graphs replay on the same addresses; the static engine frees it after each."""
-        return static_decoder(self, rows, prompt_width, compiled, StaticDecoder)
 
     def image_token_logprobs(self, prompts: list[str], tokens: torch.Tensor, temperature: float = 1.0,
                              guidance: float | None = None) -> torch.Tensor:

@@ -11,13 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from gvu.models.decode_engines import (  # noqa: F401  (re-exported: Janus's callers and tests import them here)
-    ENGINES,
-    PROMPT_BUCKET,
-    SampledImageTokens,
-    StaticCacheDecoder,
-    prompt_bucket,
-)
+from gvu.models.decode_engines import StaticCacheDecoder
 from gvu.models.janus_format import Batch
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from gvu.config import SamplingConfig
 from gvu.models.adapter import TokenLogprobs, check_image_tokens, check_prompts, rollout_row_bytes
-from gvu.models.decode_engines import SampledImageTokens, draw_image_tokens, static_decoder
+from gvu.models.decode_engines import SampledImageTokens, draw_image_tokens
 from gvu.models.janus_format import Batch, left_pad
 from gvu.models.xomni.config import CheckpointError, XOmniBackendConfig, check_checkpoint
 from gvu.models.xomni.decode import EagerDecoder, StaticDecoder
@@ -144,7 +144,7 @@ class XOmniBackend:
                             row_ids: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [M, N], with a KV cache; row i's draws depend only on (seed, row_ids[i], position). With guidance
         the batch is [conditional rows; unconditional rows] (the `_unconditional` prefix); sampling.engine picks how
-        the decoding steps run (gvu.models.xomni.decode): every engine draws the same tokens."""
+        the decoding steps run (gvu.models.xomni.decode): in float32 every engine draws the same tokens."""
         return self.sample_image_tokens_with_logprobs(prompts, sampling, row_ids, with_logprobs=False).tokens
 
     @torch.no_grad()
@@ -165,11 +165,6 @@ class XOmniBackend:
             b = Batch(torch.cat([b.ids, u.ids]), torch.cat([b.mask, u.mask]), torch.cat([b.positions, u.positions]))
         rows = torch.arange(m) if row_ids is None else torch.as_tensor(row_ids)
         return draw_image_tokens(self, b, m, sampling, scale, rows, with_logprobs, EagerDecoder, StaticDecoder)
-
-    def _static_decoder(self, rows: int, prompt_width: int, compiled: bool) -> StaticDecoder:
-        """The backend's static decoder for `rows` rows (gvu.models.decode_engines.static_decoder): kept while the
-        rows, the prompt bucket, the engine and the weights' dtype stay the same."""
-        return static_decoder(self, rows, prompt_width, compiled, StaticDecoder)
 
     def image_token_logits(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced image-mode logits [M, N, S]: row j predicts tokens[:, j] from the prompt and tokens[:, :j]."""
