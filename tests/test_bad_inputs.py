@@ -59,7 +59,7 @@ CASES = [
     ("set_group_as_value", NANO + ["--set", "sampling=3"], "is a settings group"),
     ("set_deep_json", NANO + ["--set", "lr=" + "[" * 5000], "nests JSON too deeply"),
     ("device_unknown", NANO + ["--set", "device=gpu"], "device must be cpu, cuda or cuda:N"),
-    ("dtype_unknown", NANO + ["--set", "dtype=float16"], "dtype must be float32 or bfloat16"),
+    ("dtype_unknown", NANO + ["--set", "dtype=float16"], "dtype must be one of ('float32', 'bfloat16', 'auto') (got 'float16')"),
     ("schedule_unknown", NANO + ["--set", "schedule=linear"], "schedule must be constant or cosine"),
     ("lora_target_bad_regex", NANO + ["--set", "lora_r=4", "--set", "lora_target=[bad"], "not a regular expression"),
     ("preset_unknown", ["train", "--preset", "nope", "--out", "{out}/run"], "no such file"),
