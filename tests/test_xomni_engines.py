@@ -129,11 +129,19 @@ def test_the_static_engine_decodes_through_its_static_decoder_and_frees_it(xomni
     assert xomni._static is None  # nothing compiled to keep: the KV cache is freed for the reward and the update
 
 
-def test_the_default_engine_draws_what_sample_image_tokens_returns(xomni):
-    s = SamplingConfig(seed=7, guidance=False, min_p=0.03)
+def test_the_drawn_tokens_logprobs_are_the_teacher_forced_ones_of_the_distribution_they_came_from(xomni):
+    s = SamplingConfig(seed=7, guidance=False, temperature=0.8)  # no filter: the drawing distribution is the model's
     out = xomni.sample_image_tokens_with_logprobs(SHORT, s)
     assert torch.equal(xomni.sample_image_tokens(SHORT, s), out.tokens)
-    assert out.logprobs.shape == out.tokens.shape and bool((out.logprobs <= 0).all())
+    with torch.no_grad():
+        forced = xomni.image_token_logprobs(SHORT, out.tokens, temperature=0.8)
+    assert torch.allclose(out.logprobs, forced, atol=1e-4)
+    # a filter renormalises over the tokens it keeps: each drawn token's log-prob rises (or stays, when nothing is cut)
+    filtered = xomni.sample_image_tokens_with_logprobs(SHORT, SamplingConfig(seed=7, guidance=False, temperature=0.8,
+                                                                             top_k=4))
+    with torch.no_grad():
+        unfiltered = xomni.image_token_logprobs(SHORT, filtered.tokens, temperature=0.8)
+    assert bool((filtered.logprobs >= unfiltered - 1e-5).all()) and bool((filtered.logprobs > unfiltered + 1e-3).any())
 
 
 def test_a_compiled_decoder_is_kept_for_batches_of_one_shape_and_replaced_for_another(xomni):
