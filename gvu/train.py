@@ -275,9 +275,9 @@ def _train(cfg: TrainConfig, run_dir: str, resume: bool, overwrite: bool, progre
         compute = compute_context(cfg)  # bf16 autocast over fp32 masters (gvu.master_weights), else a no-op
         torch.set_num_threads(cfg.threads)
         if asked_dtype != cfg.dtype:
-            dist.print0(f"[gvu] dtype auto: {cfg.dtype} (" + ("the resumed run's" if resume else
-                        "bf16 is native on this device" if cfg.dtype == "bfloat16" else
-                        "this device has no native bf16") + ")")
+            why = "the resumed run's" if resume else (
+                "bf16 is native on this device" if cfg.dtype == "bfloat16" else "this device has no native bf16")
+            dist.print0(f"[gvu] dtype auto: {cfg.dtype} ({why})")
         warning = precision_warning(cfg)
         if warning:
             dist.print0(f"[gvu] warning: {warning}")
